@@ -1,0 +1,27 @@
+/* Shared by every kernel file: thread count, SIMD dispatch, the float/double template. */
+#ifndef HYPERMIXER_COMMON_H
+#define HYPERMIXER_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Thread count used by every parallel region (num_threads clause). 0 means "all":
+ * omp_get_max_threads(), which respects OMP_NUM_THREADS. */
+int hm_num_threads(void);
+void hm_set_num_threads(int n);
+int hm_openmp_enabled(void);
+
+/* Runtime dispatch without -march=native: gcc compiles the function three times and the
+ * loader picks the widest one the CPU supports. Used on the hot loops only. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(HM_NO_CLONES)
+#define HM_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HM_SIMD
+#endif
+
+/* Work is cut into tiles of a fixed size that does not depend on the thread count, and every
+ * output element is computed by exactly one thread in a fixed order. That makes results
+ * bit-identical for any number of threads. */
+#define HM_TILE_ROWS 32
+
+#endif

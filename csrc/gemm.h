@@ -1,0 +1,23 @@
+#ifndef HYPERMIXER_GEMM_H
+#define HYPERMIXER_GEMM_H
+#include "common.h"
+
+/* C (M,N) = beta * C + op(A) @ op(B), all row-major with leading dimensions lda/ldb/ldc.
+ * op(A) is (M,K): A itself is (M,K), or (K,M) when trans_a. Likewise op(B) is (K,N): B is
+ * (K,N), or (N,K) when trans_b. beta == 0 overwrites C without reading it.
+ *
+ * gemm_serial_*: the calling thread only (for use inside a parallel region, e.g. one
+ * sequence per thread). gemm_*: splits C into fixed tiles over the OpenMP threads; each
+ * element is summed by one thread in a fixed order, so the result does not depend on the
+ * thread count. */
+#define HM_DECLARE_GEMM(R, S)                                                              \
+    void gemm_serial_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K,             \
+                         const R* A, size_t lda, const R* B, size_t ldb, R beta, R* C,       \
+                         size_t ldc);                                                         \
+    void gemm_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,        \
+                  size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);
+HM_DECLARE_GEMM(float, f32)
+HM_DECLARE_GEMM(double, f64)
+#undef HM_DECLARE_GEMM
+
+#endif

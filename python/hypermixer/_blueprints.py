@@ -1,0 +1,172 @@
+"""Constructors of the HyperMixer layers: names, shapes and initial values (SPEC 1, 2, 4).
+
+Both implementations subclass these, so the compiled layers and ``hypermixer.reference`` take
+the same keywords and, for the same seed, start from bit-identical parameters. The math lives in
+the subclasses; composites whose math is only "call the sublayers in order" live here whole.
+
+Initialisation draws from one ``numpy.random.Generator`` in canonical parameter order (biases,
+gains and shifts are constants and draw nothing); a composite hands its generator to its
+sublayers, so a block's parameters depend on the seed alone.
+"""
+
+import numpy as np
+
+from ._layer import Layer, he_normal, make_rng
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def token_mixing_output_dim(max_seq_len, token_mixing_hidden_dim):
+    """O = 2*S*Ht + Ht + S: the size of theta = (W1, c1, W2, c2), SPEC section 2."""
+    return 2 * max_seq_len * token_mixing_hidden_dim + token_mixing_hidden_dim + max_seq_len
+
+
+class LayerNormBase(Layer):
+    """Per-token layer norm over the last axis: gamma (1, E) = 1, beta (1, E) = 0."""
+
+    eps = 1e-5
+
+    def __init__(self, embedding_dim, dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.gamma = self._add_parameter("gamma", np.ones((1, embedding_dim), self.dtype))
+        self.beta = self._add_parameter("beta", np.zeros((1, embedding_dim), self.dtype))
+
+
+class HypernetworkBase(Layer):
+    """Row-wise MLP ``relu(m @ w1 + b1) @ w2 + b2`` from E to O features.
+
+    Input ``(R, E)`` or ``(B, R, E)``: every row is one pooled vector (one per sequence in the
+    bidirectional token mixing, one per prefix in the causal one); rows past ``lengths`` are
+    padding and give zero output.
+    """
+
+    def __init__(self, embedding_dim, hidden_dim, output_dim, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.output_dim = _positive_int("output_dim", output_dim)
+        rng = make_rng(seed)
+        self.w1 = self._add_parameter("w1", he_normal(rng, embedding_dim, hidden_dim, self.dtype))
+        self.b1 = self._add_parameter("b1", np.zeros((1, hidden_dim), self.dtype))
+        self.w2 = self._add_parameter("w2", he_normal(rng, hidden_dim, output_dim, self.dtype))
+        self.b2 = self._add_parameter("b2", np.zeros((1, output_dim), self.dtype))
+
+
+class ChannelMixingMLPBase(Layer):
+    """``Y = X + relu(X @ w1 + b1) @ w2 + b2`` per token (also the Transformer's FeedForward)."""
+
+    def __init__(self, embedding_dim, hidden_dim, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        rng = make_rng(seed)
+        self.w1 = self._add_parameter("w1", he_normal(rng, embedding_dim, hidden_dim, self.dtype))
+        self.b1 = self._add_parameter("b1", np.zeros((1, hidden_dim), self.dtype))
+        self.w2 = self._add_parameter("w2", he_normal(rng, hidden_dim, embedding_dim, self.dtype))
+        self.b2 = self._add_parameter("b2", np.zeros((1, embedding_dim), self.dtype))
+
+
+class TokenMixingMLPBase(Layer):
+    """Mixes tokens with an MLP whose weights a hypernetwork generates (SPEC section 2).
+
+    Its only parameters are its hypernetwork's, which may be shared: pass ``hypernetwork=``.
+    Subclasses set ``Hypernetwork`` to their implementation's class.
+    """
+
+    Hypernetwork = None
+
+    def __init__(self, embedding_dim, max_seq_len, token_mixing_hidden_dim=None,
+                 hypernetwork_hidden_dim=None, causal=False, hypernetwork=None, seed=0,
+                 dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
+        if token_mixing_hidden_dim is None:
+            token_mixing_hidden_dim = max(1, embedding_dim // 2)
+        self.token_mixing_hidden_dim = _positive_int("token_mixing_hidden_dim",
+                                                     token_mixing_hidden_dim)
+        self.causal = bool(causal)
+        out_dim = token_mixing_output_dim(self.max_seq_len, self.token_mixing_hidden_dim)
+        if hypernetwork is None:
+            if hypernetwork_hidden_dim is None:
+                hypernetwork_hidden_dim = max(1, embedding_dim // 4)
+            hypernetwork = self.Hypernetwork(embedding_dim, hypernetwork_hidden_dim, out_dim,
+                                             seed=make_rng(seed), dtype=self.dtype)
+        else:
+            if not isinstance(hypernetwork, self.Hypernetwork):
+                raise TypeError(
+                    f"hypernetwork must be a {self.Hypernetwork.__module__}.Hypernetwork, got "
+                    f"{type(hypernetwork).__module__}.{type(hypernetwork).__name__}")
+            if (hypernetwork.embedding_dim, hypernetwork.output_dim) != (embedding_dim, out_dim):
+                raise ValueError(
+                    f"shared hypernetwork maps {hypernetwork.embedding_dim} -> "
+                    f"{hypernetwork.output_dim} features; this token mixing needs "
+                    f"{embedding_dim} -> {out_dim}")
+            if (hypernetwork_hidden_dim is not None
+                    and hypernetwork_hidden_dim != hypernetwork.hidden_dim):
+                raise ValueError(
+                    f"hypernetwork_hidden_dim={hypernetwork_hidden_dim} disagrees with the "
+                    f"shared hypernetwork's hidden_dim={hypernetwork.hidden_dim}")
+        self.hypernetwork = self._add_child("hypernetwork", hypernetwork)
+        self.hypernetwork_hidden_dim = self.hypernetwork.hidden_dim
+
+    def split_theta(self, theta):
+        """Views (W1 (S,Ht), c1 (1,Ht), W2 (Ht,S), c2 (1,S)) of theta's last axis."""
+        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        lead = theta.shape[:-1]
+        w1 = theta[..., :s * h].reshape(lead + (s, h))
+        c1 = theta[..., s * h:s * h + h].reshape(lead + (1, h))
+        w2 = theta[..., s * h + h:2 * s * h + h].reshape(lead + (h, s))
+        c2 = theta[..., 2 * s * h + h:].reshape(lead + (1, s))
+        return w1, c1, w2, c2
+
+
+class HyperMixerBlockBase(Layer):
+    """``y = channel_mixing(norm2(token_mixing(norm1(x))))``: pre-norm, residuals inside.
+
+    Subclasses set the three sublayer classes; the chaining below is the same for both
+    implementations, so it is written once.
+    """
+
+    LayerNorm = None
+    TokenMixingMLP = None
+    ChannelMixingMLP = None
+
+    def __init__(self, embedding_dim, hidden_dim, max_seq_len, hypernetwork_hidden_dim=None,
+                 token_mixing_hidden_dim=None, causal=False, hypernetwork=None, seed=0,
+                 dtype=np.float32):
+        super().__init__(dtype)
+        rng = make_rng(seed)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
+        self.causal = bool(causal)
+        self.norm1 = self._add_child("norm1", self.LayerNorm(embedding_dim, dtype=self.dtype))
+        self.token_mixing = self._add_child("token_mixing", self.TokenMixingMLP(
+            embedding_dim, max_seq_len, token_mixing_hidden_dim=token_mixing_hidden_dim,
+            hypernetwork_hidden_dim=hypernetwork_hidden_dim, causal=causal,
+            hypernetwork=hypernetwork, seed=rng, dtype=self.dtype))
+        self.norm2 = self._add_child("norm2", self.LayerNorm(embedding_dim, dtype=self.dtype))
+        self.channel_mixing = self._add_child("channel_mixing", self.ChannelMixingMLP(
+            embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
+        self.hypernetwork = self.token_mixing.hypernetwork
+
+    def _forward(self, x, lengths):
+        for _, layer in self._children:
+            x = layer._forward(x, lengths)
+        return x
+
+    def _backward(self, grad_output):
+        grad = grad_output
+        child_grads = []
+        for _, layer in reversed(self._children):
+            grad, grads = layer._backward(grad)
+            child_grads.append((layer, grads))
+        return grad, self._merge_gradients(child_grads[::-1])

@@ -1,0 +1,222 @@
+"""Pure-NumPy reference implementation of every layer: the oracle for the compiled kernels.
+
+Written for clarity, not speed: one sequence at a time, one formula per line, mirroring SPEC
+section 2. The classes take the same constructor arguments as the compiled ones in
+``hypermixer`` and, for the same seed, start from the same parameters.
+"""
+
+import numpy as np
+
+from . import _blueprints as bp
+from ._layer import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
+
+
+class ReferenceAdam:
+    """Adam in NumPy (SPEC section 2), mixed into every reference leaf layer."""
+
+    def _adam_update(self, param, grad, m, v, lr, step):
+        m *= ADAM_BETA1
+        m += (1 - ADAM_BETA1) * grad
+        v *= ADAM_BETA2
+        v += (1 - ADAM_BETA2) * grad * grad
+        m_hat = m / (1 - ADAM_BETA1 ** step)
+        v_hat = v / (1 - ADAM_BETA2 ** step)
+        param -= lr * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+class LayerNorm(ReferenceAdam, bp.LayerNormBase):
+    __doc__ = bp.LayerNormBase.__doc__
+
+    def _forward(self, x, lengths):
+        y = np.zeros_like(x)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]
+            mean = xb.mean(axis=1, keepdims=True)
+            var = ((xb - mean) ** 2).mean(axis=1, keepdims=True)   # population variance
+            rstd = 1.0 / np.sqrt(var + self.eps)
+            xhat = (xb - mean) * rstd
+            y[b, :n] = xhat * self.gamma + self.beta
+            self._saved.append((xhat, rstd))
+        return y
+
+    def _backward(self, grad_output):
+        grad_input = np.zeros_like(grad_output)
+        dgamma = np.zeros_like(self.gamma)
+        dbeta = np.zeros_like(self.beta)
+        for b, (xhat, rstd) in enumerate(self._saved):
+            g = grad_output[b, :len(xhat)]
+            dgamma += (g * xhat).sum(axis=0, keepdims=True)
+            dbeta += g.sum(axis=0, keepdims=True)
+            dxhat = g * self.gamma
+            # Exact derivative of (x - mean) * rstd, valid for any std (SPEC section 7).
+            grad_input[b, :len(xhat)] = rstd * (
+                dxhat
+                - dxhat.mean(axis=1, keepdims=True)
+                - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+        return grad_input, [dgamma, dbeta]
+
+
+class Hypernetwork(ReferenceAdam, bp.HypernetworkBase):
+    __doc__ = bp.HypernetworkBase.__doc__
+
+    def _forward(self, x, lengths):
+        theta = np.zeros(x.shape[:2] + (self.output_dim,), self.dtype)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            m = x[b, :n]
+            pre = m @ self.w1 + self.b1
+            hidden = relu(pre)
+            theta[b, :n] = hidden @ self.w2 + self.b2
+            self._saved.append((m, pre, hidden))
+        return theta
+
+    def _backward(self, grad_output):
+        grad_input = np.zeros(grad_output.shape[:2] + (self.embedding_dim,), self.dtype)
+        dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
+        dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+        for b, (m, pre, hidden) in enumerate(self._saved):
+            g = grad_output[b, :len(m)]
+            dw2 += hidden.T @ g
+            db2 += g.sum(axis=0, keepdims=True)
+            dpre = (g @ self.w2.T) * (pre > 0)
+            dw1 += m.T @ dpre
+            db1 += dpre.sum(axis=0, keepdims=True)
+            grad_input[b, :len(m)] = dpre @ self.w1.T
+        return grad_input, [dw1, db1, dw2, db2]
+
+
+class TokenMixingMLP(ReferenceAdam, bp.TokenMixingMLPBase):
+    __doc__ = bp.TokenMixingMLPBase.__doc__
+    Hypernetwork = Hypernetwork
+
+    # -- bidirectional: one theta per sequence, from the mean of all its rows
+    def _forward(self, x, lengths):
+        if self.causal:
+            return self._forward_causal(x, lengths)
+        means = np.stack([x[b, :n].mean(axis=0) for b, n in enumerate(lengths)])[:, None, :]
+        theta = self.hypernetwork._forward(means, np.ones(len(lengths), np.int64))
+        y = np.zeros_like(x)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]                                     # (L, E)
+            w1, c1, w2, c2 = self.split_theta(theta[b, 0])
+            z = xb.T @ w1[:n] + c1                            # (E, Ht)
+            a = relu(z)
+            mixed = a @ w2[:, :n] + c2[:, :n]                 # (E, L)
+            y[b, :n] = xb + mixed.T
+            self._saved.append((xb, theta[b, 0], z, a))
+        return y
+
+    def _backward(self, grad_output):
+        if self.causal:
+            return self._backward_causal(grad_output)
+        grad_input = np.zeros_like(grad_output)
+        dtheta = np.zeros((len(self._saved), 1, self.hypernetwork.output_dim), self.dtype)
+        for b, (xb, theta, z, a) in enumerate(self._saved):
+            n = len(xb)
+            g = grad_output[b, :n]
+            w1, c1, w2, c2 = self.split_theta(theta)
+            dw1, dc1, dw2, dc2 = self.split_theta(dtheta[b, 0])  # views: writes land in dtheta
+            dmixed = g.T                                      # (E, L)
+            dw2[:, :n] = a.T @ dmixed
+            dc2[:, :n] = dmixed.sum(axis=0, keepdims=True)
+            dz = (dmixed @ w2[:, :n].T) * (z > 0)             # (E, Ht)
+            dw1[:n] = xb @ dz
+            dc1[:] = dz.sum(axis=0, keepdims=True)
+            grad_input[b, :n] = g + (dz @ w1[:n].T).T
+        dmeans, grads = self.hypernetwork._backward(dtheta)
+        for b, (xb, *_rest) in enumerate(self._saved):
+            n = len(xb)
+            grad_input[b, :n] += dmeans[b, 0] / n             # exact mean-pool gradient (SPEC 7)
+        return grad_input, grads
+
+    # -- causal: row t uses theta_t generated from the mean of rows 0..t, and rows 0..t only
+    def _forward_causal(self, x, lengths):
+        prefix_means = np.zeros_like(x)
+        for b, n in enumerate(lengths):
+            counts = np.arange(1, n + 1, dtype=self.dtype)[:, None]
+            prefix_means[b, :n] = np.cumsum(x[b, :n], axis=0) / counts
+        theta = self.hypernetwork._forward(prefix_means, lengths)
+        y = np.zeros_like(x)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]
+            steps = []
+            for t in range(n):
+                w1, c1, w2, c2 = self.split_theta(theta[b, t])
+                z = xb[:t + 1].T @ w1[:t + 1] + c1            # (E, Ht)
+                a = relu(z)
+                y[b, t] = xb[t] + a @ w2[:, t] + c2[0, t]
+                steps.append((z, a))
+            self._saved.append((xb, theta[b, :n], steps))
+        return y
+
+    def _backward_causal(self, grad_output):
+        grad_input = np.zeros_like(grad_output)
+        batch, seq_len = grad_output.shape[:2]
+        dtheta = np.zeros((batch, seq_len, self.hypernetwork.output_dim), self.dtype)
+        for b, (xb, theta, steps) in enumerate(self._saved):
+            n = len(xb)
+            for t, (z, a) in enumerate(steps):
+                g = grad_output[b, t]                         # (E,)
+                w1, c1, w2, c2 = self.split_theta(theta[t])
+                dw1, dc1, dw2, dc2 = self.split_theta(dtheta[b, t])
+                dw2[:, t] = a.T @ g
+                dc2[0, t] = g.sum()
+                dz = np.outer(g, w2[:, t]) * (z > 0)          # (E, Ht)
+                dw1[:t + 1] = xb[:t + 1] @ dz
+                dc1[:] = dz.sum(axis=0, keepdims=True)
+                grad_input[b, :t + 1] += (dz @ w1[:t + 1].T).T
+                grad_input[b, t] += g                         # residual
+        dmeans, grads = self.hypernetwork._backward(dtheta)
+        for b, (xb, *_rest) in enumerate(self._saved):
+            n = len(xb)
+            # m_t = mean(x[0..t]), so x[s] receives dm_t / (t + 1) from every t >= s.
+            scaled = dmeans[b, :n] / np.arange(1, n + 1, dtype=self.dtype)[:, None]
+            grad_input[b, :n] += np.cumsum(scaled[::-1], axis=0)[::-1]
+        return grad_input, grads
+
+
+class ChannelMixingMLP(ReferenceAdam, bp.ChannelMixingMLPBase):
+    __doc__ = bp.ChannelMixingMLPBase.__doc__
+
+    def _forward(self, x, lengths):
+        y = np.zeros_like(x)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]
+            pre = xb @ self.w1 + self.b1
+            hidden = relu(pre)
+            y[b, :n] = xb + hidden @ self.w2 + self.b2
+            self._saved.append((xb, pre, hidden))
+        return y
+
+    def _backward(self, grad_output):
+        grad_input = np.zeros_like(grad_output)
+        dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
+        dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+        for b, (xb, pre, hidden) in enumerate(self._saved):
+            g = grad_output[b, :len(xb)]
+            dw2 += hidden.T @ g
+            db2 += g.sum(axis=0, keepdims=True)
+            dpre = (g @ self.w2.T) * (pre > 0)
+            dw1 += xb.T @ dpre
+            db1 += dpre.sum(axis=0, keepdims=True)
+            grad_input[b, :len(xb)] = g + dpre @ self.w1.T
+        return grad_input, [dw1, db1, dw2, db2]
+
+
+class HyperMixerBlock(bp.HyperMixerBlockBase):
+    __doc__ = bp.HyperMixerBlockBase.__doc__
+    LayerNorm = LayerNorm
+    TokenMixingMLP = TokenMixingMLP
+    ChannelMixingMLP = ChannelMixingMLP
+
+
+__all__ = ["LayerNorm", "Hypernetwork", "TokenMixingMLP", "ChannelMixingMLP",
+           "HyperMixerBlock"]

@@ -1,0 +1,1 @@
+# Bindings for csrc/attention.c (to be written).

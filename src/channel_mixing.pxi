@@ -1,0 +1,1 @@
+# Bindings for csrc/channel_mixing.c (to be written).

@@ -1,0 +1,1 @@
+# Bindings for csrc/embeddings.c (to be written).

@@ -1,0 +1,1 @@
+# Bindings for csrc/hypernetwork.c (to be written).

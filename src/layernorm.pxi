@@ -1,0 +1,1 @@
+# Bindings for csrc/layernorm.c (to be written).

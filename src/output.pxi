@@ -1,0 +1,1 @@
+# Bindings for csrc/output.c (to be written).

@@ -1,0 +1,1 @@
+# Bindings for csrc/token_mixing.c (to be written).
