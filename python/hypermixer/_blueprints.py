@@ -170,3 +170,168 @@ class HyperMixerBlockBase(Layer):
             grad, grads = layer._backward(grad)
             child_grads.append((layer, grads))
         return grad, self._merge_gradients(child_grads[::-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Language-model layers (SPEC section 2): Embeddings, SelfAttention, TransformerBlock,
+# OutputProjection, and the argument checking of the softmax cross-entropy loss.
+# ---------------------------------------------------------------------------------------------
+
+from ._layer import check_lengths  # noqa: E402  (kept in this section to avoid edit clashes)
+
+
+def check_token_ids(name, ids, lengths, vocab_size, max_seq_len=None):
+    """Validate integer ids ``(L,)`` or ``(B, L)``: returns ``(ids (B, L) int64, lengths, unbatched)``.
+
+    Only the positions a sequence owns (``t < lengths[b]``) are range-checked: padding
+    positions are never read, so any filler value (often -1) is accepted there.
+    """
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        if lengths is not None:
+            raise ValueError(f"lengths is only accepted with batched (B, L) {name}")
+        arr = arr[np.newaxis]
+        unbatched = True
+    elif arr.ndim == 2:
+        unbatched = False
+    else:
+        raise ValueError(
+            f"{name} must be (L,) or (B, L), got {arr.ndim} dimensions with shape {arr.shape}")
+    batch, seq_len = arr.shape
+    if batch == 0:
+        raise ValueError(f"{name}: batch is empty (B = 0)")
+    if seq_len == 0:
+        raise ValueError(f"{name}: sequence is empty (L = 0)")
+    if max_seq_len is not None and seq_len > max_seq_len:
+        raise ValueError(f"sequence length {seq_len} exceeds max_seq_len {max_seq_len}")
+    lengths = check_lengths(lengths, batch, seq_len)
+    valid = np.arange(seq_len)[np.newaxis, :] < lengths[:, np.newaxis]
+    bad = valid & ((arr < 0) | (arr >= vocab_size))
+    if bad.any():
+        b, t = (int(i) for i in np.argwhere(bad)[0])
+        where = f"position {t}" if unbatched else f"sequence {b}, position {t}"
+        raise ValueError(
+            f"{name} must lie in [0, {vocab_size}): got {int(arr[b, t])} at {where}")
+    return np.ascontiguousarray(arr, dtype=np.int64), lengths, unbatched
+
+
+def check_cross_entropy_args(logits, targets, lengths):
+    """Validate the loss inputs: returns ``(logits (B, L, V), targets (B, L), lengths, unbatched)``.
+
+    Logits keep their dtype when it is float32/float64 (other real dtypes become float64).
+    """
+    arr = np.asarray(logits)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"logits must be a real numeric array, got dtype {arr.dtype}")
+    dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"logits must be (L, V) or (B, L, V), got {arr.ndim} dimensions with shape "
+            f"{arr.shape}")
+    tgt = np.asarray(targets)
+    if tgt.ndim != arr.ndim - 1 or tgt.shape != arr.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape {arr.shape[:-1]} to match logits {arr.shape}, got "
+            f"{tgt.shape}")
+    vocab = arr.shape[-1]
+    if vocab == 0:
+        raise ValueError("logits have no classes (V = 0)")
+    tgt, lengths, unbatched = check_token_ids("targets", tgt, lengths, vocab)
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if unbatched:
+        arr = arr[np.newaxis]
+    return arr, tgt, lengths, unbatched
+
+
+class EmbeddingsBase(Layer):
+    """``X[t] = token[id_t] + position[t]``: token (V, E), position (S, E) ~ N(0, 0.02).
+
+    Input: integer ids ``(L,)`` or ``(B, L)``; output ``(L, E)`` / ``(B, L, E)``, padding rows
+    0. Ids are not differentiable, so the input gradient is ``None``.
+    """
+
+    init_std = 0.02
+
+    def __init__(self, vocab_size, max_seq_len, embedding_dim, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.vocab_size = _positive_int("vocab_size", vocab_size)
+        self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
+        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        rng = make_rng(seed)
+        self.token = self._add_parameter("token", rng.normal(
+            0.0, self.init_std, size=(vocab_size, embedding_dim)).astype(self.dtype))
+        self.position = self._add_parameter("position", rng.normal(
+            0.0, self.init_std, size=(max_seq_len, embedding_dim)).astype(self.dtype))
+
+    def _check_input(self, x, lengths):
+        return check_token_ids("token ids", x, lengths, self.vocab_size, self.max_seq_len)
+
+
+class SelfAttentionBase(Layer):
+    """Causal single-head attention ``Y = softmax(q k^T / sqrt(E)) v + X`` (no biases).
+
+    wq, wk, wv (E, E), He init, drawn in that order. Row t attends to rows 0..t of its own
+    sequence; padding rows are never attended and give zero output.
+    """
+
+    def __init__(self, embedding_dim, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        rng = make_rng(seed)
+        e = embedding_dim
+        self.wq = self._add_parameter("wq", he_normal(rng, e, e, self.dtype))
+        self.wk = self._add_parameter("wk", he_normal(rng, e, e, self.dtype))
+        self.wv = self._add_parameter("wv", he_normal(rng, e, e, self.dtype))
+        self.scale = 1.0 / np.sqrt(e)
+
+
+class TransformerBlockBase(Layer):
+    """``y = norm2(feed_forward(norm1(self_attention(x))))``: post-norm, as the seeds.
+
+    Subclasses set the three sublayer classes. Canonical order: self_attention.{wq,wk,wv},
+    norm1.{gamma,beta}, feed_forward.{w1,b1,w2,b2}, norm2.{gamma,beta}.
+    """
+
+    SelfAttention = None
+    LayerNorm = None
+    FeedForward = None
+
+    def __init__(self, embedding_dim, hidden_dim, max_seq_len, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        rng = make_rng(seed)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
+        self.self_attention = self._add_child("self_attention", self.SelfAttention(
+            embedding_dim, seed=rng, dtype=self.dtype))
+        self.norm1 = self._add_child("norm1", self.LayerNorm(embedding_dim, dtype=self.dtype))
+        self.feed_forward = self._add_child("feed_forward", self.FeedForward(
+            embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
+        self.norm2 = self._add_child("norm2", self.LayerNorm(embedding_dim, dtype=self.dtype))
+
+    def _forward(self, x, lengths):
+        for _, layer in self._children:
+            x = layer._forward(x, lengths)
+        return x
+
+    def _backward(self, grad_output):
+        grad = grad_output
+        child_grads = []
+        for _, layer in reversed(self._children):
+            grad, grads = layer._backward(grad)
+            child_grads.append((layer, grads))
+        return grad, self._merge_gradients(child_grads[::-1])
+
+
+class OutputProjectionBase(Layer):
+    """``logits = X @ w + b``: w (E, V) He, b (1, V) zeros; padding rows 0."""
+
+    def __init__(self, embedding_dim, vocab_size, seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.vocab_size = _positive_int("vocab_size", vocab_size)
+        rng = make_rng(seed)
+        self.w = self._add_parameter("w", he_normal(rng, embedding_dim, vocab_size, self.dtype))
+        self.b = self._add_parameter("b", np.zeros((1, vocab_size), self.dtype))

@@ -155,7 +155,10 @@ class Layer:
 
     # ------------------------------------------------------------------ input handling
     def _check_input(self, x, lengths):
-        """Return (x3, lengths, was_unbatched) or raise; used by the public entry points."""
+        """Return (x3, lengths, was_unbatched) or raise; used by the public entry points.
+
+        Subclasses whose input is not a float feature array (token ids) override this.
+        """
         x = as_float_array("input", x, self.dtype)
         if x.ndim == 2:
             if lengths is not None:
@@ -213,7 +216,10 @@ class Layer:
         if unbatched:
             g = g[np.newaxis]
         grad_input, grads = self._backward(g)
-        return (grad_input[0] if unbatched else grad_input), grads
+        # A layer whose input is not differentiable (token ids) returns None as grad_input.
+        if grad_input is not None and unbatched:
+            grad_input = grad_input[0]
+        return grad_input, grads
 
     def backward(self, grad_output, lr):
         """Gradients at the cached forward, then one Adam step; returns the input gradient."""

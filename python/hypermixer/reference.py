@@ -220,3 +220,128 @@ class HyperMixerBlock(bp.HyperMixerBlockBase):
 
 __all__ = ["LayerNorm", "Hypernetwork", "TokenMixingMLP", "ChannelMixingMLP",
            "HyperMixerBlock"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Language-model layers (SPEC section 2): Embeddings, SelfAttention, FeedForward,
+# TransformerBlock, OutputProjection and the softmax cross-entropy loss.
+# ---------------------------------------------------------------------------------------------
+
+class Embeddings(ReferenceAdam, bp.EmbeddingsBase):
+    __doc__ = bp.EmbeddingsBase.__doc__
+
+    def _forward(self, ids, lengths):
+        y = np.zeros(ids.shape + (self.embedding_dim,), self.dtype)
+        for b, n in enumerate(lengths):
+            y[b, :n] = self.token[ids[b, :n]] + self.position[:n]
+        self._saved = (ids, lengths)
+        return y
+
+    def _backward(self, grad_output):
+        ids, lengths = self._saved
+        dtoken = np.zeros_like(self.token)
+        dposition = np.zeros_like(self.position)
+        for b, n in enumerate(lengths):
+            g = grad_output[b, :n]
+            np.add.at(dtoken, ids[b, :n], g)     # repeated ids accumulate
+            dposition[:n] += g
+        return None, [dtoken, dposition]
+
+
+class SelfAttention(ReferenceAdam, bp.SelfAttentionBase):
+    __doc__ = bp.SelfAttentionBase.__doc__
+
+    def _forward(self, x, lengths):
+        y = np.zeros_like(x)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]
+            q, k, v = xb @ self.wq, xb @ self.wk, xb @ self.wv
+            scores = q @ k.T * self.scale                       # (L, L)
+            scores = np.where(np.tril(np.ones((n, n), bool)), scores, -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            weights = np.exp(scores)                            # exp(-inf) = 0 above the diagonal
+            attn = weights / weights.sum(axis=1, keepdims=True)
+            y[b, :n] = attn @ v + xb
+            self._saved.append((xb, q, k, v, attn))
+        return y
+
+    def _backward(self, grad_output):
+        grad_input = np.zeros_like(grad_output)
+        dwq, dwk, dwv = (np.zeros_like(w) for w in (self.wq, self.wk, self.wv))
+        for b, (xb, q, k, v, attn) in enumerate(self._saved):
+            g = grad_output[b, :len(xb)]
+            dv = attn.T @ g
+            dattn = g @ v.T
+            # softmax backward, row by row; masked entries have attn = 0 and stay 0
+            dscores = attn * (dattn - (dattn * attn).sum(axis=1, keepdims=True))
+            dq = dscores @ k * self.scale                       # the 1/sqrt(E) of SPEC 7
+            dk = dscores.T @ q * self.scale
+            dwq += xb.T @ dq
+            dwk += xb.T @ dk
+            dwv += xb.T @ dv
+            grad_input[b, :len(xb)] = g + dq @ self.wq.T + dk @ self.wk.T + dv @ self.wv.T
+        return grad_input, [dwq, dwk, dwv]
+
+
+class FeedForward(ChannelMixingMLP):
+    """The Transformer's position-wise MLP: the same math and parameters as ChannelMixingMLP."""
+
+
+class TransformerBlock(bp.TransformerBlockBase):
+    __doc__ = bp.TransformerBlockBase.__doc__
+    SelfAttention = SelfAttention
+    LayerNorm = LayerNorm
+    FeedForward = FeedForward
+
+
+class OutputProjection(ReferenceAdam, bp.OutputProjectionBase):
+    __doc__ = bp.OutputProjectionBase.__doc__
+
+    def _forward(self, x, lengths):
+        y = np.zeros(x.shape[:2] + (self.vocab_size,), self.dtype)
+        self._saved = []
+        for b, n in enumerate(lengths):
+            xb = x[b, :n]
+            y[b, :n] = xb @ self.w + self.b
+            self._saved.append(xb)
+        return y
+
+    def _backward(self, grad_output):
+        grad_input = np.zeros(grad_output.shape[:2] + (self.embedding_dim,), self.dtype)
+        dw, db = np.zeros_like(self.w), np.zeros_like(self.b)
+        for b, xb in enumerate(self._saved):
+            g = grad_output[b, :len(xb)]
+            dw += xb.T @ g
+            db += g.sum(axis=0, keepdims=True)
+            grad_input[b, :len(xb)] = g @ self.w.T
+        return grad_input, [dw, db]
+
+
+def softmax_cross_entropy(logits, targets, lengths=None):
+    """Mean cross-entropy of ``softmax(logits)`` against integer ``targets``.
+
+    ``logits`` (L, V) or (B, L, V), ``targets`` (L,) or (B, L), optional ``lengths`` (B,).
+    The loss is the mean over the valid positions of each sequence, then the mean over
+    sequences. Returns ``(loss as float, grad_logits)`` with grad_logits = d loss / d logits
+    (same shape and dtype as the logits, 0 at padding positions).
+    """
+    z, tgt, lengths, unbatched = bp.check_cross_entropy_args(logits, targets, lengths)
+    batch = len(lengths)
+    grad = np.zeros_like(z)
+    total = 0.0
+    for b, n in enumerate(lengths):
+        zb = z[b, :n]
+        shifted = zb - zb.max(axis=1, keepdims=True)            # numerically stable
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = shifted - log_norm
+        rows = np.arange(n)
+        total += float(-log_probs[rows, tgt[b, :n]].astype(np.float64).mean())
+        probs = np.exp(log_probs)
+        probs[rows, tgt[b, :n]] -= 1
+        grad[b, :n] = probs / (n * batch)
+    return total / batch, (grad[0] if unbatched else grad)
+
+
+__all__ += ["Embeddings", "SelfAttention", "FeedForward", "TransformerBlock",
+            "OutputProjection", "softmax_cross_entropy"]
