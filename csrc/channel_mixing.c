@@ -1,0 +1,149 @@
+/* Channel-mixing MLP on the valid tokens of a padded batch.
+ *
+ * The valid rows of every sequence are first copied into one packed (N, E) matrix, N being
+ * the total number of valid tokens, and all the matrix products run on it through gemm_*.
+ * Padding rows are never read, so whatever they hold (garbage, NaN) cannot reach a valid
+ * output or a parameter gradient; they output 0 and get a zero input gradient.
+ *
+ * offsets (B+1,) locates sequence b in the packed matrices: rows offsets[b] ..
+ * offsets[b+1]-1, with 1 <= offsets[b+1] - offsets[b] <= L and offsets[0] = 0. */
+#ifndef REAL
+#include "channel_mixing.h"
+#include "gemm.h"
+#define HM_TEMPLATE_FILE "channel_mixing.c"
+#include "template.h"
+#else
+
+/* Columns handled together by one thread in F(column_sums). */
+#define CM_SUM_COLS 64
+
+/* out[j] = sum of a[r, j] over rows r = 0..rows-1 in order; a is (rows, cols) with leading
+ * dimension cols. Each column belongs to one thread: the result is thread-count independent. */
+HM_SIMD
+static void F(column_sums)(REAL* out, const REAL* a, size_t rows, size_t cols)
+{
+    const size_t chunks = (cols + CM_SUM_COLS - 1) / CM_SUM_COLS;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * cols > 65536)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t j0 = c * CM_SUM_COLS;
+        const size_t j1 = j0 + CM_SUM_COLS < cols ? j0 + CM_SUM_COLS : cols;
+        REAL* restrict o = out + j0;
+        for (size_t j = 0; j < j1 - j0; j++) {
+            o[j] = 0;
+        }
+        for (size_t r = 0; r < rows; r++) {
+            const REAL* restrict row = a + r * cols + j0;
+            for (size_t j = 0; j < j1 - j0; j++) {
+                o[j] += row[j];
+            }
+        }
+    }
+}
+
+/* Copy the valid rows of src (B, L, E) into the packed dst (N, E). */
+static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int B, int L,
+                         int E)
+{
+    const size_t width = (size_t)E;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (int b = 0; b < B; b++) {
+        const size_t n = (size_t)(offsets[b + 1] - offsets[b]);
+        const REAL* s = src + (size_t)b * (size_t)L * width;
+        REAL* d = dst + (size_t)offsets[b] * width;
+        for (size_t i = 0; i < n * width; i++) {
+            d[i] = s[i];
+        }
+    }
+}
+
+/* y, x: (B, L, E); w1: (E, H); b1: (H,); w2: (H, E); b2: (E,).
+ * Workspaces (N = offsets[B] rows): xp (N, E) receives the packed valid rows of x and
+ * hidden (N, H) receives relu(xp @ w1 + b1), both kept for backward; mixed (N, E) is
+ * scratch. */
+HM_SIMD
+void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, const REAL* x,
+                               const int64_t* offsets, const REAL* w1, const REAL* b1,
+                               const REAL* w2, const REAL* b2, int B, int L, int E, int H)
+{
+    const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
+    F(pack_rows)(xp, x, offsets, B, L, E);
+    F(gemm)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t r = 0; r < N; r++) {
+        REAL* restrict h = hidden + r * hid;
+        for (size_t j = 0; j < hid; j++) {
+            const REAL v = h[j] + b1[j];
+            h[j] = v > 0 ? v : 0;
+        }
+    }
+    F(gemm)(0, 0, N, width, hid, hidden, hid, w2, width, 0, mixed, width);
+    /* Unpack: y = x + mixed + b2 on valid rows, 0 on padding rows. */
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
+        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        REAL* restrict out = y + r * width;
+        if ((int64_t)t >= offsets[b + 1] - offsets[b]) {
+            for (size_t e = 0; e < width; e++) {
+                out[e] = 0;
+            }
+            continue;
+        }
+        const size_t p = (size_t)offsets[b] + t;
+        const REAL* restrict in = xp + p * width;
+        const REAL* restrict m = mixed + p * width;
+        for (size_t e = 0; e < width; e++) {
+            out[e] = in[e] + m[e] + b2[e];
+        }
+    }
+}
+
+/* grad_input, grad_output: (B, L, E); xp (N, E), hidden (N, H): as left by the forward;
+ * w1: (E, H); w2: (H, E). dw1 (E, H), db1 (H,), dw2 (H, E), db2 (E,) are overwritten.
+ * Workspaces: gp (N, E), dhidden (N, H). Every parameter gradient is a gemm over the N
+ * packed rows (which tiles its output and never splits the sum) or a column sum, so the
+ * result does not depend on the thread count. */
+HM_SIMD
+void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2,
+                                REAL* gp, REAL* dhidden, const REAL* grad_output,
+                                const REAL* xp, const REAL* hidden, const int64_t* offsets,
+                                const REAL* w1, const REAL* w2, int B, int L, int E, int H)
+{
+    const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
+    F(pack_rows)(gp, grad_output, offsets, B, L, E);
+    /* dw2 = hidden^T @ g, db2 = column sums of g */
+    F(gemm)(1, 0, hid, width, N, hidden, hid, gp, width, 0, dw2, width);
+    F(column_sums)(db2, gp, N, width);
+    /* dhidden = (g @ w2^T) * (hidden > 0); hidden > 0 exactly where the pre-activation is */
+    F(gemm)(0, 1, N, hid, width, gp, width, w2, width, 0, dhidden, hid);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t r = 0; r < N; r++) {
+        REAL* restrict d = dhidden + r * hid;
+        const REAL* restrict h = hidden + r * hid;
+        for (size_t j = 0; j < hid; j++) {
+            d[j] = h[j] > 0 ? d[j] : 0;
+        }
+    }
+    /* dw1 = xp^T @ dhidden, db1 = column sums of dhidden */
+    F(gemm)(1, 0, width, hid, N, xp, width, dhidden, hid, 0, dw1, hid);
+    F(column_sums)(db1, dhidden, N, hid);
+    /* gp += dhidden @ w1^T: the residual path plus the MLP path, then unpack */
+    F(gemm)(0, 1, N, width, hid, dhidden, hid, w1, hid, 1, gp, width);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
+        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        REAL* restrict dx = grad_input + r * width;
+        if ((int64_t)t >= offsets[b + 1] - offsets[b]) {
+            for (size_t e = 0; e < width; e++) {
+                dx[e] = 0;
+            }
+            continue;
+        }
+        const REAL* restrict g = gp + ((size_t)offsets[b] + t) * width;
+        for (size_t e = 0; e < width; e++) {
+            dx[e] = g[e];
+        }
+    }
+}
+
+#undef CM_SUM_COLS
+#endif

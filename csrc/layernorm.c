@@ -1,0 +1,126 @@
+/* LayerNorm over the feature axis of every valid token, eps = 1e-5, population variance.
+ *
+ * Rows at or past lengths[b] are padding: they output 0, cache mean = rstd = 0 and receive a
+ * zero input gradient; their input is never read, so garbage there cannot leak. */
+#ifndef REAL
+
+#include "layernorm.h"
+
+size_t layernorm_partial_tiles(size_t rows)
+{
+    return (rows + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
+}
+
+#define HM_TEMPLATE_FILE "layernorm.c"
+#include "template.h"
+#else
+
+#define LN_EPS 1e-5
+
+/* y, xhat, x: (B, L, E); mean, rstd: (B, L); lengths: (B,) with 1 <= lengths[b] <= L;
+ * gamma, beta: (E,).
+ * xhat = (x - mean) * rstd is kept for backward, so the caller may change x afterwards. */
+HM_SIMD
+void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x,
+                          const int64_t* lengths, const REAL* gamma, const REAL* beta, int B,
+                          int L, int E)
+{
+    const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t r = 0; r < rows; r++) {
+        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        REAL* restrict out = y + r * width;
+        REAL* restrict xh = xhat + r * width;
+        if ((int64_t)t >= lengths[b]) {
+            for (size_t e = 0; e < width; e++) {
+                out[e] = 0;
+                xh[e] = 0;
+            }
+            mean[r] = 0;
+            rstd[r] = 0;
+            continue;
+        }
+        const REAL* restrict in = x + r * width;
+        REAL sum = 0;
+        for (size_t e = 0; e < width; e++) {
+            sum += in[e];
+        }
+        const REAL mu = sum / (REAL)E;
+        REAL sq = 0;
+        for (size_t e = 0; e < width; e++) {
+            const REAL d = in[e] - mu;
+            sq += d * d;
+        }
+        const REAL var = sq / (REAL)E;
+        const REAL s = (REAL)1 / SQRT(var + (REAL)LN_EPS);
+        for (size_t e = 0; e < width; e++) {
+            const REAL n = (in[e] - mu) * s;
+            xh[e] = n;
+            out[e] = n * gamma[e] + beta[e];
+        }
+        mean[r] = mu;
+        rstd[r] = s;
+    }
+}
+
+/* grad_input, grad_output, xhat: (B, L, E); rstd: (B, L); lengths: (B,); gamma: (E,).
+ * dgamma, dbeta: (E,), overwritten (not accumulated).
+ * partial: workspace of layernorm_partial_tiles(B*L) blocks of (2, E). Tile k holds the
+ * dgamma / dbeta sums of rows k*HM_TILE_ROWS .. (k+1)*HM_TILE_ROWS-1 (rows in order); the
+ * tiles are then added in order, so the result does not depend on the thread count. */
+HM_SIMD
+void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial,
+                           const REAL* grad_output, const REAL* xhat, const REAL* rstd,
+                           const int64_t* lengths, const REAL* gamma, int B, int L, int E)
+{
+    const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
+    const size_t tiles = layernorm_partial_tiles(rows);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t k = 0; k < tiles; k++) {
+        REAL* restrict pg = partial + k * 2 * width;
+        REAL* restrict pb = pg + width;
+        for (size_t e = 0; e < width; e++) {
+            pg[e] = 0;
+            pb[e] = 0;
+        }
+        const size_t r1 = (k + 1) * HM_TILE_ROWS < rows ? (k + 1) * HM_TILE_ROWS : rows;
+        for (size_t r = k * HM_TILE_ROWS; r < r1; r++) {
+            const size_t b = r / (size_t)L, t = r % (size_t)L;
+            REAL* restrict dx = grad_input + r * width;
+            if ((int64_t)t >= lengths[b]) {
+                for (size_t e = 0; e < width; e++) {
+                    dx[e] = 0;
+                }
+                continue;
+            }
+            const REAL* restrict g = grad_output + r * width;
+            const REAL* restrict xh = xhat + r * width;
+            /* dxhat = g * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) */
+            REAL sum1 = 0, sum2 = 0;
+            for (size_t e = 0; e < width; e++) {
+                const REAL d = g[e] * gamma[e];
+                sum1 += d;
+                sum2 += d * xh[e];
+                pg[e] += g[e] * xh[e];
+                pb[e] += g[e];
+            }
+            const REAL mean1 = sum1 / (REAL)E, mean2 = sum2 / (REAL)E, s = rstd[r];
+            for (size_t e = 0; e < width; e++) {
+                dx[e] = s * (g[e] * gamma[e] - mean1 - xh[e] * mean2);
+            }
+        }
+    }
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (width * tiles > 65536)
+    for (size_t e = 0; e < width; e++) {
+        REAL sg = 0, sb = 0;
+        for (size_t k = 0; k < tiles; k++) {
+            sg += partial[k * 2 * width + e];
+            sb += partial[k * 2 * width + width + e];
+        }
+        dgamma[e] = sg;
+        dbeta[e] = sb;
+    }
+}
+
+#undef LN_EPS
+#endif
