@@ -1,0 +1,304 @@
+"""The language model: configuration, network builder and the training step.
+
+A network is a composite :class:`~hypermixer._layer.Layer` with the children ``embeddings``,
+``blocks.0`` .. ``blocks.N-1`` and ``output``; its input is token ids, its output logits. The
+layer implementation is a parameter (``backend``): ``"compiled"`` uses the C kernels of
+``hypermixer.layers``, ``"reference"`` the NumPy twins in ``hypermixer.reference``. Both start
+from the same parameters for the same seed.
+"""
+
+import dataclasses
+import importlib
+import json
+
+import numpy as np
+
+from ._blueprints import check_token_ids, token_mixing_output_dim
+from ._layer import Layer, make_rng
+
+ARCHITECTURES = ("hypermixer", "transformer")
+BACKENDS = ("compiled", "reference")
+_BACKEND_MODULES = {"compiled": "hypermixer.layers", "reference": "hypermixer.reference"}
+_NEEDED_NAMES = ("Embeddings", "OutputProjection", "TransformerBlock", "HyperMixerBlock",
+                 "Hypernetwork", "softmax_cross_entropy")
+
+
+class NonCausalTrainingError(RuntimeError):
+    """Training a next-token model whose token mixing sees the future (SPEC section 7)."""
+
+
+def _check_positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"ModelConfig.{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"ModelConfig.{name} must be >= 1, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a language model. The defaults are the seeds' configuration (SPEC section 6).
+
+    ``hypernetwork_hidden_dim`` (default E/4), ``token_mixing_hidden_dim`` (default E/2),
+    ``share_hypernetwork`` and ``causal`` concern the HyperMixer only. The Transformer's
+    attention is always causal.
+    """
+
+    architecture: str = "hypermixer"
+    embedding_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 3
+    max_seq_len: int = 80
+    hypernetwork_hidden_dim: int = None
+    token_mixing_hidden_dim: int = None
+    share_hypernetwork: bool = False
+    causal: bool = True
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"ModelConfig.architecture must be one of {ARCHITECTURES}, got "
+                             f"{self.architecture!r}")
+        for name in ("embedding_dim", "hidden_dim", "num_layers", "max_seq_len"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("hypernetwork_hidden_dim", "token_mixing_hidden_dim"):
+            _check_positive_int(name, getattr(self, name), allow_none=True)
+        for name in ("share_hypernetwork", "causal"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"ModelConfig.{name} must be True or False, got "
+                                f"{getattr(self, name)!r}")
+        if self.architecture == "transformer":
+            hypermixer_only = [name for name in ("hypernetwork_hidden_dim",
+                                                 "token_mixing_hidden_dim")
+                               if getattr(self, name) is not None]
+            if self.share_hypernetwork:
+                hypermixer_only.append("share_hypernetwork")
+            if hypermixer_only:
+                raise ValueError(f"{', '.join(hypermixer_only)} only apply to the hypermixer "
+                                 "architecture; the transformer has no hypernetwork")
+            if not self.causal:
+                raise ValueError("the transformer's self-attention is always causal; "
+                                 "causal=False applies to the hypermixer only")
+
+    @classmethod
+    def hypermixer(cls, **overrides):
+        return cls(architecture="hypermixer", **overrides)
+
+    @classmethod
+    def transformer(cls, **overrides):
+        return cls(architecture="transformer", **overrides)
+
+    @property
+    def resolved_hypernetwork_hidden_dim(self):
+        return self.hypernetwork_hidden_dim or max(1, self.embedding_dim // 4)
+
+    @property
+    def resolved_token_mixing_hidden_dim(self):
+        return self.token_mixing_hidden_dim or max(1, self.embedding_dim // 2)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict):
+            raise ValueError(f"a model configuration must be a JSON object, got "
+                             f"{type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model configuration keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, document):
+        try:
+            data = json.loads(document)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model configuration is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+def layer_module(backend):
+    """The module holding one implementation's layers, checked to have the LM layers."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    module = importlib.import_module(_BACKEND_MODULES[backend])
+    missing = [name for name in _NEEDED_NAMES if not hasattr(module, name)]
+    if missing:
+        raise RuntimeError(f"the {backend} backend does not provide {', '.join(missing)}")
+    return module
+
+
+def backend_available(backend):
+    try:
+        layer_module(backend)
+    except (RuntimeError, ImportError):
+        return False
+    return True
+
+
+def expected_parameter_count(config, vocab_size):
+    """Parameter count from the SPEC formulas, without building anything (for ``info``)."""
+    e, h, s, v = config.embedding_dim, config.hidden_dim, config.max_seq_len, vocab_size
+    embeddings = v * e + s * e
+    output = e * v + v
+    norms = 2 * 2 * e
+    feed_forward = e * h + h + h * e + e
+    if config.architecture == "transformer":
+        return embeddings + config.num_layers * (3 * e * e + feed_forward + norms) + output
+    hh = config.resolved_hypernetwork_hidden_dim
+    o = token_mixing_output_dim(s, config.resolved_token_mixing_hidden_dim)
+    hypernetwork = e * hh + hh + hh * o + o
+    copies = 1 if config.share_hypernetwork else config.num_layers
+    return (embeddings + copies * hypernetwork + config.num_layers * (feed_forward + norms)
+            + output)
+
+
+@dataclasses.dataclass
+class StepResult:
+    loss: float
+    grad_norm: float      # global norm before clipping
+    tokens: int           # target positions that counted in the loss
+    applied: bool         # False when the loss was not finite and nothing was updated
+
+
+class LanguageModel(Layer):
+    """Token ids ``(L,)`` or ``(B, L)`` (+ lengths) -> logits ``(L, V)`` or ``(B, L, V)``.
+
+    Build it with :func:`build_network`. Parameters of a shared hypernetwork are counted once,
+    their gradients summed over blocks, and they take one Adam step per update (``_layer``).
+    """
+
+    def __init__(self, config, vocab_size, seed=0, dtype=np.float32, backend="compiled"):
+        super().__init__(dtype)
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
+                or vocab_size < 2:
+            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        self.config = config
+        self.vocab_size = int(vocab_size)
+        self.backend = backend
+        self.max_seq_len = config.max_seq_len
+        #: A non-causal HyperMixer refuses to train unless this is set (see train_step).
+        self.allow_noncausal_training = False
+        impl = layer_module(backend)
+        self._cross_entropy = impl.softmax_cross_entropy
+        rng = make_rng(seed)   # one generator, drawn in canonical order
+        e, s = config.embedding_dim, config.max_seq_len
+        self.embeddings = self._add_child(
+            "embeddings", impl.Embeddings(self.vocab_size, s, e, seed=rng, dtype=self.dtype))
+        self.shared_hypernetwork = None
+        if config.architecture == "hypermixer" and config.share_hypernetwork:
+            # Created right before block 0, whose first random parameters it holds, so the
+            # draw order is still the canonical one.
+            self.shared_hypernetwork = impl.Hypernetwork(
+                e, config.resolved_hypernetwork_hidden_dim,
+                token_mixing_output_dim(s, config.resolved_token_mixing_hidden_dim),
+                seed=rng, dtype=self.dtype)
+        self.blocks = []
+        for index in range(config.num_layers):
+            if config.architecture == "hypermixer":
+                block = impl.HyperMixerBlock(
+                    e, config.hidden_dim, s,
+                    hypernetwork_hidden_dim=config.resolved_hypernetwork_hidden_dim,
+                    token_mixing_hidden_dim=config.resolved_token_mixing_hidden_dim,
+                    causal=config.causal, hypernetwork=self.shared_hypernetwork,
+                    seed=rng, dtype=self.dtype)
+            else:
+                block = impl.TransformerBlock(e, config.hidden_dim, s, seed=rng,
+                                              dtype=self.dtype)
+            self.blocks.append(self._add_child(f"blocks.{index}", block))
+        self.output = self._add_child(
+            "output", impl.OutputProjection(e, self.vocab_size, seed=rng, dtype=self.dtype))
+
+    # ------------------------------------------------------------------ protocol
+    def _check_input(self, token_ids, lengths):
+        return check_token_ids("token ids", token_ids, lengths, self.vocab_size,
+                               self.max_seq_len)
+
+    def _forward(self, ids, lengths):
+        x = ids
+        for _, layer in self._children:
+            x = layer._forward(x, lengths)
+        return x
+
+    def _backward(self, grad_output):
+        grad = grad_output
+        child_grads = []
+        for _, layer in reversed(self._children):
+            grad, grads = layer._backward(grad)
+            child_grads.append((layer, grads))
+        return None, self._merge_gradients(child_grads[::-1])   # no gradient for token ids
+
+    # ------------------------------------------------------------------ training
+    def _prepare(self, token_ids, targets, lengths):
+        """Batched ids, targets and lengths, checked; targets past a length are ignored."""
+        ids, lengths, _ = self._check_input(token_ids, lengths)
+        targets = np.asarray(targets)
+        if targets.ndim == 1:
+            targets = targets[np.newaxis]
+        if targets.shape != ids.shape:
+            raise ValueError(f"targets must have the shape of the token ids {ids.shape}, got "
+                             f"{targets.shape}")
+        targets, _, _ = check_token_ids("targets", targets, lengths, self.vocab_size)
+        return ids, targets, lengths
+
+    def loss(self, token_ids, targets, lengths=None):
+        """Mean next-token cross-entropy (SPEC section 2), without gradients."""
+        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+        logits = self.forward(ids, lengths)
+        loss, _ = self._cross_entropy(logits, targets, lengths)
+        return float(loss)
+
+    def loss_and_gradients(self, token_ids, targets, lengths=None):
+        """``(loss, param_grads)`` with the gradients in ``named_parameters()`` order."""
+        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+        logits = self.forward(ids, lengths)
+        loss, grad_logits = self._cross_entropy(logits, targets, lengths)
+        _, grads = self._gradients_from_cache(grad_logits)
+        return float(loss), grads
+
+    def train_step(self, token_ids, targets, lengths=None, lr=1e-3, clip_norm=1.0):
+        """One update: loss, all gradients, global-norm clipping, one Adam step.
+
+        A non-finite loss or gradient changes nothing and returns ``applied=False``; the
+        caller decides what to do (the trainer stops with a message).
+        """
+        if not (self.config.causal or self.allow_noncausal_training):
+            raise NonCausalTrainingError(
+                "this HyperMixer has causal=False: its token mixing lets position t see the "
+                "tokens after t, so next-token training would learn from its own labels. "
+                "Use causal=True, or set allow_noncausal_training (CLI: --allow-noncausal) "
+                "if this is really intended")
+        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+        loss, grads = self.loss_and_gradients(ids, targets, lengths)
+        norm = global_norm(grads)
+        tokens = int(lengths.sum())
+        if not (np.isfinite(loss) and np.isfinite(norm)):
+            return StepResult(loss, norm, tokens, applied=False)
+        if clip_norm is not None and norm > clip_norm:
+            scale = clip_norm / norm
+            grads = [g * np.asarray(scale, g.dtype) for g in grads]
+        self._apply_checked(grads, lr)
+        return StepResult(loss, norm, tokens, applied=True)
+
+    def __repr__(self):
+        return (f"LanguageModel({self.config.architecture}, layers={self.config.num_layers}, "
+                f"parameters={self.parameters():,}, backend={self.backend}, "
+                f"dtype={self.dtype.name})")
+
+
+def global_norm(arrays):
+    """sqrt of the sum of squares of every entry of every array, accumulated in float64."""
+    return float(np.sqrt(sum(float(np.dot(a.ravel().astype(np.float64),
+                                          a.ravel().astype(np.float64))) for a in arrays)))
+
+
+def build_network(config, vocab_size, seed=0, dtype=np.float32, backend="compiled"):
+    """A :class:`LanguageModel` for ``config`` over a vocabulary of ``vocab_size`` tokens."""
+    return LanguageModel(config, vocab_size, seed=seed, dtype=dtype, backend=backend)
