@@ -1,17 +1,44 @@
-/* Matrix multiply used by every layer. Straightforward loops for now: the i-k-j order keeps
- * the innermost loop contiguous so the compiler vectorises it. */
+/* Matrix multiply used by every layer (see gemm.h for the contract).
+ *
+ * gemm_naive_*: the plain loops, kept as the reference the tests compare against.
+ * gemm_serial_* / gemm_*: a blocked kernel (csrc/gemm_kernel.h) with packed panels and a
+ * register-tiled micro-kernel, compiled for AVX-512, AVX2+FMA and baseline x86-64 (or plain C
+ * elsewhere) and chosen at run time with __builtin_cpu_supports; no -march flags needed.
+ *
+ * Determinism: every element of C is one chain of multiply-adds over k in ascending order,
+ * cut into fixed KC-deep slices; the parallel version only decides which thread computes
+ * which rectangle of C, never splits K, so any thread count gives the same bits.
+ *
+ * Scratch memory: one thread-local buffer (static storage, 64-byte aligned) holds the packed
+ * panels. gemm_serial runs inside the layers' parallel regions, one call per sequence on many
+ * threads at once, so the buffer must be per thread; a thread-local array costs nothing per
+ * call (no malloc/free, no page faults after the first use) and is released at thread exit.
+ * Its size is fixed by the block sizes below, not by the problem. */
 #ifndef REAL
 #define HM_TEMPLATE_FILE "gemm.c"
 #include "template.h"
 #else
 
-#define GEMM_TILE_COLS 256
+#include <string.h>
 
-/* Rows i0..i1 and columns j0..j1 of C; see gemm.h for the meaning of the arguments. */
-HM_SIMD
-static void F(gemm_tile)(int trans_a, int trans_b, size_t i0, size_t i1, size_t j0, size_t j1,
-                         size_t K, const REAL* A, size_t lda, const REAL* B, size_t ldb,
-                         REAL beta, REAL* C, size_t ldc)
+#ifndef HM_GEMM_ONCE
+#define HM_GEMM_ONCE
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(HM_NO_CLONES)
+#define HM_GEMM_X86 1
+#else
+#define HM_GEMM_X86 0
+#endif
+/* Largest GK_KC * (GK_NC + GK_MC) * sizeof(REAL) over the variants below, in bytes. */
+#define HM_GEMM_WORK_BYTES (256 * (256 + 128) * 4)
+static __thread unsigned char hm_gemm_work[HM_GEMM_WORK_BYTES] __attribute__((aligned(64)));
+#endif
+
+#define GEMM_NAIVE_TILE_COLS 256
+
+/* Rows i0..i1 and columns j0..j1 of C with the naive i-k-j loops. */
+static void F(naive_tile)(int trans_a, int trans_b, size_t i0, size_t i1, size_t j0, size_t j1,
+                          size_t K, const REAL* A, size_t lda, const REAL* B, size_t ldb,
+                          REAL beta, REAL* C, size_t ldc)
 {
     for (size_t i = i0; i < i1; i++) {
         REAL* restrict c = C + i * ldc;
@@ -45,28 +72,170 @@ static void F(gemm_tile)(int trans_a, int trans_b, size_t i0, size_t i1, size_t 
     }
 }
 
-void F(gemm_serial)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
-                    size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+void F(gemm_naive)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
+                   size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
-    for (size_t j0 = 0; j0 < N; j0 += GEMM_TILE_COLS) {
-        size_t j1 = j0 + GEMM_TILE_COLS < N ? j0 + GEMM_TILE_COLS : N;
-        F(gemm_tile)(trans_a, trans_b, 0, M, j0, j1, K, A, lda, B, ldb, beta, C, ldc);
+    for (size_t j0 = 0; j0 < N; j0 += GEMM_NAIVE_TILE_COLS) {
+        size_t j1 = j0 + GEMM_NAIVE_TILE_COLS < N ? j0 + GEMM_NAIVE_TILE_COLS : N;
+        F(naive_tile)(trans_a, trans_b, 0, M, j0, j1, K, A, lda, B, ldb, beta, C, ldc);
     }
 }
 
+/* ---- The blocked variants. Register tiles: AVX-512 8 x 32 floats / 8 x 16 doubles (16 of
+ * 32 zmm registers accumulate), AVX2 6 x 16 / 6 x 8 (12 of 16 ymm), SSE2 4 x 8 / 4 x 4.
+ * KC keeps one B micro-panel (KC x NR) within L1; the packed B block (KC x NC) and the A block
+ * (MC x KC) sit in L2. ---- */
+#if HM_GEMM_X86
+#define GK(name) F(name##_avx512)
+#define GK_TARGET __attribute__((target("avx512f,fma")))
+#define GK_VBYTES 64
+#define GK_MR 8
+#define GK_NV 2
+#define GK_KC 256
+#define GK_MC (sizeof(REAL) == 4 ? 128 : 64)
+#define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
+#include "gemm_kernel.h"
+#undef GK
+#undef GK_TARGET
+#undef GK_VBYTES
+#undef GK_MR
+#undef GK_NV
+#undef GK_KC
+#undef GK_MC
+#undef GK_NC
+
+#define GK(name) F(name##_avx2)
+#define GK_TARGET __attribute__((target("avx2,fma")))
+#define GK_VBYTES 32
+#define GK_MR 6
+#define GK_NV 2
+#define GK_KC 256
+#define GK_MC (sizeof(REAL) == 4 ? 120 : 60)
+#define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
+#include "gemm_kernel.h"
+#undef GK
+#undef GK_TARGET
+#undef GK_VBYTES
+#undef GK_MR
+#undef GK_NV
+#undef GK_KC
+#undef GK_MC
+#undef GK_NC
+#endif
+
+#define GK(name) F(name##_base)
+#define GK_TARGET
+#define GK_VBYTES 16
+#define GK_MR 4
+#define GK_NV 2
+#define GK_KC 256
+#define GK_MC (sizeof(REAL) == 4 ? 128 : 64)
+#define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
+#include "gemm_kernel.h"
+#undef GK
+#undef GK_TARGET
+#undef GK_VBYTES
+#undef GK_MR
+#undef GK_NV
+#undef GK_KC
+#undef GK_MC
+#undef GK_NC
+
+typedef void (*F(region_fn))(int, int, size_t, size_t, size_t, size_t, size_t, const REAL*,
+                             size_t, const REAL*, size_t, REAL, REAL*, size_t, REAL*);
+
+/* The widest variant this CPU (and OS) runs; __builtin_cpu_supports reads a table that
+ * libgcc fills once at load time, so this is a few loads per call. Also reports the register
+ * tile, which the parallel version uses to round its rectangles. */
+static F(region_fn) F(pick_region)(size_t* mr, size_t* nr)
+{
+#if HM_GEMM_X86
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+        *mr = 8;
+        *nr = 128 / sizeof(REAL);
+        return F(region_avx512);
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        *mr = 6;
+        *nr = 64 / sizeof(REAL);
+        return F(region_avx2);
+    }
+#endif
+    *mr = 4;
+    *nr = 32 / sizeof(REAL);
+    return F(region_base);
+}
+
+/* K == 0: the product is empty, C = beta * C (beta == 0 writes zeros without reading C). */
+static void F(scale_only)(size_t M, size_t N, REAL beta, REAL* C, size_t ldc)
+{
+    for (size_t i = 0; i < M; i++) {
+        for (size_t j = 0; j < N; j++) {
+            C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
+        }
+    }
+}
+
+void F(gemm_serial)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
+                    size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+{
+    if (M == 0 || N == 0) {
+        return;
+    }
+    if (K == 0) {
+        F(scale_only)(M, N, beta, C, ldc);
+        return;
+    }
+    size_t mr, nr;
+    F(region_fn) region = F(pick_region)(&mr, &nr);
+    region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc, (REAL*)hm_gemm_work);
+}
+
+/* Rectangles of C handed to threads: 128 x 256 at most, shrunk (by halving, in whole register
+ * tiles) until there are at least 8 of them. The sizes depend on M and N only, never on the
+ * thread count; and since no rectangle splits K, the bits do not depend on them anyway. */
 void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
              size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
-    const size_t row_tiles = (M + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
-    const size_t col_tiles = (N + GEMM_TILE_COLS - 1) / GEMM_TILE_COLS;
+    if (M == 0 || N == 0) {
+        return;
+    }
+    if (K == 0) {
+        F(scale_only)(M, N, beta, C, ldc);
+        return;
+    }
+    size_t mr, nr;
+    F(region_fn) region = F(pick_region)(&mr, &nr);
+    size_t tm = (128 + mr - 1) / mr * mr, tn = 256;
+    if (tm > (M + mr - 1) / mr * mr) {
+        tm = (M + mr - 1) / mr * mr;
+    }
+    if (tn > (N + nr - 1) / nr * nr) {
+        tn = (N + nr - 1) / nr * nr;
+    }
+    for (;;) {
+        const size_t count = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+        if (count >= 8) {
+            break;
+        }
+        if (tm > mr && tm >= tn / 4) {
+            tm = (tm / 2 + mr - 1) / mr * mr;
+        } else if (tn > nr) {
+            tn = (tn / 2 + nr - 1) / nr * nr;
+        } else {
+            break;
+        }
+    }
+    const size_t row_tiles = (M + tm - 1) / tm, col_tiles = (N + tn - 1) / tn;
     const size_t tiles = row_tiles * col_tiles;
-    const int parallel = (double)M * (double)N * (double)K > 1e5;
+    const int parallel = tiles > 1 && (double)M * (double)N * (double)K > 2e5;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t t = 0; t < tiles; t++) {
-        const size_t i0 = (t / col_tiles) * HM_TILE_ROWS, j0 = (t % col_tiles) * GEMM_TILE_COLS;
-        const size_t i1 = i0 + HM_TILE_ROWS < M ? i0 + HM_TILE_ROWS : M;
-        const size_t j1 = j0 + GEMM_TILE_COLS < N ? j0 + GEMM_TILE_COLS : N;
-        F(gemm_tile)(trans_a, trans_b, i0, i1, j0, j1, K, A, lda, B, ldb, beta, C, ldc);
+        const size_t i0 = (t / col_tiles) * tm, j0 = (t % col_tiles) * tn;
+        const size_t i1 = i0 + tm < M ? i0 + tm : M;
+        const size_t j1 = j0 + tn < N ? j0 + tn : N;
+        region(trans_a, trans_b, i0, i1, j0, j1, K, A, lda, B, ldb, beta, C, ldc,
+               (REAL*)hm_gemm_work);
     }
 }
 

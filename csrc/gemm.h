@@ -9,13 +9,18 @@
  * gemm_serial_*: the calling thread only (for use inside a parallel region, e.g. one
  * sequence per thread). gemm_*: splits C into fixed tiles over the OpenMP threads; each
  * element is summed by one thread in a fixed order, so the result does not depend on the
- * thread count. */
+ * thread count.
+ *
+ * gemm_naive_*: the same contract with plain loops, single-threaded; the reference the tests
+ * hold the fast kernels to. */
 #define HM_DECLARE_GEMM(R, S)                                                              \
     void gemm_serial_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K,             \
                          const R* A, size_t lda, const R* B, size_t ldb, R beta, R* C,       \
                          size_t ldc);                                                         \
     void gemm_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,        \
-                  size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);
+                  size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);             \
+    void gemm_naive_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,  \
+                        size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);
 HM_DECLARE_GEMM(float, f32)
 HM_DECLARE_GEMM(double, f64)
 #undef HM_DECLARE_GEMM

@@ -3,11 +3,23 @@ cdef extern from "gemm.h" nogil:
                   size_t lda, const float* B, size_t ldb, float beta, float* C, size_t ldc)
     void gemm_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K, const double* A,
                   size_t lda, const double* B, size_t ldb, double beta, double* C, size_t ldc)
+    void gemm_serial_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                         const float* A, size_t lda, const float* B, size_t ldb, float beta,
+                         float* C, size_t ldc)
+    void gemm_serial_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                         const double* A, size_t lda, const double* B, size_t ldb,
+                         double beta, double* C, size_t ldc)
+    void gemm_naive_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                        const float* A, size_t lda, const float* B, size_t ldb, float beta,
+                        float* C, size_t ldc)
+    void gemm_naive_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                        const double* A, size_t lda, const double* B, size_t ldb,
+                        double beta, double* C, size_t ldc)
 
 
-def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
-         bint trans_a=False, bint trans_b=False, double beta=0.0):
-    """c = beta * c + op(a) @ op(b); exposed so the tests can check the kernel on its own."""
+cdef int _gemm_call(int which, const floating[:, ::1] a, const floating[:, ::1] b,
+                    floating[:, ::1] c, bint trans_a, bint trans_b, double beta) except -1:
+    """Shared shape check and dispatch; which: 0 parallel, 1 serial, 2 naive."""
     cdef size_t m = a.shape[1] if trans_a else a.shape[0]
     cdef size_t k = a.shape[0] if trans_a else a.shape[1]
     cdef size_t kb = b.shape[1] if trans_b else b.shape[0]
@@ -15,13 +27,47 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
     if k != kb or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("gemm: shapes do not match")
     if m == 0 or n == 0:
-        return
+        return 0
     if k == 0:
         raise ValueError("gemm: inner dimension is 0")
     with nogil:
         if floating is float:
-            gemm_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
-                     <float>beta, &c[0, 0], c.shape[1])
+            if which == 0:
+                gemm_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                         b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+            elif which == 1:
+                gemm_serial_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                                b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+            else:
+                gemm_naive_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                               b.shape[1], <float>beta, &c[0, 0], c.shape[1])
         else:
-            gemm_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
-                     beta, &c[0, 0], c.shape[1])
+            if which == 0:
+                gemm_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                         b.shape[1], beta, &c[0, 0], c.shape[1])
+            elif which == 1:
+                gemm_serial_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                                b.shape[1], beta, &c[0, 0], c.shape[1])
+            else:
+                gemm_naive_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                               b.shape[1], beta, &c[0, 0], c.shape[1])
+    return 0
+
+
+def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+         bint trans_a=False, bint trans_b=False, double beta=0.0):
+    """c = beta * c + op(a) @ op(b) with the parallel blocked kernel; exposed so the tests
+    and benchmarks can check the kernel on its own."""
+    _gemm_call(0, a, b, c, trans_a, trans_b, beta)
+
+
+def gemm_serial(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+                bint trans_a=False, bint trans_b=False, double beta=0.0):
+    """As gemm, on the calling thread only (the variant the layers call per sequence)."""
+    _gemm_call(1, a, b, c, trans_a, trans_b, beta)
+
+
+def gemm_naive(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+               bint trans_a=False, bint trans_b=False, double beta=0.0):
+    """As gemm, with the plain reference loops (single-threaded)."""
+    _gemm_call(2, a, b, c, trans_a, trans_b, beta)
