@@ -24,3 +24,9 @@ def set_num_threads(n=None):
 
 
 __all__ = ["get_num_threads", "set_num_threads", "openmp_enabled"] + list(_layer_names)
+
+# Language-model application (model.py, tokenizer.py; train/generate/cli import lazily).
+from .model import LanguageModel, ModelConfig, build_network  # noqa: E402
+from .tokenizer import Tokenizer  # noqa: E402
+
+__all__ += ["LanguageModel", "ModelConfig", "build_network", "Tokenizer"]

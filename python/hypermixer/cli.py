@@ -1,0 +1,329 @@
+"""The ``hypermixer`` command: train, generate, chat, info, compare, bench.
+
+User mistakes (a missing file, a bad option value, a corrupt checkpoint) print one line on
+stderr and exit with status 2, without a traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DataError
+from .model import ModelConfig, backend_available, build_network, expected_parameter_count
+
+DEFAULT_OUT = "hypermixer-model"
+SEEDS_VOCAB_SIZE = 533   # the vocabulary of the seeds' reference numbers (SPEC section 6)
+
+
+class UsageError(Exception):
+    """Reported as ``hypermixer: error: ...`` with exit status 2."""
+
+
+def _say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _resolve_backend(name):
+    if name == "compiled" and not backend_available("compiled"):
+        _say("note: the compiled language-model layers are not available in this build; "
+             "using the NumPy reference layers (much slower)")
+        return "reference"
+    return name
+
+
+# ---------------------------------------------------------------------------------- options
+def _add_model_options(parser):
+    group = parser.add_argument_group("model (ignored with --resume)")
+    group.add_argument("--architecture", choices=("hypermixer", "transformer"),
+                       default="hypermixer")
+    defaults = ModelConfig()
+    group.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
+    group.add_argument("--hidden-dim", type=int, default=defaults.hidden_dim)
+    group.add_argument("--num-layers", type=int, default=defaults.num_layers)
+    group.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
+    group.add_argument("--hypernetwork-hidden-dim", type=int, default=None,
+                       help="default: embedding-dim / 4 (hypermixer only)")
+    group.add_argument("--token-mixing-hidden-dim", type=int, default=None,
+                       help="default: embedding-dim / 2 (hypermixer only)")
+    group.add_argument("--share-hypernetwork", action="store_true",
+                       help="one hypernetwork for all blocks (hypermixer only)")
+    group.add_argument("--non-causal", action="store_true",
+                       help="bidirectional token mixing; such a model sees its own targets, "
+                            "so training it also needs --allow-noncausal")
+
+
+def _add_training_options(parser, default_out):
+    from .train import TrainSettings
+    defaults = TrainSettings()
+    parser.add_argument("--data", action="append", metavar="FILE",
+                        help="training data (JSON array of strings, or one example per line); "
+                             "repeat for several stages. Default: the bundled pretrain.json, "
+                             "then chat.json")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs per stage (default {defaults.epochs})")
+    parser.add_argument("--out", default=default_out, metavar="DIR",
+                        help=f"output directory (default {default_out})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
+                        help="global gradient-norm limit (0 turns clipping off)")
+    parser.add_argument("--validation-fraction", type=float,
+                        default=defaults.validation_fraction)
+    parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
+    parser.add_argument("--allow-noncausal", action="store_true",
+                        help="train a --non-causal model anyway")
+
+
+def _add_generation_options(parser):
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="a directory written by 'hypermixer train' (or its checkpoint.npz)")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (the default) is greedy decoding")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="for sampling")
+    parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="hypermixer", description="HyperMixer and Transformer language models.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="train a language model")
+    _add_model_options(train)
+    _add_training_options(train, DEFAULT_OUT)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run whose checkpoint is in --out")
+
+    generate = commands.add_parser("generate", help="continue a prompt")
+    _add_generation_options(generate)
+    generate.add_argument("prompt")
+
+    chat = commands.add_parser("chat", help="answer lines from stdin until EOF or 'quit'")
+    _add_generation_options(chat)
+
+    info = commands.add_parser("info", help="parameter counts of the models (SPEC section 6)")
+    info.add_argument("--vocab-size", type=int, default=SEEDS_VOCAB_SIZE)
+
+    compare = commands.add_parser(
+        "compare", help="train both architectures on the same data and seed")
+    _add_model_options(compare)
+    _add_training_options(compare, "hypermixer-compare")
+
+    # "bench" is dispatched in main() before parsing; listed here for --help
+    commands.add_parser("bench", help="benchmarks (hypermixer.bench); options are its own")
+    return parser
+
+
+def _model_config(args, architecture=None):
+    architecture = architecture or args.architecture
+    fields = dict(architecture=architecture, embedding_dim=args.embedding_dim,
+                  hidden_dim=args.hidden_dim, num_layers=args.num_layers,
+                  max_seq_len=args.max_seq_len)
+    if architecture == "hypermixer":
+        fields.update(hypernetwork_hidden_dim=args.hypernetwork_hidden_dim,
+                      token_mixing_hidden_dim=args.token_mixing_hidden_dim,
+                      share_hypernetwork=args.share_hypernetwork, causal=not args.non_causal)
+    try:
+        return ModelConfig(**fields)
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _settings(args):
+    from .train import TrainSettings
+    fields = dict(batch_size=args.batch_size, lr=args.lr,
+                  clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+                  validation_fraction=args.validation_fraction, seed=args.seed,
+                  allow_noncausal=args.allow_noncausal)
+    if args.epochs is not None:
+        fields["epochs"] = args.epochs
+    return TrainSettings(**fields)
+
+
+def _stages(args):
+    """One stage per --data file, in order, named after the file; default: the bundled two."""
+    from .train import Stage, default_stages
+    if not args.data:
+        return default_stages()
+    if len(args.data) == 1:
+        return [Stage(Path(args.data[0]).stem, args.data[0])]
+    return [Stage(f"{n}-{Path(p).stem}", p) for n, p in enumerate(args.data, start=1)]
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_train(args):
+    from .train import train
+    settings = _settings(args)
+    backend = _resolve_backend(args.backend)
+    if args.resume:
+        if args.data:
+            raise UsageError("--resume continues with the data of the saved run; drop --data")
+        result = train(None, args.out, settings=settings if args.epochs else None,
+                       backend=backend, resume=True)
+    else:
+        result = train(_model_config(args), args.out, stages=_stages(args), settings=settings,
+                       backend=backend)
+    _report_run(result)
+    return 0
+
+
+def _report_run(result):
+    history = result.history
+    start = next(p["val_loss"] for p in history if p["epoch"] == 0)
+    _say(f"validation loss: {start:.4f} before training, {history[-1]['val_loss']:.4f} at "
+         f"the end; model saved to {result.checkpoint_path}"
+         + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
+
+
+def _load_model(args):
+    from .checkpoint import load_checkpoint
+    return load_checkpoint(args.model, backend=_resolve_backend(args.backend))
+
+
+def _generation_options(args):
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, seed=args.seed)
+
+
+def cmd_generate(args):
+    from .generate import generate
+    checkpoint = _load_model(args)
+    print(generate(checkpoint.network, checkpoint.tokenizer, args.prompt,
+                   **_generation_options(args)))
+    return 0
+
+
+def cmd_chat(args):
+    from .generate import chat_reply
+    checkpoint = _load_model(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _say("Type a message and press Enter; 'quit' or Ctrl-D ends the chat.")
+    while True:
+        if interactive:
+            print("User: ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in ("quit", "exit"):
+            break
+        if not line.strip():
+            continue
+        reply = chat_reply(checkpoint.network, checkpoint.tokenizer, line,
+                           **_generation_options(args))
+        print(f"Assistant: {reply}", flush=True)
+    return 0
+
+
+def cmd_info(args):
+    vocab = args.vocab_size
+    if vocab < 2:
+        raise UsageError(f"--vocab-size must be >= 2, got {vocab}")
+    backend = "compiled" if backend_available("compiled") else "reference"
+    hypermixer = build_network(ModelConfig.hypermixer(), vocab, backend=backend)
+    transformer = build_network(ModelConfig.transformer(), vocab, backend=backend)
+    shared = build_network(ModelConfig.hypermixer(share_hypernetwork=True), vocab,
+                           backend=backend)
+    block = hypermixer.blocks[0]
+    parts = {name: layer.parameters() for name, layer in block._children}
+    config = hypermixer.config
+    print(f"Parameters at vocab {vocab}, E={config.embedding_dim}, H={config.hidden_dim}, "
+          f"{config.num_layers} layers, S={config.max_seq_len}, "
+          f"Hh={config.resolved_hypernetwork_hidden_dim}, "
+          f"Ht={config.resolved_token_mixing_hidden_dim} (built with the {backend} layers)")
+    print()
+    rows = [
+        ("HyperMixerBlock", f"{block.parameters():,} (hypernetwork "
+                            f"{parts['token_mixing']:,} + channel {parts['channel_mixing']:,} "
+                            f"+ norms {parts['norm1'] + parts['norm2']:,})"),
+        ("TransformerBlock", f"{transformer.blocks[0].parameters():,}"),
+        ("HyperMixer LM", f"{hypermixer.parameters():,}"),
+        ("Transformer LM", f"{transformer.parameters():,}"),
+        ("HyperMixer LM, shared hypernetwork", f"{shared.parameters():,}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"| {'model'.ljust(width)} | parameters |")
+    print(f"| {'-' * width} | --- |")
+    for name, count in rows:
+        print(f"| {name.ljust(width)} | {count} |")
+    for network in (hypermixer, transformer, shared):
+        if network.parameters() != expected_parameter_count(network.config, vocab):
+            raise RuntimeError(f"{network!r} disagrees with the SPEC parameter formulas")
+    return 0
+
+
+def cmd_compare(args):
+    from .plot import plot_history
+    from .train import train
+    settings = _settings(args)
+    backend = _resolve_backend(args.backend)
+    out = Path(args.out)
+    results = {}
+    for architecture in ("hypermixer", "transformer"):
+        _say(f"== training the {architecture} ==")
+        results[architecture] = train(_model_config(args, architecture), out / architecture,
+                                      stages=_stages(args), settings=settings,
+                                      backend=backend, plot=False)
+    plot_path = plot_history({name: r.history for name, r in results.items()},
+                             out / "compare")
+    header = ("model", "parameters", "final train loss", "final val loss", "tokens/s")
+    rows = []
+    for name, result in results.items():
+        trained = [p for p in result.history if p["train_loss"] is not None]
+        speed = np.mean([p["tokens_per_s"] for p in trained])
+        rows.append((name, f"{result.network.parameters():,}",
+                     f"{trained[-1]['train_loss']:.4f}", f"{result.history[-1]['val_loss']:.4f}",
+                     f"{speed:,.0f}"))
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    _say(f"same data, seed {settings.seed}, {settings.epochs} epochs per stage; loss curves "
+         f"in {plot_path}")
+    return 0
+
+
+def cmd_bench(args):
+    import importlib
+    try:
+        bench = importlib.import_module("hypermixer.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "hypermixer.bench":
+            raise   # the module exists but something it needs is missing: show that
+        raise UsageError("the benchmarks (hypermixer.bench) are not part of this "
+                         "installation") from None
+    result = bench.main(args.bench_args)
+    return 0 if result is None else int(result)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "info": cmd_info,
+            "compare": cmd_compare, "bench": cmd_bench}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"]:
+        # everything after "bench" belongs to the benchmark's own parser
+        args = argparse.Namespace(command="bench", bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .train import TrainingDiverged
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, DataError, CheckpointError, TrainingDiverged, ValueError,
+            RuntimeError, OSError) as exc:
+        print(f"hypermixer {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hypermixer {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
