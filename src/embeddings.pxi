@@ -1,1 +1,80 @@
-# Bindings for csrc/embeddings.c (to be written).
+# Bindings for csrc/embeddings.c (token + position embeddings).
+from libc.stdint cimport int64_t
+
+cdef extern from "embeddings.h" nogil:
+    void embeddings_forward_f32(float* out, const int64_t* ids, const int64_t* lengths,
+                                const float* token, const float* position, size_t B, size_t L,
+                                size_t E)
+    void embeddings_forward_f64(double* out, const int64_t* ids, const int64_t* lengths,
+                                const double* token, const double* position, size_t B,
+                                size_t L, size_t E)
+    void embeddings_backward_f32(float* dtoken, float* dposition, const float* grad,
+                                 const int64_t* ids, const int64_t* lengths, size_t B, size_t L,
+                                 size_t E)
+    void embeddings_backward_f64(double* dtoken, double* dposition, const double* grad,
+                                 const int64_t* ids, const int64_t* lengths, size_t B,
+                                 size_t L, size_t E)
+
+
+cdef int _lm_check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t L) except -1:
+    """ValueError unless lengths is (B,) with entries in 1..L (shared by the LM bindings)."""
+    cdef Py_ssize_t b
+    if B < 1 or L < 1:
+        raise ValueError(f"empty batch (B={B}, L={L})")
+    if lengths.shape[0] != B:
+        raise ValueError(f"lengths has {lengths.shape[0]} entries, the batch has {B}")
+    for b in range(B):
+        if lengths[b] < 1 or lengths[b] > L:
+            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{L}")
+    return 0
+
+
+cdef int _lm_check_ids(const int64_t[:, ::1] ids, const int64_t[::1] lengths,
+                       Py_ssize_t V) except -1:
+    """ValueError unless every id at a real position lies in [0, V)."""
+    cdef Py_ssize_t b, t
+    for b in range(ids.shape[0]):
+        for t in range(lengths[b]):
+            if ids[b, t] < 0 or ids[b, t] >= V:
+                raise ValueError(f"id {ids[b, t]} at ({b}, {t}) is outside [0, {V})")
+    return 0
+
+
+def embeddings_forward(floating[:, :, ::1] out, const int64_t[:, ::1] ids,
+                       const int64_t[::1] lengths, const floating[:, ::1] token,
+                       const floating[:, ::1] position):
+    """out (B, L, E) = token[ids] + position[:L]; padding rows 0."""
+    cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1], E = token.shape[1]
+    _lm_check_lengths(lengths, B, L)
+    if out.shape[0] != B or out.shape[1] != L or out.shape[2] != E:
+        raise ValueError("embeddings_forward: out must be (B, L, E)")
+    if position.shape[1] != E or position.shape[0] < L or E < 1:
+        raise ValueError("embeddings_forward: position must be (S, E) with S >= L")
+    _lm_check_ids(ids, lengths, token.shape[0])
+    with nogil:
+        if floating is float:
+            embeddings_forward_f32(&out[0, 0, 0], &ids[0, 0], &lengths[0], &token[0, 0],
+                                   &position[0, 0], B, L, E)
+        else:
+            embeddings_forward_f64(&out[0, 0, 0], &ids[0, 0], &lengths[0], &token[0, 0],
+                                   &position[0, 0], B, L, E)
+
+
+def embeddings_backward(floating[:, ::1] dtoken, floating[:, ::1] dposition,
+                        const floating[:, :, ::1] grad, const int64_t[:, ::1] ids,
+                        const int64_t[::1] lengths):
+    """Adds (+=) the gradients into dtoken (V, E) and dposition (S, E); zero them first."""
+    cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1], E = dtoken.shape[1]
+    _lm_check_lengths(lengths, B, L)
+    if grad.shape[0] != B or grad.shape[1] != L or grad.shape[2] != E:
+        raise ValueError("embeddings_backward: grad must be (B, L, E)")
+    if dposition.shape[1] != E or dposition.shape[0] < L or E < 1:
+        raise ValueError("embeddings_backward: dposition must be (S, E) with S >= L")
+    _lm_check_ids(ids, lengths, dtoken.shape[0])
+    with nogil:
+        if floating is float:
+            embeddings_backward_f32(&dtoken[0, 0], &dposition[0, 0], &grad[0, 0, 0],
+                                    &ids[0, 0], &lengths[0], B, L, E)
+        else:
+            embeddings_backward_f64(&dtoken[0, 0], &dposition[0, 0], &grad[0, 0, 0],
+                                    &ids[0, 0], &lengths[0], B, L, E)

@@ -284,7 +284,7 @@ class SelfAttentionBase(Layer):
         self.wq = self._add_parameter("wq", he_normal(rng, e, e, self.dtype))
         self.wk = self._add_parameter("wk", he_normal(rng, e, e, self.dtype))
         self.wv = self._add_parameter("wv", he_normal(rng, e, e, self.dtype))
-        self.scale = 1.0 / np.sqrt(e)
+        self.scale = float(1.0 / np.sqrt(e))   # a Python float keeps float32 math float32
 
 
 class TransformerBlockBase(Layer):

@@ -115,3 +115,106 @@ __all__ += ["ChannelMixingMLP"]
 # ---- Language-model layers: Embeddings, SelfAttention, FeedForward, TransformerBlock,
 #      OutputProjection, softmax cross-entropy ----
 
+
+class Embeddings(CompiledAdam, bp.EmbeddingsBase):
+    __doc__ = bp.EmbeddingsBase.__doc__
+
+    def _forward(self, ids, lengths):
+        y = np.empty(ids.shape + (self.embedding_dim,), self.dtype)
+        _kernels.embeddings_forward(y, ids, lengths, self.token, self.position)
+        self._saved = (ids, lengths)
+        return y
+
+    def _backward(self, grad_output):
+        ids, lengths = self._saved
+        dtoken = np.zeros_like(self.token)
+        dposition = np.zeros_like(self.position)
+        _kernels.embeddings_backward(dtoken, dposition, grad_output, ids, lengths)
+        return None, [dtoken, dposition]
+
+
+class SelfAttention(CompiledAdam, bp.SelfAttentionBase):
+    __doc__ = bp.SelfAttentionBase.__doc__
+
+    def _forward(self, x, lengths):
+        batch, seq_len, e = x.shape
+        y = np.empty_like(x)
+        # q, k, v and the attention weights are the forward cache; kt is scratch
+        q = _keep_buffer(self, "_ws_q", (batch, seq_len, e))
+        k = _keep_buffer(self, "_ws_k", (batch, seq_len, e))
+        v = _keep_buffer(self, "_ws_v", (batch, seq_len, e))
+        probs = _keep_buffer(self, "_ws_probs", (batch, seq_len, seq_len))
+        kt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
+        _kernels.attention_forward(y, q, k, v, probs, kt, x, self.wq, self.wk, self.wv,
+                                   lengths)
+        self._saved = (x, q, k, v, probs, lengths)
+        return y
+
+    def _backward(self, grad_output):
+        x, q, k, v, probs, lengths = self._saved
+        batch, seq_len, e = x.shape
+        grad_input = np.empty_like(x)
+        dwq, dwk, dwv = (np.empty_like(w) for w in (self.wq, self.wk, self.wv))
+        dq = _keep_buffer(self, "_ws_dq", (batch, seq_len, e))
+        dk = _keep_buffer(self, "_ws_dk", (batch, seq_len, e))
+        dv = _keep_buffer(self, "_ws_dv", (batch, seq_len, e))
+        dscores = _keep_buffer(self, "_ws_dscores", (batch, seq_len, seq_len))
+        vt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
+        wt = _keep_buffer(self, "_ws_wt", (3, e, e))
+        _kernels.attention_backward(grad_input, dwq, dwk, dwv, dq, dk, dv, dscores, vt, wt,
+                                    grad_output, x, q, k, v, probs, self.wq, self.wk,
+                                    self.wv, lengths)
+        return grad_input, [dwq, dwk, dwv]
+
+
+class FeedForward(ChannelMixingMLP):
+    """The Transformer's position-wise MLP: the same math and parameters as ChannelMixingMLP."""
+
+
+class TransformerBlock(bp.TransformerBlockBase):
+    __doc__ = bp.TransformerBlockBase.__doc__
+    SelfAttention = SelfAttention
+    LayerNorm = LayerNorm
+    FeedForward = FeedForward
+
+
+class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
+    __doc__ = bp.OutputProjectionBase.__doc__
+
+    def _forward(self, x, lengths):
+        logits = np.empty(x.shape[:2] + (self.vocab_size,), self.dtype)
+        _kernels.output_forward(logits, x, self.w, self.b, lengths)
+        self._saved = (x, lengths)
+        return logits
+
+    def _backward(self, grad_output):
+        x, lengths = self._saved
+        rows = x.shape[0] * x.shape[1]
+        grad_input = np.empty_like(x)
+        dw, db = np.empty_like(self.w), np.empty_like(self.b)
+        xp = _keep_buffer(self, "_ws_xp", (rows, self.embedding_dim))
+        gp = _keep_buffer(self, "_ws_gp", (rows, self.vocab_size))
+        wt = _keep_buffer(self, "_ws_wt", (self.vocab_size, self.embedding_dim))
+        _kernels.output_backward(grad_input, dw, db, xp, gp, wt, grad_output, x, self.w,
+                                 lengths)
+        return grad_input, [dw, db]
+
+
+def softmax_cross_entropy(logits, targets, lengths=None):
+    """Mean cross-entropy of ``softmax(logits)`` against integer ``targets``.
+
+    ``logits`` (L, V) or (B, L, V), ``targets`` (L,) or (B, L), optional ``lengths`` (B,).
+    The loss is the mean over the valid positions of each sequence, then the mean over
+    sequences. Returns ``(loss as float, grad_logits)`` with grad_logits = d loss / d logits
+    (same shape and dtype as the logits, 0 at padding positions).
+    """
+    z, tgt, lengths, unbatched = bp.check_cross_entropy_args(logits, targets, lengths)
+    grad = np.empty_like(z)
+    row_max = np.empty(z.shape[:2], z.dtype)
+    row_lognorm = np.empty(z.shape[:2], z.dtype)
+    loss = _kernels.cross_entropy(grad, row_max, row_lognorm, z, tgt, lengths)
+    return float(loss), (grad[0] if unbatched else grad)
+
+
+__all__ += ["Embeddings", "SelfAttention", "FeedForward", "TransformerBlock",
+            "OutputProjection", "softmax_cross_entropy"]
