@@ -1,1 +1,112 @@
-# Bindings for csrc/hypernetwork.c (to be written).
+# Bindings for csrc/hypernetwork.c.
+from libc.stdint cimport int64_t
+
+cdef extern from "hypernetwork.h" nogil:
+    void hypernetwork_forward_f32(float* out, float* pre, float* hidden, const float* x,
+                                  const int64_t* lengths, const float* w1, const float* b1,
+                                  const float* w2, const float* b2, int B, int rows, int E,
+                                  int H, int O)
+    void hypernetwork_forward_f64(double* out, double* pre, double* hidden, const double* x,
+                                  const int64_t* lengths, const double* w1, const double* b1,
+                                  const double* w2, const double* b2, int B, int rows, int E,
+                                  int H, int O)
+    void hypernetwork_backward_f32(float* grad_input, float* dw1, float* db1, float* dw2,
+                                   float* db2, float* dpre, const float* grad_output,
+                                   const float* x, const float* pre, const float* hidden,
+                                   const int64_t* lengths, const float* w1, const float* w2,
+                                   int B, int rows, int E, int H, int O)
+    void hypernetwork_backward_f64(double* grad_input, double* dw1, double* db1, double* dw2,
+                                   double* db2, double* dpre, const double* grad_output,
+                                   const double* x, const double* pre, const double* hidden,
+                                   const int64_t* lengths, const double* w1, const double* w2,
+                                   int B, int rows, int E, int H, int O)
+
+
+cdef int _hn_check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t rows) except -1:
+    cdef Py_ssize_t b
+    if lengths.shape[0] != B:
+        raise ValueError(f"lengths has {lengths.shape[0]} entries, expected {B}")
+    for b in range(B):
+        if lengths[b] < 1 or lengths[b] > rows:
+            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{rows}")
+    return 0
+
+
+cdef int _hn_check_shape(object name, tuple got, tuple want) except -1:
+    if got != want:
+        raise ValueError(f"{name} has shape {got}, expected {want}")
+    return 0
+
+
+cdef int _hn_check_dims(Py_ssize_t B, Py_ssize_t R, Py_ssize_t E, Py_ssize_t H,
+                        Py_ssize_t O) except -1:
+    if B < 1 or R < 1 or E < 1 or H < 1 or O < 1:
+        raise ValueError(f"empty shape (B={B}, rows={R}, E={E}, H={H}, O={O})")
+    if max(B, R, E, H, O) > 2147483647:
+        raise ValueError("dimension too large for the kernels")
+    return 0
+
+
+def hypernetwork_forward(floating[:, :, ::1] out, floating[:, :, ::1] pre,
+                         floating[:, :, ::1] hidden, const floating[:, :, ::1] x,
+                         const int64_t[::1] lengths, const floating[:, ::1] w1,
+                         const floating[::1] b1, const floating[:, ::1] w2,
+                         const floating[::1] b2):
+    """out (B,R,O) = relu(x @ w1 + b1) @ w2 + b2 on valid rows; pre/hidden (B,R,H) cached."""
+    cdef Py_ssize_t B = x.shape[0], R = x.shape[1], E = x.shape[2]
+    cdef Py_ssize_t H = w1.shape[1], O = w2.shape[1]
+    _hn_check_dims(B, R, E, H, O)
+    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _hn_check_shape("b1", (b1.shape[0],), (H,))
+    _hn_check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
+    _hn_check_shape("b2", (b2.shape[0],), (O,))
+    _hn_check_shape("out", (out.shape[0], out.shape[1], out.shape[2]), (B, R, O))
+    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _hn_check_lengths(lengths, B, R)
+    with nogil:
+        if floating is float:
+            hypernetwork_forward_f32(&out[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                     &x[0, 0, 0], &lengths[0], &w1[0, 0], &b1[0], &w2[0, 0],
+                                     &b2[0], B, R, E, H, O)
+        else:
+            hypernetwork_forward_f64(&out[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                     &x[0, 0, 0], &lengths[0], &w1[0, 0], &b1[0], &w2[0, 0],
+                                     &b2[0], B, R, E, H, O)
+
+
+def hypernetwork_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dw1,
+                          floating[::1] db1, floating[:, ::1] dw2, floating[::1] db2,
+                          floating[:, :, ::1] dpre, const floating[:, :, ::1] grad_output,
+                          const floating[:, :, ::1] x, const floating[:, :, ::1] pre,
+                          const floating[:, :, ::1] hidden, const int64_t[::1] lengths,
+                          const floating[:, ::1] w1, const floating[:, ::1] w2):
+    """grad_input written; dw1, db1, dw2, db2 accumulated (+=); dpre (B,R,H) scratch."""
+    cdef Py_ssize_t B = x.shape[0], R = x.shape[1], E = x.shape[2]
+    cdef Py_ssize_t H = w1.shape[1], O = w2.shape[1]
+    _hn_check_dims(B, R, E, H, O)
+    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _hn_check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
+    _hn_check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
+    _hn_check_shape("db1", (db1.shape[0],), (H,))
+    _hn_check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, O))
+    _hn_check_shape("db2", (db2.shape[0],), (O,))
+    _hn_check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
+                                   grad_input.shape[2]), (B, R, E))
+    _hn_check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
+                                    grad_output.shape[2]), (B, R, O))
+    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _hn_check_shape("dpre", (dpre.shape[0], dpre.shape[1], dpre.shape[2]), (B, R, H))
+    _hn_check_lengths(lengths, B, R)
+    with nogil:
+        if floating is float:
+            hypernetwork_backward_f32(&grad_input[0, 0, 0], &dw1[0, 0], &db1[0], &dw2[0, 0],
+                                      &db2[0], &dpre[0, 0, 0], &grad_output[0, 0, 0],
+                                      &x[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                      &lengths[0], &w1[0, 0], &w2[0, 0], B, R, E, H, O)
+        else:
+            hypernetwork_backward_f64(&grad_input[0, 0, 0], &dw1[0, 0], &db1[0], &dw2[0, 0],
+                                      &db2[0], &dpre[0, 0, 0], &grad_output[0, 0, 0],
+                                      &x[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                      &lengths[0], &w1[0, 0], &w2[0, 0], B, R, E, H, O)

@@ -108,7 +108,104 @@ __all__ += ["ChannelMixingMLP"]
 
 # ---- Hypernetwork (csrc/hypernetwork.c) ----
 
+class Hypernetwork(CompiledAdam, bp.HypernetworkBase):
+    __doc__ = bp.HypernetworkBase.__doc__
+
+    def _forward(self, x, lengths):
+        batch, rows, _ = x.shape
+        out = np.empty((batch, rows, self.output_dim), self.dtype)
+        # pre/hidden are cache, not workspace: a shared hypernetwork runs several forwards
+        # before their backwards (see TokenMixingMLP), so each forward keeps its own.
+        pre = np.empty((batch, rows, self.hidden_dim), self.dtype)
+        hidden = np.empty_like(pre)
+        _kernels.hypernetwork_forward(out, pre, hidden, x, lengths, self.w1,
+                                      self.b1.reshape(-1), self.w2, self.b2.reshape(-1))
+        self._saved = (x, lengths, pre, hidden)
+        return out
+
+    def _backward(self, grad_output):
+        x, lengths, pre, hidden = self._saved
+        grad_input = np.empty(x.shape, self.dtype)
+        dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
+        dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+        dpre = _keep_buffer(self, "_ws_dpre", pre.shape)
+        _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2, db2.reshape(-1),
+                                       dpre, grad_output, x, pre, hidden, lengths, self.w1,
+                                       self.w2)
+        return grad_input, [dw1, db1, dw2, db2]
+
+
+__all__ += ["Hypernetwork"]
+
+
 # ---- TokenMixingMLP (csrc/token_mixing.c) ----
+
+def _causal_chunk(seq_len):
+    """Positions per partial-sum chunk in the causal backward: about 16 chunks whatever L is,
+    so the partial buffers stay near 8x the input size. Depends on L only, never on the
+    thread count, which keeps results thread-count independent."""
+    return max(4, -(-seq_len // 16))
+
+
+class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
+    __doc__ = bp.TokenMixingMLPBase.__doc__
+    Hypernetwork = Hypernetwork
+
+    def _work(self):
+        """Per-thread scratch (threads, Ht*E), kept across calls."""
+        slots = max(1, _kernels.get_num_threads())
+        return _keep_buffer(self, "_ws_work",
+                            (slots, self.token_mixing_hidden_dim * self.embedding_dim))
+
+    def _forward(self, x, lengths):
+        batch, seq_len, width = x.shape
+        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        y = np.empty_like(x)
+        if self.causal:
+            means = np.empty_like(x)
+            _kernels.token_mixing_prefix_pool_forward(means, x, lengths)
+            theta = self.hypernetwork._forward(means, lengths)
+            _kernels.token_mixing_causal_forward(y, self._work(), x, theta, lengths, s, h)
+            act = None
+        else:
+            means = np.empty((batch, 1, width), self.dtype)
+            _kernels.token_mixing_pool_forward(means.reshape(batch, width), x, lengths)
+            theta = self.hypernetwork._forward(means, np.ones(batch, np.int64))
+            act = np.empty((batch, h, width), self.dtype)
+            _kernels.token_mixing_forward(y, act, x, theta.reshape(batch, -1), lengths, s, h)
+        # The hypernetwork's own cache is kept with ours and put back before its backward:
+        # a shared hypernetwork is overwritten by every other layer's forward in between.
+        self._saved = (x, lengths, theta, act, self.hypernetwork._saved)
+        return y
+
+    def _backward(self, grad_output):
+        x, lengths, theta, act, hyper_saved = self._saved
+        batch, seq_len, width = x.shape
+        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        grad_input = np.empty_like(x)
+        dtheta = np.empty_like(theta)
+        if self.causal:
+            chunk = _causal_chunk(seq_len)
+            per_seq = _kernels.token_mixing_causal_partial_size(seq_len, width, chunk)
+            partial = _keep_buffer(self, "_ws_partial", (batch, per_seq))
+            _kernels.token_mixing_causal_backward(grad_input, dtheta, partial, self._work(),
+                                                  grad_output, x, theta, lengths, s, h, chunk)
+        else:
+            _kernels.token_mixing_backward(grad_input, dtheta.reshape(batch, -1), self._work(),
+                                           grad_output, x, theta.reshape(batch, -1), act,
+                                           lengths, s, h)
+        self.hypernetwork._saved = hyper_saved
+        dmeans, grads = self.hypernetwork._backward(dtheta)
+        if self.causal:
+            _kernels.token_mixing_prefix_pool_backward(grad_input, dmeans, lengths)
+        else:
+            _kernels.token_mixing_pool_backward(grad_input, dmeans.reshape(batch, width),
+                                                lengths)
+        return grad_input, grads
+
+
+__all__ += ["TokenMixingMLP"]
+
 
 # ---- HyperMixerBlock (composite of the above) ----
 

@@ -1,0 +1,440 @@
+/* Token mixing (SPEC section 2) with weights generated per sequence (bidirectional) or per
+ * prefix (causal) by a hypernetwork that runs outside these kernels.
+ *
+ * theta (O = 2*S*Ht + Ht + S values per generated set) splits, row-major, into W1 (S, Ht),
+ * c1 (Ht,), W2 (Ht, S) and c2 (S,). A sequence of n valid rows uses rows 0..n-1 of W1 and
+ * columns 0..n-1 of W2 and c2.
+ *
+ * Layout: the hidden activations of one sequence are kept transposed, act (Ht, E), so every
+ * product is either a gemm whose inner loop runs along E or a dot product along E:
+ *     act = relu(W1[:n]^T @ X + c1^T),      Y = X + W2[:, :n]^T @ act + c2^T.
+ * Padding rows (t >= lengths[b]) of x and grad_output are never read; their outputs and input
+ * gradients are 0, and generated-weight positions >= n get zero gradient.
+ *
+ * Determinism: every output element is computed by one thread in a fixed order. Work runs
+ * over sequences, (sequence, position) pairs or (sequence, chunk) pairs; workspaces are per
+ * thread slot but only hold values of the item being processed. The causal backward sums the
+ * input-gradient contributions of each fixed-size chunk of positions in its own buffer and
+ * adds the chunks in order, so no result depends on the thread count. */
+#ifndef REAL
+#include "token_mixing.h"
+#include "gemm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int tm_slot(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Threads for a region whose items need one workspace slot each. */
+static int tm_threads(int n_slots)
+{
+    const int n = hm_num_threads();
+    return n < n_slots ? n : n_slots;
+}
+
+size_t token_mixing_causal_partial_size(int L, int E, int chunk)
+{
+    const size_t chunks = ((size_t)L + (size_t)chunk - 1) / (size_t)chunk;
+    return (size_t)E * ((size_t)chunk * (chunks - 1) * chunks / 2 + (size_t)L);
+}
+
+#define HM_TEMPLATE_FILE "token_mixing.c"
+#include "template.h"
+#else
+
+/* Features processed together by one thread in the pooling kernels. */
+#define TM_POOL_COLS 16
+/* Independent partial sums in F(tm_dot); see hypernetwork.c. */
+#define TM_LANES 8
+
+/* sum_k a[k] * b[k] in a fixed order (TM_LANES interleaved partial sums, then the tail). */
+static inline REAL F(tm_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
+{
+    REAL acc[TM_LANES] = {0};
+    size_t k = 0;
+    for (; k + TM_LANES <= n; k += TM_LANES) {
+        for (int j = 0; j < TM_LANES; j++) {
+            acc[j] += a[k + j] * b[k + j];
+        }
+    }
+    REAL tail = 0;
+    for (; k < n; k++) {
+        tail += a[k] * b[k];
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+           + tail;
+}
+
+static inline REAL F(tm_sum)(const REAL* a, size_t n)
+{
+    REAL s = 0;
+    for (size_t k = 0; k < n; k++) {
+        s += a[k];
+    }
+    return s;
+}
+
+static inline void F(tm_zero)(REAL* a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        a[i] = 0;
+    }
+}
+
+/* ------------------------------------------------------------------------ pooling */
+
+/* means (B, E): means[b] = mean of rows 0..lengths[b]-1 of x (B, L, E). */
+HM_SIMD
+void F(token_mixing_pool_forward)(REAL* means, const REAL* x, const int64_t* lengths, int B,
+                                  int L, int E)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    for (int b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        const REAL* xb = x + (size_t)b * l_n * e_n;
+        REAL* restrict m = means + (size_t)b * e_n;
+        F(tm_zero)(m, e_n);
+        for (size_t s = 0; s < n; s++) {
+            const REAL* restrict row = xb + s * e_n;
+            for (size_t e = 0; e < e_n; e++) {
+                m[e] += row[e];
+            }
+        }
+        const REAL count = (REAL)n;
+        for (size_t e = 0; e < e_n; e++) {
+            m[e] /= count;
+        }
+    }
+}
+
+/* grad_input (B, L, E) += dmeans[b] / lengths[b] on the valid rows of sequence b;
+ * dmeans (B, E). */
+HM_SIMD
+void F(token_mixing_pool_backward)(REAL* grad_input, const REAL* dmeans,
+                                   const int64_t* lengths, int B, int L, int E)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    for (int b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        const REAL count = (REAL)n;
+        const REAL* dm = dmeans + (size_t)b * e_n;
+        for (size_t s = 0; s < n; s++) {
+            REAL* restrict gi = grad_input + ((size_t)b * l_n + s) * e_n;
+            for (size_t e = 0; e < e_n; e++) {
+                gi[e] += dm[e] / count;
+            }
+        }
+    }
+}
+
+/* means (B, L, E): means[b, t] = mean of rows 0..t of x (B, L, E) for t < lengths[b], 0 on
+ * padding rows. Running sums in order, divided by t + 1. */
+HM_SIMD
+void F(token_mixing_prefix_pool_forward)(REAL* means, const REAL* x, const int64_t* lengths,
+                                         int B, int L, int E)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
+    const size_t items = (size_t)B * blocks;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    for (size_t item = 0; item < items; item++) {
+        const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
+        const size_t w = e0 + TM_POOL_COLS < e_n ? TM_POOL_COLS : e_n - e0;
+        const size_t n = (size_t)lengths[b];
+        REAL acc[TM_POOL_COLS] = {0};
+        for (size_t t = 0; t < l_n; t++) {
+            REAL* restrict m = means + (b * l_n + t) * e_n + e0;
+            if (t >= n) {
+                F(tm_zero)(m, w);
+                continue;
+            }
+            const REAL* restrict row = x + (b * l_n + t) * e_n + e0;
+            const REAL count = (REAL)(t + 1);
+            for (size_t j = 0; j < w; j++) {
+                acc[j] += row[j];
+                m[j] = acc[j] / count;
+            }
+        }
+    }
+}
+
+/* grad_input (B, L, E) += exact gradient of the prefix means: row s of sequence b receives
+ * dmeans[b, t] / (t + 1) from every t with s <= t < lengths[b]; dmeans (B, L, E). */
+HM_SIMD
+void F(token_mixing_prefix_pool_backward)(REAL* grad_input, const REAL* dmeans,
+                                          const int64_t* lengths, int B, int L, int E)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
+    const size_t items = (size_t)B * blocks;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    for (size_t item = 0; item < items; item++) {
+        const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
+        const size_t w = e0 + TM_POOL_COLS < e_n ? TM_POOL_COLS : e_n - e0;
+        const size_t n = (size_t)lengths[b];
+        REAL acc[TM_POOL_COLS] = {0};
+        for (size_t s = n; s-- > 0;) {
+            const REAL* restrict dm = dmeans + (b * l_n + s) * e_n + e0;
+            REAL* restrict gi = grad_input + (b * l_n + s) * e_n + e0;
+            const REAL count = (REAL)(s + 1);
+            for (size_t j = 0; j < w; j++) {
+                acc[j] += dm[j] / count;
+                gi[j] += acc[j];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ bidirectional */
+
+/* y, x (B, L, E); act (B, Ht, E) receives relu(W1[:n]^T @ X + c1^T) for backward (rows past
+ * nothing: it is fully written for every sequence); theta (B, O), O = 2*S*Ht + Ht + S. */
+HM_SIMD
+void F(token_mixing_forward)(REAL* y, REAL* act, const REAL* x, const REAL* theta,
+                             const int64_t* lengths, int B, int L, int E, int S_, int Ht)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (int b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        const REAL* X = x + (size_t)b * l_n * e_n;
+        const REAL* W1 = theta + (size_t)b * o_n;
+        const REAL* c1 = W1 + s_n * h_n;
+        const REAL* W2 = c1 + h_n;
+        const REAL* c2 = W2 + h_n * s_n;
+        REAL* A = act + (size_t)b * h_n * e_n;
+        REAL* Y = y + (size_t)b * l_n * e_n;
+        F(gemm_serial)(1, 0, h_n, e_n, n, W1, h_n, X, e_n, 0, A, e_n);
+        for (size_t h = 0; h < h_n; h++) {
+            REAL* restrict a = A + h * e_n;
+            const REAL bias = c1[h];
+            for (size_t e = 0; e < e_n; e++) {
+                const REAL v = a[e] + bias;
+                a[e] = v > 0 ? v : 0;
+            }
+        }
+        F(gemm_serial)(1, 0, n, e_n, h_n, W2, s_n, A, e_n, 0, Y, e_n);
+        for (size_t t = 0; t < n; t++) {
+            REAL* restrict yr = Y + t * e_n;
+            const REAL* restrict xr = X + t * e_n;
+            const REAL bias = c2[t];
+            for (size_t e = 0; e < e_n; e++) {
+                yr[e] = xr[e] + (yr[e] + bias);
+            }
+        }
+        F(tm_zero)(Y + n * e_n, (l_n - n) * e_n);
+    }
+}
+
+/* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, Ht*E) is
+ * scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E) from the forward. */
+HM_SIMD
+void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_slots,
+                              const REAL* grad_output, const REAL* x, const REAL* theta,
+                              const REAL* act, const int64_t* lengths, int B, int L, int E,
+                              int S_, int Ht)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    #pragma omp parallel for schedule(static) num_threads(tm_threads(n_slots))
+    for (int b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        const REAL* X = x + (size_t)b * l_n * e_n;
+        const REAL* G = grad_output + (size_t)b * l_n * e_n;
+        const REAL* W1 = theta + (size_t)b * o_n;
+        const REAL* W2 = W1 + s_n * h_n + h_n;
+        const REAL* A = act + (size_t)b * h_n * e_n;
+        REAL* dW1 = dtheta + (size_t)b * o_n;
+        REAL* dc1 = dW1 + s_n * h_n;
+        REAL* dW2 = dc1 + h_n;
+        REAL* dc2 = dW2 + h_n * s_n;
+        REAL* GI = grad_input + (size_t)b * l_n * e_n;
+        REAL* D = work + (size_t)tm_slot() * h_n * e_n;
+        F(tm_zero)(dW1, o_n);
+        for (size_t t = 0; t < n; t++) {
+            dc2[t] = F(tm_sum)(G + t * e_n, e_n);
+        }
+        for (size_t h = 0; h < h_n; h++) {
+            for (size_t t = 0; t < n; t++) {
+                dW2[h * s_n + t] = F(tm_dot)(A + h * e_n, G + t * e_n, e_n);
+            }
+        }
+        /* D = (W2[:, :n] @ G) masked by act > 0: the gradient of the pre-activation. */
+        F(gemm_serial)(0, 0, h_n, e_n, n, W2, s_n, G, e_n, 0, D, e_n);
+        for (size_t h = 0; h < h_n; h++) {
+            REAL* restrict d = D + h * e_n;
+            const REAL* restrict a = A + h * e_n;
+            for (size_t e = 0; e < e_n; e++) {
+                d[e] = a[e] > 0 ? d[e] : 0;
+            }
+            dc1[h] = F(tm_sum)(d, e_n);
+        }
+        for (size_t t = 0; t < n; t++) {
+            for (size_t h = 0; h < h_n; h++) {
+                dW1[t * h_n + h] = F(tm_dot)(X + t * e_n, D + h * e_n, e_n);
+            }
+        }
+        F(gemm_serial)(0, 0, n, e_n, h_n, W1, h_n, D, e_n, 0, GI, e_n);
+        for (size_t i = 0; i < n * e_n; i++) {
+            GI[i] += G[i];
+        }
+        F(tm_zero)(GI + n * e_n, (l_n - n) * e_n);
+    }
+}
+
+/* ------------------------------------------------------------------------ causal */
+
+/* A (Ht, E) = relu(W1_t[:t+1]^T @ X[:t+1] + c1_t^T) for the weights th of position t. */
+static void F(tm_causal_act)(REAL* A, const REAL* X, const REAL* th, size_t t, size_t e_n,
+                             size_t s_n, size_t h_n)
+{
+    const REAL* c1 = th + s_n * h_n;
+    F(gemm_serial)(1, 0, h_n, e_n, t + 1, th, h_n, X, e_n, 0, A, e_n);
+    for (size_t h = 0; h < h_n; h++) {
+        REAL* restrict a = A + h * e_n;
+        const REAL bias = c1[h];
+        for (size_t e = 0; e < e_n; e++) {
+            const REAL v = a[e] + bias;
+            a[e] = v > 0 ? v : 0;
+        }
+    }
+}
+
+/* y, x (B, L, E); theta (B, L, O): the weights generated for every position (rows past
+ * lengths[b] unused); work (n_slots, Ht*E) scratch. Parallel over (sequence, position)
+ * pairs, dealt round-robin because position t costs O(t). */
+HM_SIMD
+void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL* x,
+                                    const REAL* theta, const int64_t* lengths, int B, int L,
+                                    int E, int S_, int Ht)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const size_t items = (size_t)B * l_n;
+    #pragma omp parallel for schedule(static, 1) num_threads(tm_threads(n_slots))
+    for (size_t item = 0; item < items; item++) {
+        const size_t b = item / l_n, t = item % l_n;
+        REAL* restrict yr = y + item * e_n;
+        if (t >= (size_t)lengths[b]) {
+            F(tm_zero)(yr, e_n);
+            continue;
+        }
+        const REAL* X = x + b * l_n * e_n;
+        const REAL* th = theta + item * o_n;
+        const REAL* W2 = th + s_n * h_n + h_n;
+        const REAL* c2 = W2 + h_n * s_n;
+        REAL* A = work + (size_t)tm_slot() * h_n * e_n;
+        F(tm_causal_act)(A, X, th, t, e_n, s_n, h_n);
+        /* yr = column t of W2 (as a 1 x Ht row) @ A */
+        F(gemm_serial)(1, 0, 1, e_n, h_n, W2 + t, s_n, A, e_n, 0, yr, e_n);
+        const REAL* restrict xr = X + t * e_n;
+        const REAL bias = c2[t];
+        for (size_t e = 0; e < e_n; e++) {
+            yr[e] = (xr[e] + yr[e]) + bias;
+        }
+    }
+}
+
+/* grad_input (B, L, E) and dtheta (B, L, O) are written in full; partial (B, P) with
+ * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, Ht*E) are scratch;
+ * grad_output, x (B, L, E); theta (B, L, O) from the forward. The activations of each
+ * position are recomputed rather than cached (they would take B*L*Ht*E values).
+ *
+ * Phase 1, parallel over (sequence, chunk of `chunk` positions): dtheta rows, and the
+ * chunk's contributions to the input gradient summed in its own partial buffer.
+ * Phase 2, parallel over rows: grad_input = sum of the chunks' partials in order + residual. */
+HM_SIMD
+void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* partial, REAL* work,
+                                     int n_slots, const REAL* grad_output, const REAL* x,
+                                     const REAL* theta, const int64_t* lengths, int B, int L,
+                                     int E, int S_, int Ht, int chunk)
+{
+    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const size_t tc = (size_t)chunk;
+    const size_t chunks = (l_n + tc - 1) / tc;
+    const size_t per_seq = token_mixing_causal_partial_size(L, E, chunk);
+    const size_t items = (size_t)B * chunks;
+    #pragma omp parallel for schedule(static, 1) num_threads(tm_threads(n_slots))
+    for (size_t item = 0; item < items; item++) {
+        const size_t b = item / chunks, c = item % chunks;
+        const size_t n = (size_t)lengths[b];
+        const size_t t0 = c * tc, t1 = t0 + tc < l_n ? t0 + tc : l_n;
+        REAL* P = partial + b * per_seq + e_n * tc * c * (c + 1) / 2;   /* (t1, E) */
+        if (t0 < n) {
+            F(tm_zero)(P, t1 * e_n);
+        }
+        const REAL* X = x + b * l_n * e_n;
+        REAL* D = work + (size_t)tm_slot() * h_n * e_n;
+        for (size_t t = t0; t < t1; t++) {
+            REAL* dW1 = dtheta + (b * l_n + t) * o_n;
+            F(tm_zero)(dW1, o_n);
+            if (t >= n) {
+                continue;
+            }
+            REAL* dc1 = dW1 + s_n * h_n;
+            REAL* dW2 = dc1 + h_n;
+            REAL* dc2 = dW2 + h_n * s_n;
+            const REAL* th = theta + (b * l_n + t) * o_n;
+            const REAL* W2 = th + s_n * h_n + h_n;
+            const REAL* g = grad_output + (b * l_n + t) * e_n;
+            F(tm_causal_act)(D, X, th, t, e_n, s_n, h_n);
+            dc2[t] = F(tm_sum)(g, e_n);
+            for (size_t h = 0; h < h_n; h++) {
+                REAL* restrict d = D + h * e_n;
+                const REAL w = W2[h * s_n + t];
+                dW2[h * s_n + t] = F(tm_dot)(d, g, e_n);
+                /* act -> gradient of the pre-activation, in place */
+                for (size_t e = 0; e < e_n; e++) {
+                    d[e] = d[e] > 0 ? g[e] * w : 0;
+                }
+                dc1[h] = F(tm_sum)(d, e_n);
+            }
+            for (size_t s = 0; s <= t; s++) {
+                for (size_t h = 0; h < h_n; h++) {
+                    dW1[s * h_n + h] = F(tm_dot)(X + s * e_n, D + h * e_n, e_n);
+                }
+            }
+            F(gemm_serial)(0, 0, t + 1, e_n, h_n, th, h_n, D, e_n, 1, P, e_n);
+        }
+    }
+    const size_t rows = (size_t)B * l_n;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t row = 0; row < rows; row++) {
+        const size_t b = row / l_n, s = row % l_n;
+        const size_t n = (size_t)lengths[b];
+        REAL* restrict gi = grad_input + row * e_n;
+        if (s >= n) {
+            F(tm_zero)(gi, e_n);
+            continue;
+        }
+        const REAL* restrict g = grad_output + row * e_n;
+        const size_t c_end = (n + tc - 1) / tc;   /* chunks holding a valid position */
+        size_t c = s / tc;
+        const REAL* P = partial + b * per_seq + e_n * tc * c * (c + 1) / 2 + s * e_n;
+        for (size_t e = 0; e < e_n; e++) {
+            gi[e] = P[e];
+        }
+        for (c++; c < c_end; c++) {
+            P = partial + b * per_seq + e_n * tc * c * (c + 1) / 2 + s * e_n;
+            for (size_t e = 0; e < e_n; e++) {
+                gi[e] += P[e];
+            }
+        }
+        for (size_t e = 0; e < e_n; e++) {
+            gi[e] += g[e];
+        }
+    }
+}
+
+#endif
