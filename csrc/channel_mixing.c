@@ -23,7 +23,8 @@ HM_SIMD
 static void F(column_sums)(REAL* out, const REAL* a, size_t rows, size_t cols)
 {
     const size_t chunks = (cols + CM_SUM_COLS - 1) / CM_SUM_COLS;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * cols > 65536)
+    const int parallel = rows * cols > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t c = 0; c < chunks; c++) {
         const size_t j0 = c * CM_SUM_COLS;
         const size_t j1 = j0 + CM_SUM_COLS < cols ? j0 + CM_SUM_COLS : cols;

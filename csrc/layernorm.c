@@ -110,7 +110,8 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
             }
         }
     }
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (width * tiles > 65536)
+    const int parallel_sum = width * tiles > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel_sum)
     for (size_t e = 0; e < width; e++) {
         REAL sg = 0, sb = 0;
         for (size_t k = 0; k < tiles; k++) {

@@ -166,3 +166,35 @@ def test_one_and_two_threads_bit_identical(dtype, restore_threads):
         results.append([y, gi] + grads)
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_binding_refuses_inconsistent_arrays():
+    # The layer never calls the kernel like this; the binding must still refuse, not crash.
+    from hypermixer import _kernels
+    B, L, W, Hd = 2, 3, 4, 5
+    x = np.zeros((B, L, W))
+    y = np.zeros_like(x)
+    offsets = np.array([0, 3, 5], np.int64)
+    xp, mixed, hidden = np.zeros((5, W)), np.zeros((5, W)), np.zeros((5, Hd))
+    w1, b1, w2, b2 = np.zeros((W, Hd)), np.zeros(Hd), np.zeros((Hd, W)), np.zeros(W)
+    _kernels.channel_mixing_forward(y, xp, hidden, mixed, x, offsets, w1, b1, w2, b2)
+    for bad in ([0, 3, 7], [1, 3, 5], [0, 0, 2], [0, 3]):
+        with pytest.raises(ValueError, match="offsets|length"):
+            _kernels.channel_mixing_forward(y, xp, hidden, mixed, x, np.array(bad, np.int64),
+                                            w1, b1, w2, b2)
+    with pytest.raises(ValueError, match="xp"):
+        _kernels.channel_mixing_forward(y, xp[:4].copy(), hidden, mixed, x, offsets, w1, b1,
+                                        w2, b2)
+    with pytest.raises(ValueError, match="w2"):
+        _kernels.channel_mixing_forward(y, xp, hidden, mixed, x, offsets, w1, b1, w2.T.copy(),
+                                        b2)
+    gi, gp, dh = np.zeros_like(x), np.zeros((5, W)), np.zeros((5, Hd))
+    dw1, db1, dw2, db2 = np.zeros_like(w1), np.zeros_like(b1), np.zeros_like(w2), np.zeros_like(b2)
+    _kernels.channel_mixing_backward(gi, dw1, db1, dw2, db2, gp, dh, x, xp, hidden, offsets,
+                                     w1, w2)
+    with pytest.raises(ValueError, match="dhidden"):
+        _kernels.channel_mixing_backward(gi, dw1, db1, dw2, db2, gp, dh[:, :2].copy(), x, xp,
+                                         hidden, offsets, w1, w2)
+    with pytest.raises(ValueError, match="db1"):
+        _kernels.channel_mixing_backward(gi, dw1, db1[:2].copy(), dw2, db2, gp, dh, x, xp,
+                                         hidden, offsets, w1, w2)

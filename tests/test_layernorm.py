@@ -152,3 +152,36 @@ def test_one_and_two_threads_bit_identical(dtype, restore_threads):
         results.append([y, gi] + grads)
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_binding_refuses_inconsistent_arrays():
+    # The layer never calls the kernel like this; the binding must still refuse, not crash.
+    from hypermixer import _kernels
+    B, L, W = 2, 3, 4
+    x = np.zeros((B, L, W))
+    y, xhat = np.zeros_like(x), np.zeros_like(x)
+    mean, rstd = np.zeros((B, L)), np.zeros((B, L))
+    gamma, beta = np.ones(W), np.zeros(W)
+    lengths = np.array([3, 2], np.int64)
+    _kernels.layernorm_forward(y, xhat, mean, rstd, x, lengths, gamma, beta)
+    with pytest.raises(ValueError, match="lengths"):
+        _kernels.layernorm_forward(y, xhat, mean, rstd, x, np.array([3, 4], np.int64), gamma,
+                                   beta)
+    with pytest.raises(ValueError, match="entries"):
+        _kernels.layernorm_forward(y, xhat, mean, rstd, x, lengths[:1], gamma, beta)
+    with pytest.raises(ValueError):
+        _kernels.layernorm_forward(y[:, :2].copy(), xhat, mean, rstd, x, lengths, gamma, beta)
+    with pytest.raises(ValueError):
+        _kernels.layernorm_forward(y, xhat, mean, rstd, x, lengths, gamma[:3].copy(), beta)
+    with pytest.raises(ValueError):  # mixed precision: Cython's buffer dtype mismatch
+        _kernels.layernorm_forward(y.astype(np.float32), xhat, mean, rstd, x, lengths, gamma,
+                                   beta)
+    partial = np.zeros((1, 2 * W))
+    gi, dg, db = np.zeros_like(x), np.zeros(W), np.zeros(W)
+    _kernels.layernorm_backward(gi, dg, db, partial, x, xhat, rstd, lengths, gamma)
+    with pytest.raises(ValueError, match="partial"):
+        _kernels.layernorm_backward(gi, dg, db, partial[:, :W].copy(), x, xhat, rstd, lengths,
+                                    gamma)
+    with pytest.raises(ValueError, match="rstd"):
+        _kernels.layernorm_backward(gi, dg, db, partial, x, xhat, rstd[:1].copy(), lengths,
+                                    gamma)
