@@ -100,6 +100,9 @@ class TokenMixingMLP(ReferenceAdam, bp.TokenMixingMLPBase):
             return self._forward_causal(x, lengths)
         means = np.stack([x[b, :n].mean(axis=0) for b, n in enumerate(lengths)])[:, None, :]
         theta = self.hypernetwork._forward(means, np.ones(len(lengths), np.int64))
+        # A shared hypernetwork's cache is overwritten by the other layers' forwards before
+        # this layer's backward: keep ours and put it back there.
+        self._hyper_saved = self.hypernetwork._saved
         y = np.zeros_like(x)
         self._saved = []
         for b, n in enumerate(lengths):
@@ -129,6 +132,7 @@ class TokenMixingMLP(ReferenceAdam, bp.TokenMixingMLPBase):
             dw1[:n] = xb @ dz
             dc1[:] = dz.sum(axis=0, keepdims=True)
             grad_input[b, :n] = g + (dz @ w1[:n].T).T
+        self.hypernetwork._saved = self._hyper_saved
         dmeans, grads = self.hypernetwork._backward(dtheta)
         for b, (xb, *_rest) in enumerate(self._saved):
             n = len(xb)
@@ -142,6 +146,9 @@ class TokenMixingMLP(ReferenceAdam, bp.TokenMixingMLPBase):
             counts = np.arange(1, n + 1, dtype=self.dtype)[:, None]
             prefix_means[b, :n] = np.cumsum(x[b, :n], axis=0) / counts
         theta = self.hypernetwork._forward(prefix_means, lengths)
+        # A shared hypernetwork's cache is overwritten by the other layers' forwards before
+        # this layer's backward: keep ours and put it back there.
+        self._hyper_saved = self.hypernetwork._saved
         y = np.zeros_like(x)
         self._saved = []
         for b, n in enumerate(lengths):
@@ -173,6 +180,7 @@ class TokenMixingMLP(ReferenceAdam, bp.TokenMixingMLPBase):
                 dc1[:] = dz.sum(axis=0, keepdims=True)
                 grad_input[b, :t + 1] += (dz @ w1[:t + 1].T).T
                 grad_input[b, t] += g                         # residual
+        self.hypernetwork._saved = self._hyper_saved
         dmeans, grads = self.hypernetwork._backward(dtheta)
         for b, (xb, *_rest) in enumerate(self._saved):
             n = len(xb)
