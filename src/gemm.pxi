@@ -17,6 +17,11 @@ cdef extern from "gemm.h" nogil:
                         double beta, double* C, size_t ldc)
 
 
+cdef inline Py_ssize_t _leading_dim(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t stride,
+                                    size_t itemsize) noexcept:
+    return cols if rows <= 1 else stride // <Py_ssize_t>itemsize
+
+
 cdef int _gemm_call(int which, const floating[:, ::1] a, const floating[:, ::1] b,
                     floating[:, ::1] c, bint trans_a, bint trans_b, double beta) except -1:
     """Shared shape check and dispatch; which: 0 parallel, 1 serial, 2 naive."""
@@ -30,27 +35,34 @@ cdef int _gemm_call(int which, const floating[:, ::1] a, const floating[:, ::1] 
         return 0
     if k == 0:
         raise ValueError("gemm: inner dimension is 0")
+    # Leading dimensions come from the row strides, so row-sliced views work too. The stride
+    # of a single-row array is arbitrary in NumPy (x[None, :] has 0) and never used.
+    cdef Py_ssize_t lda = _leading_dim(a.shape[0], a.shape[1], a.strides[0], sizeof(floating))
+    cdef Py_ssize_t ldb = _leading_dim(b.shape[0], b.shape[1], b.strides[0], sizeof(floating))
+    cdef Py_ssize_t ldc = _leading_dim(c.shape[0], c.shape[1], c.strides[0], sizeof(floating))
+    if lda < a.shape[1] or ldb < b.shape[1] or ldc < c.shape[1]:
+        raise ValueError("gemm: rows overlap (row stride smaller than a row)")
     with nogil:
         if floating is float:
             if which == 0:
-                gemm_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                         b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+                gemm_f32(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                         ldb, <float>beta, &c[0, 0], ldc)
             elif which == 1:
-                gemm_serial_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                                b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+                gemm_serial_f32(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                                ldb, <float>beta, &c[0, 0], ldc)
             else:
-                gemm_naive_f32(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                               b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+                gemm_naive_f32(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                               ldb, <float>beta, &c[0, 0], ldc)
         else:
             if which == 0:
-                gemm_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                         b.shape[1], beta, &c[0, 0], c.shape[1])
+                gemm_f64(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                         ldb, beta, &c[0, 0], ldc)
             elif which == 1:
-                gemm_serial_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                                b.shape[1], beta, &c[0, 0], c.shape[1])
+                gemm_serial_f64(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                                ldb, beta, &c[0, 0], ldc)
             else:
-                gemm_naive_f64(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
-                               b.shape[1], beta, &c[0, 0], c.shape[1])
+                gemm_naive_f64(trans_a, trans_b, m, n, k, &a[0, 0], lda, &b[0, 0],
+                               ldb, beta, &c[0, 0], ldc)
     return 0
 
 

@@ -1,0 +1,123 @@
+"""The blocked gemm kernels (gemm, gemm_serial) against NumPy and against the plain loops
+(gemm_naive), on shapes chosen to land on both sides of every block size of the kernel."""
+
+import numpy as np
+import pytest
+
+import hypermixer
+from hypermixer import _kernels
+
+DTYPES = [np.float32, np.float64]
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+FAST = [_kernels.gemm, _kernels.gemm_serial]
+
+# Register tiles are 8 or 6 (or 4) rows by 16 to 32 columns, K is cut every 256, rows every
+# 60 to 128 and columns every 128 or 256; A is read in place or packed depending on the
+# width of the column block. These shapes sit on, just below and just above those edges.
+SHAPES = [
+    (1, 1, 1), (2, 3, 5), (7, 11, 13), (8, 16, 1), (9, 17, 31), (6, 33, 2), (13, 1, 97),
+    (1, 200, 7), (128, 64, 80), (127, 65, 79), (61, 129, 255), (121, 257, 256),
+    (129, 31, 257), (257, 513, 37), (65, 100, 513), (3, 1031, 9), (300, 7, 600),
+]
+
+
+def operands(rng, m, n, k, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    return a, b, c
+
+
+def error_bound(a, b, c, trans_a, trans_b, beta, k, dtype):
+    """Elementwise forward-error bound of a length-k dot product plus the beta term, for two
+    computations (ours and the one we compare against): 2 (k + 2) u (|beta C| + |A| |B|)."""
+    op_a = np.abs(a.T if trans_a else a).astype(np.float64)
+    op_b = np.abs(b.T if trans_b else b).astype(np.float64)
+    magnitude = abs(beta) * np.abs(c.astype(np.float64)) + op_a @ op_b
+    return 2 * (k + 2) * np.finfo(dtype).eps * magnitude + np.finfo(dtype).tiny
+
+
+def run(fn, a, b, c, trans_a, trans_b, beta):
+    out = c.copy()
+    fn(a, b, out, trans_a, trans_b, beta)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_numpy_and_naive(m, n, k, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(m * 10007 + n * 101 + k)
+    a, b, c = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    for beta in (0.0, 1.0, 0.5):
+        op_a = (a.T if trans_a else a).astype(np.float64)
+        op_b = (b.T if trans_b else b).astype(np.float64)
+        # In float64 the NumPy product is itself rounded; the bound allows for both sides.
+        expected = beta * c.astype(np.float64) + op_a @ op_b
+        bound = error_bound(a, b, c, trans_a, trans_b, beta, k, dtype)
+        naive = run(_kernels.gemm_naive, a, b, c, trans_a, trans_b, beta)
+        assert naive.dtype == dtype
+        assert np.all(np.abs(naive - expected) <= bound), "gemm_naive"
+        for fn in FAST:
+            got = run(fn, a, b, c, trans_a, trans_b, beta)
+            assert got.dtype == dtype
+            assert np.all(np.abs(got - expected) <= bound), f"{fn.__name__} vs numpy"
+            assert np.all(np.abs(got - naive) <= bound), f"{fn.__name__} vs gemm_naive"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_beta_zero_ignores_nan_in_c(trans_a, trans_b, dtype):
+    rng = np.random.default_rng(3)
+    for m, n, k in [(1, 1, 1), (9, 33, 17), (130, 300, 260)]:
+        a, b, _ = operands(rng, m, n, k, trans_a, trans_b, dtype)
+        c = np.full((m, n), np.nan, dtype=dtype)
+        for fn in FAST + [_kernels.gemm_naive]:
+            got = run(fn, a, b, c, trans_a, trans_b, 0.0)
+            assert np.all(np.isfinite(got)), fn.__name__
+            expected = run(_kernels.gemm_naive, a, b, np.zeros_like(c), trans_a, trans_b, 0.0)
+            bound = error_bound(a, b, np.zeros_like(c), trans_a, trans_b, 0.0, k, dtype)
+            assert np.all(np.abs(got - expected) <= bound), fn.__name__
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_in_inputs_propagates(dtype):
+    # The kernel must not skip work on zeros or treat NaN specially: NaN in A spreads to its row.
+    a = np.ones((20, 40), dtype=dtype)
+    b = np.ones((40, 50), dtype=dtype)
+    a[3, 7] = np.nan
+    for fn in FAST:
+        c = np.zeros((20, 50), dtype=dtype)
+        fn(a, b, c)
+        assert np.all(np.isnan(c[3])) and not np.any(np.isnan(np.delete(c, 3, axis=0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_bit_identical_for_any_thread_count(trans_a, trans_b, dtype):
+    rng = np.random.default_rng(11)
+    before = hypermixer.get_num_threads()
+    try:
+        for m, n, k in [(128, 64, 80), (257, 300, 600), (40, 1000, 33)]:
+            a, b, c = operands(rng, m, n, k, trans_a, trans_b, dtype)
+            results = []
+            for threads in (1, 2, 3):
+                hypermixer.set_num_threads(threads)
+                results.append(run(_kernels.gemm, a, b, c, trans_a, trans_b, 0.5))
+            # gemm_serial computes each element with the same chain of operations too.
+            results.append(run(_kernels.gemm_serial, a, b, c, trans_a, trans_b, 0.5))
+            for other in results[1:]:
+                assert np.array_equal(results[0], other)
+    finally:
+        hypermixer.set_num_threads(before)
+
+
+def test_rejects_mismatched_shapes():
+    a = np.zeros((3, 4))
+    b = np.zeros((5, 6))
+    c = np.zeros((3, 6))
+    for fn in FAST + [_kernels.gemm_naive]:
+        with pytest.raises(ValueError):
+            fn(a, b, c)
+        with pytest.raises(ValueError):
+            fn(a, np.zeros((4, 6)), np.zeros((3, 5)))
