@@ -209,6 +209,16 @@ __all__ += ["TokenMixingMLP"]
 
 # ---- HyperMixerBlock (composite of the above) ----
 
+class HyperMixerBlock(bp.HyperMixerBlockBase):
+    __doc__ = bp.HyperMixerBlockBase.__doc__
+    LayerNorm = LayerNorm
+    TokenMixingMLP = TokenMixingMLP
+    ChannelMixingMLP = ChannelMixingMLP
+
+
+__all__ += ["HyperMixerBlock"]
+
+
 # ---- Language-model layers: Embeddings, SelfAttention, FeedForward, TransformerBlock,
 #      OutputProjection, softmax cross-entropy ----
 
