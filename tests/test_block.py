@@ -13,9 +13,10 @@ DTYPES = [np.float32, np.float64]
 # A small configuration used by most tests: E, H, S, Hh, Ht.
 SMALL = dict(embedding_dim=8, hidden_dim=12, max_seq_len=7, hypernetwork_hidden_dim=4,
              token_mixing_hidden_dim=5)
-# float32 errors grow through two LayerNorms (which divide by small standard deviations)
-# and the generated token-mixing weights, so the block gets a wider tolerance factor.
-F32_FACTOR = 20.0
+# float32 rounding passes through two LayerNorms (which divide by the standard deviation)
+# and the generated token-mixing weights; over many seeds the worst relative error seen was
+# ~4e-6, so a factor of 2 on the float32 tolerance (2e-5) leaves a 10x margin.
+F32_FACTOR = 2.0
 
 
 def blocks(dtype, causal, seed=0, **overrides):
@@ -45,7 +46,7 @@ def test_parity_with_reference(dtype, causal, seq_len, lengths):
     batch = 1 if lengths is None else len(lengths)
     x, g = inputs(seq_len * 10 + batch, batch, seq_len)
     compiled, ref = blocks(dtype, causal)
-    factor = F32_FACTOR if dtype == np.float32 else 10.0
+    factor = F32_FACTOR if dtype == np.float32 else 1.0
     check_parity(compiled, ref, x, g, None if lengths is None else np.array(lengths),
                  factor=factor)
 
@@ -63,7 +64,7 @@ def test_parity_with_perturbed_parameters(dtype, causal):
     for (_, a), (_, b) in zip(compiled.named_parameters(), ref.named_parameters()):
         a[...] = a + rng.normal(0.0, 0.2, size=a.shape)
         b[...] = a
-    factor = F32_FACTOR if dtype == np.float32 else 10.0
+    factor = F32_FACTOR if dtype == np.float32 else 1.0
     check_parity(compiled, ref, x, g, lengths, factor=factor)
 
 
@@ -91,7 +92,7 @@ def test_mixed_lengths_equal_one_by_one(dtype, causal):
     mask = np.arange(7)[None, :] >= lengths[:, None]
     assert np.all(y[mask] == 0) and np.all(gi[mask] == 0)
     totals = [np.zeros_like(p) for p in grads]
-    factor = F32_FACTOR if dtype == np.float32 else 10.0
+    factor = F32_FACTOR if dtype == np.float32 else 1.0
     for b, n in enumerate(lengths):
         assert_close(y[b, :n], layer.forward(x[b, :n]), dtype, f"output {b}", factor)
         gi_b, grads_b = layer.compute_gradients(x[b, :n], g[b, :n])
@@ -100,6 +101,24 @@ def test_mixed_lengths_equal_one_by_one(dtype, causal):
             t += gb
     for (name, _), got, want in zip(layer.named_parameters(), grads, totals):
         assert_close(got, want, dtype, f"batched gradient of {name}", factor)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_garbage_in_padding_does_not_leak(causal):
+    x, g = inputs(12, 3, 6)
+    lengths = np.array([6, 2, 4])
+    mask = np.arange(6)[None, :] >= lengths[:, None]
+    layer = hypermixer.HyperMixerBlock(causal=causal, seed=3, dtype=np.float64, **SMALL)
+    y = layer.forward(x, lengths)
+    gi, grads = layer.compute_gradients(x, g, lengths)
+    x_bad, g_bad = x.copy(), g.copy()
+    x_bad[mask] = np.nan
+    g_bad[mask] = np.nan
+    y_bad = layer.forward(x_bad, lengths)
+    gi_bad, grads_bad = layer.compute_gradients(x_bad, g_bad, lengths)
+    assert np.array_equal(y_bad, y) and np.array_equal(gi_bad, gi)
+    for a, b in zip(grads_bad, grads):
+        assert np.array_equal(a, b)
 
 
 def seeds_parameter_count(E, H, S, Hh, Ht):
@@ -218,7 +237,7 @@ def test_causal_last_row_equals_bidirectional_last_row(module, dtype):
     y_b = bidir.forward(x, lengths)
     last = lengths - 1
     rows = np.arange(3)
-    factor = F32_FACTOR if dtype == np.float32 else 10.0
+    factor = F32_FACTOR if dtype == np.float32 else 1.0
     assert_close(y_c[rows, last], y_b[rows, last], dtype, "last rows", factor)
     # ... while the earlier rows of a sequence longer than 1 do differ.
     assert not np.allclose(y_c[0, :5], y_b[0, :5])
