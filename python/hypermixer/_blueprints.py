@@ -181,7 +181,9 @@ from ._layer import check_lengths  # noqa: E402  (kept in this section to avoid 
 
 
 def check_token_ids(name, ids, lengths, vocab_size, max_seq_len=None):
-    """Validate integer ids ``(L,)`` or ``(B, L)``: returns ``(ids (B, L) int64, lengths, unbatched)``.
+    """Validate integer ids ``(L,)`` or ``(B, L)``.
+
+    Returns ``(ids (B, L) int64, lengths, unbatched)``.
 
     Only the positions a sequence owns (``t < lengths[b]``) are range-checked: padding
     positions are never read, so any filler value (often -1) is accepted there.
@@ -218,7 +220,9 @@ def check_token_ids(name, ids, lengths, vocab_size, max_seq_len=None):
 
 
 def check_cross_entropy_args(logits, targets, lengths):
-    """Validate the loss inputs: returns ``(logits (B, L, V), targets (B, L), lengths, unbatched)``.
+    """Validate the loss inputs.
+
+    Returns ``(logits (B, L, V), targets (B, L), lengths, unbatched)``.
 
     Logits keep their dtype when it is float32/float64 (other real dtypes become float64).
     """
