@@ -16,6 +16,8 @@ size_t layernorm_partial_tiles(size_t rows)
 #else
 
 #define LN_EPS 1e-5
+/* Below this many elements a parallel region costs more than it saves. */
+#define LN_PARALLEL_MIN 16384
 
 /* y, xhat, x: (B, L, E); mean, rstd: (B, L); lengths: (B,) with 1 <= lengths[b] <= L;
  * gamma, beta: (E,).
@@ -26,7 +28,8 @@ void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REA
                           int L, int E)
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    const int parallel = rows * width > LN_PARALLEL_MIN;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
         REAL* restrict out = y + r * width;
@@ -75,7 +78,8 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
     const size_t tiles = layernorm_partial_tiles(rows);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    const int parallel = rows * width > LN_PARALLEL_MIN;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t k = 0; k < tiles; k++) {
         REAL* restrict pg = partial + k * 2 * width;
         REAL* restrict pb = pg + width;
@@ -124,4 +128,5 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 }
 
 #undef LN_EPS
+#undef LN_PARALLEL_MIN
 #endif

@@ -138,15 +138,17 @@ def test_finite_differences_of_compiled():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_and_two_threads_bit_identical(dtype, restore_threads):
-    # 70 rows span three reduction tiles, so the dgamma/dbeta sum crosses tile boundaries.
+    # 390 padded rows of 64 features: above the kernels' parallel threshold, and spanning
+    # many reduction tiles, some of them straddling two sequences and padding.
+    assert hypermixer.openmp_enabled()
     rng = np.random.default_rng(9)
-    lengths = np.array([30, 17, 23])
-    x = rng.normal(size=(3, 30, 40))
-    g = rng.normal(size=(3, 30, 40))
+    lengths = np.array([130, 77, 101])
+    x = rng.normal(size=(3, 130, 64))
+    g = rng.normal(size=(3, 130, 64))
     results = []
     for threads in (1, 2):
         hypermixer.set_num_threads(threads)
-        layer, _ = make_pair(dtype, width=40)
+        layer, _ = make_pair(dtype, width=64)
         y = layer.forward(x, lengths)
         gi, grads = layer.compute_gradients(x, g, lengths)
         results.append([y, gi] + grads)
