@@ -294,9 +294,8 @@ class LanguageModel(Layer):
 
 
 def global_norm(arrays):
-    """sqrt of the sum of squares of every entry of every array, accumulated in float64."""
-    return float(np.sqrt(sum(float(np.dot(a.ravel().astype(np.float64),
-                                          a.ravel().astype(np.float64))) for a in arrays)))
+    """sqrt of the sum of squares of every entry of every array (per-array dot, float64 sum)."""
+    return float(np.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays)))
 
 
 def build_network(config, vocab_size, seed=0, dtype=np.float32, backend="compiled"):
