@@ -16,6 +16,9 @@
 
 /* Columns handled together by one thread in F(column_sums). */
 #define CM_SUM_COLS 64
+/* Elementwise passes over fewer elements than this run on the calling thread: a parallel
+ * region would cost more than it saves. */
+#define CM_PARALLEL_MIN 16384
 
 /* out[j] = sum of a[r, j] over rows r = 0..rows-1 in order; a is (rows, cols) with leading
  * dimension cols. Each column belongs to one thread: the result is thread-count independent. */
@@ -46,7 +49,8 @@ static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int
                          int E)
 {
     const size_t width = (size_t)E;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    const int big = (size_t)B * (size_t)L * width > CM_PARALLEL_MIN;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)(offsets[b + 1] - offsets[b]);
         const REAL* s = src + (size_t)b * (size_t)L * width;
@@ -67,9 +71,10 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
                                const REAL* w2, const REAL* b2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
+    const int big = (size_t)B * (size_t)L * (width + hid) > CM_PARALLEL_MIN;
     F(pack_rows)(xp, x, offsets, B, L, E);
     F(gemm)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < N; r++) {
         REAL* restrict h = hidden + r * hid;
         for (size_t j = 0; j < hid; j++) {
@@ -79,7 +84,7 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
     }
     F(gemm)(0, 0, N, width, hid, hidden, hid, w2, width, 0, mixed, width);
     /* Unpack: y = x + mixed + b2 on valid rows, 0 on padding rows. */
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
         REAL* restrict out = y + r * width;
@@ -110,13 +115,14 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
                                 const REAL* w1, const REAL* w2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
+    const int big = (size_t)B * (size_t)L * (width + hid) > CM_PARALLEL_MIN;
     F(pack_rows)(gp, grad_output, offsets, B, L, E);
     /* dw2 = hidden^T @ g, db2 = column sums of g */
     F(gemm)(1, 0, hid, width, N, hidden, hid, gp, width, 0, dw2, width);
     F(column_sums)(db2, gp, N, width);
     /* dhidden = (g @ w2^T) * (hidden > 0); hidden > 0 exactly where the pre-activation is */
     F(gemm)(0, 1, N, hid, width, gp, width, w2, width, 0, dhidden, hid);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < N; r++) {
         REAL* restrict d = dhidden + r * hid;
         const REAL* restrict h = hidden + r * hid;
@@ -129,7 +135,7 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     F(column_sums)(db1, dhidden, N, hid);
     /* gp += dhidden @ w1^T: the residual path plus the MLP path, then unpack */
     F(gemm)(0, 1, N, width, hid, dhidden, hid, w1, hid, 1, gp, width);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
         REAL* restrict dx = grad_input + r * width;
@@ -147,4 +153,5 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
 }
 
 #undef CM_SUM_COLS
+#undef CM_PARALLEL_MIN
 #endif
