@@ -18,7 +18,7 @@
 #define HN_SUM_COLS 64
 /* Independent partial sums in F(hn_dot): a fixed count, so the rounding is fixed too, and
  * wide enough for the compiler to turn the inner loop into vector instructions. */
-#define HN_LANES 8
+#define HN_LANES 32
 
 /* sum_k a[k] * b[k] in a fixed order (HN_LANES interleaved partial sums, then the tail). */
 static inline REAL F(hn_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
@@ -34,8 +34,12 @@ static inline REAL F(hn_dot)(const REAL* restrict a, const REAL* restrict b, siz
     for (; k < n; k++) {
         tail += a[k] * b[k];
     }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-           + tail;
+    for (int width = HN_LANES / 2; width > 0; width /= 2) {   /* fixed pairwise tree */
+        for (int j = 0; j < width; j++) {
+            acc[j] += acc[j + width];
+        }
+    }
+    return acc[0] + tail;
 }
 
 /* out[j] += sum of a[r, j] over r = 0..rows-1 in order; a is (rows, cols). One thread per

@@ -52,7 +52,7 @@ size_t token_mixing_causal_partial_size(int L, int E, int chunk)
 /* Features processed together by one thread in the pooling kernels. */
 #define TM_POOL_COLS 16
 /* Independent partial sums in F(tm_dot); see hypernetwork.c. */
-#define TM_LANES 8
+#define TM_LANES 32
 
 /* sum_k a[k] * b[k] in a fixed order (TM_LANES interleaved partial sums, then the tail). */
 static inline REAL F(tm_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
@@ -68,8 +68,12 @@ static inline REAL F(tm_dot)(const REAL* restrict a, const REAL* restrict b, siz
     for (; k < n; k++) {
         tail += a[k] * b[k];
     }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-           + tail;
+    for (int width = TM_LANES / 2; width > 0; width /= 2) {   /* fixed pairwise tree */
+        for (int j = 0; j < width; j++) {
+            acc[j] += acc[j + width];
+        }
+    }
+    return acc[0] + tail;
 }
 
 static inline REAL F(tm_sum)(const REAL* a, size_t n)
@@ -85,6 +89,17 @@ static inline void F(tm_zero)(REAL* a, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         a[i] = 0;
+    }
+}
+
+/* dst (cols, rows) = src^T for src (rows, cols) with leading dimension ld. */
+static void F(tm_transpose)(REAL* restrict dst, const REAL* restrict src, size_t rows,
+                            size_t cols, size_t ld)
+{
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < cols; j++) {
+            dst[j * rows + i] = src[i * ld + j];
+        }
     }
 }
 
@@ -236,8 +251,10 @@ void F(token_mixing_forward)(REAL* y, REAL* act, const REAL* x, const REAL* thet
     }
 }
 
-/* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, Ht*E) is
- * scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E) from the forward. */
+/* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, W) with
+ * W = E*L + 2*Ht*E is scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E)
+ * from the forward. The products whose sum runs along E (dW2 and dW1) go through gemm on a
+ * transposed copy of one operand. */
 HM_SIMD
 void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_slots,
                               const REAL* grad_output, const REAL* x, const REAL* theta,
@@ -246,6 +263,7 @@ void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const size_t slot_size = e_n * l_n + 2 * h_n * e_n;
     #pragma omp parallel for schedule(static) num_threads(tm_threads(n_slots))
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
@@ -259,16 +277,15 @@ void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_
         REAL* dW2 = dc1 + h_n;
         REAL* dc2 = dW2 + h_n * s_n;
         REAL* GI = grad_input + (size_t)b * l_n * e_n;
-        REAL* D = work + (size_t)tm_slot() * h_n * e_n;
+        REAL* Gt = work + (size_t)tm_slot() * slot_size;   /* (E, n) */
+        REAL* D = Gt + e_n * l_n;                          /* (Ht, E) */
+        REAL* Dt = D + h_n * e_n;                          /* (E, Ht) */
         F(tm_zero)(dW1, o_n);
         for (size_t t = 0; t < n; t++) {
             dc2[t] = F(tm_sum)(G + t * e_n, e_n);
         }
-        for (size_t h = 0; h < h_n; h++) {
-            for (size_t t = 0; t < n; t++) {
-                dW2[h * s_n + t] = F(tm_dot)(A + h * e_n, G + t * e_n, e_n);
-            }
-        }
+        F(tm_transpose)(Gt, G, n, e_n, e_n);
+        F(gemm_serial)(0, 0, h_n, n, e_n, A, e_n, Gt, n, 0, dW2, s_n);     /* act @ G^T */
         /* D = (W2[:, :n] @ G) masked by act > 0: the gradient of the pre-activation. */
         F(gemm_serial)(0, 0, h_n, e_n, n, W2, s_n, G, e_n, 0, D, e_n);
         for (size_t h = 0; h < h_n; h++) {
@@ -279,11 +296,8 @@ void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_
             }
             dc1[h] = F(tm_sum)(d, e_n);
         }
-        for (size_t t = 0; t < n; t++) {
-            for (size_t h = 0; h < h_n; h++) {
-                dW1[t * h_n + h] = F(tm_dot)(X + t * e_n, D + h * e_n, e_n);
-            }
-        }
+        F(tm_transpose)(Dt, D, h_n, e_n, e_n);
+        F(gemm_serial)(0, 0, n, h_n, e_n, X, e_n, Dt, h_n, 0, dW1, h_n);   /* X @ D^T */
         F(gemm_serial)(0, 0, n, e_n, h_n, W1, h_n, D, e_n, 0, GI, e_n);
         for (size_t i = 0; i < n * e_n; i++) {
             GI[i] += G[i];
@@ -346,7 +360,7 @@ void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL
 }
 
 /* grad_input (B, L, E) and dtheta (B, L, O) are written in full; partial (B, P) with
- * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, Ht*E) are scratch;
+ * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, 2*Ht*E) are scratch;
  * grad_output, x (B, L, E); theta (B, L, O) from the forward. The activations of each
  * position are recomputed rather than cached (they would take B*L*Ht*E values).
  *
@@ -375,7 +389,8 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
             F(tm_zero)(P, t1 * e_n);
         }
         const REAL* X = x + b * l_n * e_n;
-        REAL* D = work + (size_t)tm_slot() * h_n * e_n;
+        REAL* D = work + (size_t)tm_slot() * 2 * h_n * e_n;   /* (Ht, E) */
+        REAL* Dt = D + h_n * e_n;                                /* (E, Ht) */
         for (size_t t = t0; t < t1; t++) {
             REAL* dW1 = dtheta + (b * l_n + t) * o_n;
             F(tm_zero)(dW1, o_n);
@@ -400,11 +415,8 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
                 }
                 dc1[h] = F(tm_sum)(d, e_n);
             }
-            for (size_t s = 0; s <= t; s++) {
-                for (size_t h = 0; h < h_n; h++) {
-                    dW1[s * h_n + h] = F(tm_dot)(X + s * e_n, D + h * e_n, e_n);
-                }
-            }
+            F(tm_transpose)(Dt, D, h_n, e_n, e_n);
+            F(gemm_serial)(0, 0, t + 1, h_n, e_n, X, e_n, Dt, h_n, 0, dW1, h_n);
             F(gemm_serial)(0, 0, t + 1, e_n, h_n, th, h_n, D, e_n, 1, P, e_n);
         }
     }

@@ -151,11 +151,10 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
     __doc__ = bp.TokenMixingMLPBase.__doc__
     Hypernetwork = Hypernetwork
 
-    def _work(self):
-        """Per-thread scratch (threads, Ht*E), kept across calls."""
+    def _work(self, width):
+        """Per-thread scratch (threads, width), kept across calls."""
         slots = max(1, _kernels.get_num_threads())
-        return _keep_buffer(self, "_ws_work",
-                            (slots, self.token_mixing_hidden_dim * self.embedding_dim))
+        return _keep_buffer(self, "_ws_work", (slots, width))
 
     def _forward(self, x, lengths):
         batch, seq_len, width = x.shape
@@ -165,7 +164,8 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
             means = np.empty_like(x)
             _kernels.token_mixing_prefix_pool_forward(means, x, lengths)
             theta = self.hypernetwork._forward(means, lengths)
-            _kernels.token_mixing_causal_forward(y, self._work(), x, theta, lengths, s, h)
+            _kernels.token_mixing_causal_forward(y, self._work(h * width), x, theta, lengths,
+                                                 s, h)
             act = None
         else:
             means = np.empty((batch, 1, width), self.dtype)
@@ -188,10 +188,12 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
             chunk = _causal_chunk(seq_len)
             per_seq = _kernels.token_mixing_causal_partial_size(seq_len, width, chunk)
             partial = _keep_buffer(self, "_ws_partial", (batch, per_seq))
-            _kernels.token_mixing_causal_backward(grad_input, dtheta, partial, self._work(),
+            work = self._work(2 * h * width)
+            _kernels.token_mixing_causal_backward(grad_input, dtheta, partial, work,
                                                   grad_output, x, theta, lengths, s, h, chunk)
         else:
-            _kernels.token_mixing_backward(grad_input, dtheta.reshape(batch, -1), self._work(),
+            work = self._work(width * seq_len + 2 * h * width)
+            _kernels.token_mixing_backward(grad_input, dtheta.reshape(batch, -1), work,
                                            grad_output, x, theta.reshape(batch, -1), act,
                                            lengths, s, h)
         self.hypernetwork._saved = hyper_saved
@@ -296,14 +298,14 @@ class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
 
     def _backward(self, grad_output):
         x, lengths = self._saved
-        rows = x.shape[0] * x.shape[1]
+        real_rows = int(lengths.sum())
+        # packing workspaces, used only when some sequence is shorter than the padded length
+        rows = real_rows if real_rows < x.shape[0] * x.shape[1] else 1
         grad_input = np.empty_like(x)
         dw, db = np.empty_like(self.w), np.empty_like(self.b)
         xp = _keep_buffer(self, "_ws_xp", (rows, self.embedding_dim))
         gp = _keep_buffer(self, "_ws_gp", (rows, self.vocab_size))
-        wt = _keep_buffer(self, "_ws_wt", (self.vocab_size, self.embedding_dim))
-        _kernels.output_backward(grad_input, dw, db, xp, gp, wt, grad_output, x, self.w,
-                                 lengths)
+        _kernels.output_backward(grad_input, dw, db, xp, gp, grad_output, x, self.w, lengths)
         return grad_input, [dw, db]
 
 
