@@ -4,47 +4,39 @@
 #include "template.h"
 #else
 
+#include <string.h>
 #include "gemm.h"
 
 /* Columns of the bias gradient summed by one task. */
 #define OUT_BIAS_COLS 256
 
 /* logits (B,L,V), padding rows 0; x (B,L,E); w (E,V); bias (1,V); lengths (B,).
- * One task per tile of HM_TILE_ROWS rows of one sequence; padding rows are skipped. */
+ * One gemm over all B*L rows (a padding row of x only reaches its own logits row, which is
+ * then cleared), then the bias is added to the real rows. */
 void F(output_forward)(REAL* logits, const REAL* x, const REAL* w, const REAL* bias,
                        const int64_t* lengths, size_t B, size_t L, size_t E, size_t V)
 {
-    const size_t tiles_per_seq = (L + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (size_t task = 0; task < B * tiles_per_seq; task++) {
-        const size_t b = task / tiles_per_seq;
-        const size_t n = (size_t)lengths[b];
-        const size_t r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
-        const size_t r1 = r0 + HM_TILE_ROWS < L ? r0 + HM_TILE_ROWS : L;
-        const size_t i1 = r1 < n ? r1 : n;
-        REAL* yb = logits + b * L * V;
-        if (r0 < i1) {
-            F(gemm_serial)(0, 0, i1 - r0, V, E, x + b * L * E + r0 * E, E, w, V, 0,
-                           yb + r0 * V, V);
-            for (size_t i = r0; i < i1; i++) {
-                REAL* restrict y = yb + i * V;
-                for (size_t j = 0; j < V; j++) {
-                    y[j] += bias[j];
-                }
-            }
+    const size_t rows = B * L;
+    F(gemm)(0, 0, rows, V, E, x, E, w, V, 0, logits, V);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > 65536)
+    for (size_t r = 0; r < rows; r++) {
+        REAL* restrict y = logits + r * V;
+        if ((int64_t)(r % L) >= lengths[r / L]) {
+            memset(y, 0, V * sizeof(REAL));
+            continue;
         }
-        for (size_t i = (r0 > i1 ? r0 : i1) * V; i < r1 * V; i++) {
-            yb[i] = 0;
+        for (size_t j = 0; j < V; j++) {
+            y[j] += bias[j];
         }
     }
 }
 
 /* dx (B,L,E), padding rows 0; dw (E,V) and dbias (1,V) overwritten; workspaces xp (B*L,E)
  * and gp (B*L,V) receive the real rows of x and grad packed together (left unused when
- * every sequence is full), wt (V,E) = w^T; grad (B,L,V) = dL/dlogits; x (B,L,E); w (E,V). */
-void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, REAL* wt,
-                        const REAL* grad, const REAL* x, const REAL* w,
-                        const int64_t* lengths, size_t B, size_t L, size_t E, size_t V)
+ * every sequence is full); grad (B,L,V) = dL/dlogits; x (B,L,E); w (E,V). */
+void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, const REAL* grad,
+                        const REAL* x, const REAL* w, const int64_t* lengths, size_t B,
+                        size_t L, size_t E, size_t V)
 {
     size_t real_rows = 0;
     for (size_t b = 0; b < B; b++) {
@@ -53,6 +45,7 @@ void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, REA
     const REAL* xs = x;
     const REAL* gs = grad;
     if (real_rows < B * L) {
+        /* pack, so the sums over rows below never touch padding (which may hold anything) */
         #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
         for (size_t b = 0; b < B; b++) {
             size_t start = 0;
@@ -60,22 +53,11 @@ void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, REA
                 start += (size_t)lengths[c];
             }
             const size_t n = (size_t)lengths[b];
-            for (size_t i = 0; i < n * E; i++) {
-                xp[start * E + i] = x[b * L * E + i];
-            }
-            for (size_t i = 0; i < n * V; i++) {
-                gp[start * V + i] = grad[b * L * V + i];
-            }
+            memcpy(xp + start * E, x + b * L * E, n * E * sizeof(REAL));
+            memcpy(gp + start * V, grad + b * L * V, n * V * sizeof(REAL));
         }
         xs = xp;
         gs = gp;
-    }
-
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (size_t j = 0; j < V; j++) {
-        for (size_t e = 0; e < E; e++) {
-            wt[j * E + e] = w[e * V + j];
-        }
     }
 
     F(gemm)(1, 0, E, V, real_rows, xs, E, gs, V, 0, dw, V);
@@ -96,21 +78,13 @@ void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, REA
         }
     }
 
-    const size_t tiles_per_seq = (L + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (size_t task = 0; task < B * tiles_per_seq; task++) {
-        const size_t b = task / tiles_per_seq;
-        const size_t n = (size_t)lengths[b];
-        const size_t r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
-        const size_t r1 = r0 + HM_TILE_ROWS < L ? r0 + HM_TILE_ROWS : L;
-        const size_t i1 = r1 < n ? r1 : n;
-        REAL* db = dx + b * L * E;
-        if (r0 < i1) {
-            F(gemm_serial)(0, 0, i1 - r0, E, V, grad + b * L * V + r0 * V, V, wt, E, 0,
-                           db + r0 * E, E);
-        }
-        for (size_t i = (r0 > i1 ? r0 : i1) * E; i < r1 * E; i++) {
-            db[i] = 0;
+    /* dx = grad w^T over all rows in one gemm (padding rows of grad may hold anything: each
+     * dx row depends on its own grad row only), then the padding rows are cleared */
+    F(gemm)(0, 1, B * L, E, V, grad, V, w, V, 0, dx, E);
+    if (real_rows < B * L) {
+        for (size_t b = 0; b < B; b++) {
+            const size_t n = (size_t)lengths[b];
+            memset(dx + (b * L + n) * E, 0, (L - n) * E * sizeof(REAL));
         }
     }
 }

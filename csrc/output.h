@@ -5,7 +5,7 @@
 #define HM_DECLARE_OUTPUT(R, S)                                                             \
     void output_forward_##S(R* logits, const R* x, const R* w, const R* bias,                 \
                             const int64_t* lengths, size_t B, size_t L, size_t E, size_t V);  \
-    void output_backward_##S(R* dx, R* dw, R* dbias, R* xp, R* gp, R* wt, const R* grad,      \
+    void output_backward_##S(R* dx, R* dw, R* dbias, R* xp, R* gp, const R* grad,             \
                              const R* x, const R* w, const int64_t* lengths, size_t B,        \
                              size_t L, size_t E, size_t V);
 HM_DECLARE_OUTPUT(float, f32)
