@@ -25,4 +25,9 @@ HM_DECLARE_GEMM(float, f32)
 HM_DECLARE_GEMM(double, f64)
 #undef HM_DECLARE_GEMM
 
+/* Testing aid: cap the instruction-set variant the fast kernels use (0 = widest the CPU
+ * supports, 1 = baseline x86-64 / plain C, 2 = AVX2+FMA, 3 = AVX-512). Returns the previous
+ * cap. Not thread-safe; set it while no gemm runs. */
+int gemm_set_variant(int cap);
+
 #endif

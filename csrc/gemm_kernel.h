@@ -23,6 +23,10 @@
 
 typedef REAL GK(vec) __attribute__((vector_size(GK_VBYTES)));
 
+/* The register tile of this variant, for callers that round their rectangles to it. */
+static const size_t GK(tile_rows) = GK_MR;
+static const size_t GK(tile_cols) = GK_NR;
+
 /* The register tile. Element (i, p) of the A micro-panel is a[i * a_rs + p * a_ks]; row p of
  * the B micro-panel is the GK_NR contiguous values at b + p * b_ks. The GK_MR x GK_NR sums are
  * then merged into C, of which only mr x nr are real:

@@ -9,6 +9,7 @@ cdef extern from "gemm.h" nogil:
     void gemm_serial_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K,
                          const double* A, size_t lda, const double* B, size_t ldb,
                          double beta, double* C, size_t ldc)
+    int gemm_set_variant(int cap)
     void gemm_naive_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
                         const float* A, size_t lda, const float* B, size_t ldb, float beta,
                         float* C, size_t ldc)
@@ -83,3 +84,9 @@ def gemm_naive(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
                bint trans_a=False, bint trans_b=False, double beta=0.0):
     """As gemm, with the plain reference loops (single-threaded)."""
     _gemm_call(2, a, b, c, trans_a, trans_b, beta)
+
+
+def gemm_variant(int cap):
+    """Testing aid: cap the instruction set of gemm/gemm_serial (0 widest supported,
+    1 baseline, 2 AVX2, 3 AVX-512); returns the previous cap."""
+    return gemm_set_variant(cap)

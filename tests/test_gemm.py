@@ -21,6 +21,24 @@ SHAPES = [
 ]
 
 
+VARIANTS = {"widest": 0, "avx2": 2, "baseline": 1}
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request):
+    """Run the test under each instruction-set variant this CPU can execute (a cap above what
+    it supports falls back to the widest it has)."""
+    previous = _kernels.gemm_variant(VARIANTS[request.param])
+    yield request.param
+    _kernels.gemm_variant(previous)
+
+
+# Every shape under the widest variant; the narrower ones (other register tiles) get every
+# other shape, which still crosses each of their block edges, to keep the file quick.
+VARIANT_SHAPES = [("widest", s) for s in SHAPES] + [
+    (v, s) for v in ("avx2", "baseline") for s in SHAPES[::2]]
+
+
 def operands(rng, m, n, k, trans_a, trans_b, dtype):
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
@@ -28,13 +46,25 @@ def operands(rng, m, n, k, trans_a, trans_b, dtype):
     return a, b, c
 
 
-def error_bound(a, b, c, trans_a, trans_b, beta, k, dtype):
-    """Elementwise forward-error bound of a length-k dot product plus the beta term, for two
-    computations (ours and the one we compare against): 2 (k + 2) u (|beta C| + |A| |B|)."""
-    op_a = np.abs(a.T if trans_a else a).astype(np.float64)
-    op_b = np.abs(b.T if trans_b else b).astype(np.float64)
-    magnitude = abs(beta) * np.abs(c.astype(np.float64)) + op_a @ op_b
-    return 2 * (k + 2) * np.finfo(dtype).eps * magnitude + np.finfo(dtype).tiny
+class Exact:
+    """op(A) op(B) in float64 (exact for float32 inputs, one rounding per term for float64)
+    and |op(A)| |op(B)|, computed once per operand pair."""
+
+    def __init__(self, a, b, trans_a, trans_b):
+        op_a = (a.T if trans_a else a).astype(np.float64)
+        op_b = (b.T if trans_b else b).astype(np.float64)
+        self.k = op_a.shape[1]
+        self.product = op_a @ op_b
+        self.magnitude = np.abs(op_a) @ np.abs(op_b)
+
+    def result_and_bound(self, c, beta, dtype):
+        """beta C + op(A) op(B), and an elementwise bound on the forward error of a length-k
+        dot product plus the beta term for two computations (the kernel and the one it is
+        compared with, which in float64 is itself rounded): 2 (k + 2) u (|beta C| + |A||B|)."""
+        c64 = c.astype(np.float64)
+        eps = np.finfo(dtype).eps
+        bound = 2 * (self.k + 2) * eps * (abs(beta) * np.abs(c64) + self.magnitude)
+        return beta * c64 + self.product, bound + np.finfo(dtype).tiny
 
 
 def run(fn, a, b, c, trans_a, trans_b, beta):
@@ -45,16 +75,22 @@ def run(fn, a, b, c, trans_a, trans_b, beta):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-@pytest.mark.parametrize("m,n,k", SHAPES)
-def test_matches_numpy_and_naive(m, n, k, trans_a, trans_b, dtype):
+@pytest.mark.parametrize("variant_name,shape", VARIANT_SHAPES)
+def test_matches_numpy_and_naive(variant_name, shape, trans_a, trans_b, dtype):
+    m, n, k = shape
+    previous = _kernels.gemm_variant(VARIANTS[variant_name])
+    try:
+        check_against_numpy_and_naive(m, n, k, trans_a, trans_b, dtype)
+    finally:
+        _kernels.gemm_variant(previous)
+
+
+def check_against_numpy_and_naive(m, n, k, trans_a, trans_b, dtype):
     rng = np.random.default_rng(m * 10007 + n * 101 + k)
     a, b, c = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    exact = Exact(a, b, trans_a, trans_b)
     for beta in (0.0, 1.0, 0.5):
-        op_a = (a.T if trans_a else a).astype(np.float64)
-        op_b = (b.T if trans_b else b).astype(np.float64)
-        # In float64 the NumPy product is itself rounded; the bound allows for both sides.
-        expected = beta * c.astype(np.float64) + op_a @ op_b
-        bound = error_bound(a, b, c, trans_a, trans_b, beta, k, dtype)
+        expected, bound = exact.result_and_bound(c, beta, dtype)
         naive = run(_kernels.gemm_naive, a, b, c, trans_a, trans_b, beta)
         assert naive.dtype == dtype
         assert np.all(np.abs(naive - expected) <= bound), "gemm_naive"
@@ -67,16 +103,15 @@ def test_matches_numpy_and_naive(m, n, k, trans_a, trans_b, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-def test_beta_zero_ignores_nan_in_c(trans_a, trans_b, dtype):
+def test_beta_zero_ignores_nan_in_c(trans_a, trans_b, dtype, variant):
     rng = np.random.default_rng(3)
     for m, n, k in [(1, 1, 1), (9, 33, 17), (130, 300, 260)]:
         a, b, _ = operands(rng, m, n, k, trans_a, trans_b, dtype)
         c = np.full((m, n), np.nan, dtype=dtype)
+        expected, bound = Exact(a, b, trans_a, trans_b).result_and_bound(np.zeros_like(c), 0.0, dtype)
         for fn in FAST + [_kernels.gemm_naive]:
             got = run(fn, a, b, c, trans_a, trans_b, 0.0)
             assert np.all(np.isfinite(got)), fn.__name__
-            expected = run(_kernels.gemm_naive, a, b, np.zeros_like(c), trans_a, trans_b, 0.0)
-            bound = error_bound(a, b, np.zeros_like(c), trans_a, trans_b, 0.0, k, dtype)
             assert np.all(np.abs(got - expected) <= bound), fn.__name__
 
 
@@ -94,7 +129,7 @@ def test_nan_in_inputs_propagates(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-def test_bit_identical_for_any_thread_count(trans_a, trans_b, dtype):
+def test_bit_identical_for_any_thread_count(trans_a, trans_b, dtype, variant):
     rng = np.random.default_rng(11)
     before = hypermixer.get_num_threads()
     try:
