@@ -72,14 +72,14 @@ def test_parity_with_perturbed_parameters(dtype, causal):
 def test_finite_differences_of_reference(causal):
     x, g = inputs(2, 2, 4)
     layer = reference.HyperMixerBlock(causal=causal, seed=3, dtype=np.float64, **SMALL)
-    finite_difference_check(layer, x, g, np.array([4, 3]), samples=3, rtol=1e-5)
+    finite_difference_check(layer, x, g, np.array([4, 3]), samples=3)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_finite_differences_of_compiled(causal):
     x, g = inputs(4, 2, 4)
     layer = hypermixer.HyperMixerBlock(causal=causal, seed=5, dtype=np.float64, **SMALL)
-    finite_difference_check(layer, x, g, np.array([2, 4]), samples=3, rtol=1e-5)
+    finite_difference_check(layer, x, g, np.array([2, 4]), samples=3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
