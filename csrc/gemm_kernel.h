@@ -35,29 +35,32 @@ static const size_t GK(tile_cols) = GK_NR;
  *   mode 2: C = C + sum (later slices). */
 GK_TARGET __attribute__((always_inline)) static inline void GK(micro_body)(
     size_t kc, const REAL* restrict a, size_t a_rs, size_t a_ks, const REAL* restrict b,
-    size_t b_ks, REAL* restrict c, size_t ldc, size_t mr, size_t nr, REAL beta, int mode)
+    size_t b_ks, REAL* restrict c, size_t ldc, size_t mr, size_t nr, REAL beta, int mode,
+    int nv)
 {
+    /* nv (a constant at each call site) is GK_NV, or fewer vectors for a narrow last panel:
+     * the same per-element arithmetic on fewer columns. */
     GK(vec) acc[GK_MR][GK_NV];
     for (int i = 0; i < GK_MR; i++) {
-        for (int v = 0; v < GK_NV; v++) {
+        for (int v = 0; v < nv; v++) {
             acc[i][v] = (GK(vec)){0};
         }
     }
     for (size_t p = 0; p < kc; p++) {
         GK(vec) bv[GK_NV];
-        for (int v = 0; v < GK_NV; v++) {
+        for (int v = 0; v < nv; v++) {
             memcpy(&bv[v], b + p * b_ks + v * GK_VL, sizeof(GK(vec)));
         }
         for (int i = 0; i < GK_MR; i++) {
             const REAL x = a[i * a_rs + p * a_ks];
-            for (int v = 0; v < GK_NV; v++) {
+            for (int v = 0; v < nv; v++) {
                 acc[i][v] += x * bv[v];
             }
         }
     }
-    if (mr == GK_MR && nr == GK_NR) {
+    if (mr == GK_MR && nr == nv * GK_VL) {
         for (int i = 0; i < GK_MR; i++) {
-            for (int v = 0; v < GK_NV; v++) {
+            for (int v = 0; v < nv; v++) {
                 REAL* dst = c + i * ldc + v * GK_VL;
                 GK(vec) out = acc[i][v];
                 if (mode != 0) {
@@ -71,9 +74,9 @@ GK_TARGET __attribute__((always_inline)) static inline void GK(micro_body)(
         return;
     }
     /* Partial tile at the bottom or right edge of C: spill, then merge element by element. */
-    REAL tile[GK_MR * GK_NR] __attribute__((aligned(64)));
+    REAL tile[GK_MR * GK_NR] __attribute__((aligned(64))) = {0};
     for (int i = 0; i < GK_MR; i++) {
-        for (int v = 0; v < GK_NV; v++) {
+        for (int v = 0; v < nv; v++) {
             memcpy(tile + i * GK_NR + v * GK_VL, &acc[i][v], sizeof(GK(vec)));
         }
     }
@@ -86,21 +89,30 @@ GK_TARGET __attribute__((always_inline)) static inline void GK(micro_body)(
     }
 }
 
-/* Two specialisations, so the compiler sees constant strides: A micro-panels whose MR values
- * for one p are contiguous (packed panels, and op(A) = A^T read in place), and A rows read in
- * place (op(A) = A). */
+/* Specialisations, so the compiler sees constant strides and widths: A micro-panels whose MR
+ * values for one p are contiguous (packed panels, and op(A) = A^T read in place), A rows read
+ * in place (op(A) = A); and each of these at full width or, for a last panel with at most
+ * NR / 2 real columns (N = 80 with NR = 32, say), at half width. */
 GK_TARGET static void GK(micro_cols)(size_t kc, const REAL* restrict a, size_t a_ks,
                                      const REAL* restrict b, REAL* restrict c, size_t ldc,
                                      size_t mr, size_t nr, REAL beta, int mode)
 {
-    GK(micro_body)(kc, a, 1, a_ks, b, GK_NR, c, ldc, mr, nr, beta, mode);
+    if (GK_NV % 2 == 0 && 2 * nr <= GK_NR) {
+        GK(micro_body)(kc, a, 1, a_ks, b, GK_NR, c, ldc, mr, nr, beta, mode, GK_NV / 2);
+    } else {
+        GK(micro_body)(kc, a, 1, a_ks, b, GK_NR, c, ldc, mr, nr, beta, mode, GK_NV);
+    }
 }
 
 GK_TARGET static void GK(micro_rows)(size_t kc, const REAL* restrict a, size_t a_rs,
                                      const REAL* restrict b, REAL* restrict c, size_t ldc,
                                      size_t mr, size_t nr, REAL beta, int mode)
 {
-    GK(micro_body)(kc, a, a_rs, 1, b, GK_NR, c, ldc, mr, nr, beta, mode);
+    if (GK_NV % 2 == 0 && 2 * nr <= GK_NR) {
+        GK(micro_body)(kc, a, a_rs, 1, b, GK_NR, c, ldc, mr, nr, beta, mode, GK_NV / 2);
+    } else {
+        GK(micro_body)(kc, a, a_rs, 1, b, GK_NR, c, ldc, mr, nr, beta, mode, GK_NV);
+    }
 }
 
 /* Pack the kc x nc block of op(B) whose top-left element is at b (op(B)[p, j] is b[p * ldb + j],
