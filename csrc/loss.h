@@ -3,11 +3,10 @@
 #include "common.h"
 
 #define HM_DECLARE_LOSS(R, S)                                                                \
-    void cross_entropy_forward_##S(double* loss, R* row_max, R* row_lognorm, const R* logits,  \
+    void cross_entropy_forward_##S(double* loss, double* row_loss, R* probs, const R* logits,  \
                                    const int64_t* targets, const int64_t* lengths, size_t B,   \
                                    size_t L, size_t V);                                        \
-    void cross_entropy_backward_##S(R* grad, const R* logits, const R* row_max,                \
-                                    const R* row_lognorm, const int64_t* targets,              \
+    void cross_entropy_backward_##S(R* grad, const R* probs, const int64_t* targets,           \
                                     const int64_t* lengths, size_t B, size_t L, size_t V);
 HM_DECLARE_LOSS(float, f32)
 HM_DECLARE_LOSS(double, f64)

@@ -2,25 +2,23 @@
 from libc.stdint cimport int64_t
 
 cdef extern from "loss.h" nogil:
-    void cross_entropy_forward_f32(double* loss, float* row_max, float* row_lognorm,
+    void cross_entropy_forward_f32(double* loss, double* row_loss, float* probs,
                                    const float* logits, const int64_t* targets,
                                    const int64_t* lengths, size_t B, size_t L, size_t V)
-    void cross_entropy_forward_f64(double* loss, double* row_max, double* row_lognorm,
+    void cross_entropy_forward_f64(double* loss, double* row_loss, double* probs,
                                    const double* logits, const int64_t* targets,
                                    const int64_t* lengths, size_t B, size_t L, size_t V)
-    void cross_entropy_backward_f32(float* grad, const float* logits, const float* row_max,
-                                    const float* row_lognorm, const int64_t* targets,
+    void cross_entropy_backward_f32(float* grad, const float* probs, const int64_t* targets,
                                     const int64_t* lengths, size_t B, size_t L, size_t V)
-    void cross_entropy_backward_f64(double* grad, const double* logits, const double* row_max,
-                                    const double* row_lognorm, const int64_t* targets,
+    void cross_entropy_backward_f64(double* grad, const double* probs, const int64_t* targets,
                                     const int64_t* lengths, size_t B, size_t L, size_t V)
 
 
-def cross_entropy(floating[:, :, ::1] grad, floating[:, ::1] row_max,
-                  floating[:, ::1] row_lognorm, const floating[:, :, ::1] logits,
-                  const int64_t[:, ::1] targets, const int64_t[::1] lengths):
-    """Returns the loss and writes d loss / d logits into grad (B, L, V); row_max and
-    row_lognorm (B, L) are workspaces."""
+def cross_entropy(floating[:, :, ::1] grad, double[:, ::1] row_loss,
+                  const floating[:, :, ::1] logits, const int64_t[:, ::1] targets,
+                  const int64_t[::1] lengths):
+    """Returns the loss and writes d loss / d logits into grad (B, L, V) (which first holds
+    the softmax); row_loss (B, L) float64 receives the per-position losses."""
     cdef Py_ssize_t B = logits.shape[0], L = logits.shape[1], V = logits.shape[2]
     cdef double loss = 0
     _lm_check_lengths(lengths, B, L)
@@ -30,21 +28,18 @@ def cross_entropy(floating[:, :, ::1] grad, floating[:, ::1] row_max,
         raise ValueError("cross_entropy: targets must be (B, L)")
     if grad.shape[0] != B or grad.shape[1] != L or grad.shape[2] != V:
         raise ValueError("cross_entropy: grad must be (B, L, V)")
-    if (row_max.shape[0] != B or row_max.shape[1] != L or row_lognorm.shape[0] != B
-            or row_lognorm.shape[1] != L):
-        raise ValueError("cross_entropy: row_max / row_lognorm must be (B, L)")
+    if row_loss.shape[0] != B or row_loss.shape[1] != L:
+        raise ValueError("cross_entropy: row_loss must be (B, L)")
     _lm_check_ids(targets, lengths, V)
     with nogil:
         if floating is float:
-            cross_entropy_forward_f32(&loss, &row_max[0, 0], &row_lognorm[0, 0],
-                                      &logits[0, 0, 0], &targets[0, 0], &lengths[0], B, L, V)
-            cross_entropy_backward_f32(&grad[0, 0, 0], &logits[0, 0, 0], &row_max[0, 0],
-                                       &row_lognorm[0, 0], &targets[0, 0], &lengths[0], B, L,
-                                       V)
+            cross_entropy_forward_f32(&loss, &row_loss[0, 0], &grad[0, 0, 0], &logits[0, 0, 0],
+                                      &targets[0, 0], &lengths[0], B, L, V)
+            cross_entropy_backward_f32(&grad[0, 0, 0], &grad[0, 0, 0], &targets[0, 0],
+                                       &lengths[0], B, L, V)
         else:
-            cross_entropy_forward_f64(&loss, &row_max[0, 0], &row_lognorm[0, 0],
-                                      &logits[0, 0, 0], &targets[0, 0], &lengths[0], B, L, V)
-            cross_entropy_backward_f64(&grad[0, 0, 0], &logits[0, 0, 0], &row_max[0, 0],
-                                       &row_lognorm[0, 0], &targets[0, 0], &lengths[0], B, L,
-                                       V)
+            cross_entropy_forward_f64(&loss, &row_loss[0, 0], &grad[0, 0, 0], &logits[0, 0, 0],
+                                      &targets[0, 0], &lengths[0], B, L, V)
+            cross_entropy_backward_f64(&grad[0, 0, 0], &grad[0, 0, 0], &targets[0, 0],
+                                       &lengths[0], B, L, V)
     return loss

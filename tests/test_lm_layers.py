@@ -304,6 +304,21 @@ def test_loss_math(impl):
     assert np.isfinite(grad).all() and abs(grad.sum()) < 1e-6
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_softmax_accurate_over_the_whole_range(dtype):
+    # The compiled loss has its own vectorised exp: check the softmax it implies against
+    # float64 math for shifted logits from 0 down to far below the underflow limit.
+    x = np.linspace(-800, 0, 20001).astype(dtype)
+    logits = np.concatenate([[0], x]).astype(dtype)[np.newaxis]
+    _, grad = hm.softmax_cross_entropy(logits, np.array([0]))
+    probs = grad[0, 1:].astype(np.float64)
+    exact = np.exp(x.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum()
+    normal = exact > 10 * np.finfo(dtype).tiny
+    rel = np.abs(probs[normal] - exact[normal]) / exact[normal]
+    assert rel.max() < 4 * np.finfo(dtype).eps
+    assert np.abs(probs[~normal]).max() < 20 * np.finfo(dtype).tiny
+
+
 def test_transformer_block_parameter_count():
     e, h = 128, 256
     attention = 3 * e * e                  # wq, wk, wv

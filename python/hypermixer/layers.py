@@ -319,9 +319,8 @@ def softmax_cross_entropy(logits, targets, lengths=None):
     """
     z, tgt, lengths, unbatched = bp.check_cross_entropy_args(logits, targets, lengths)
     grad = np.empty_like(z)
-    row_max = np.empty(z.shape[:2], z.dtype)
-    row_lognorm = np.empty(z.shape[:2], z.dtype)
-    loss = _kernels.cross_entropy(grad, row_max, row_lognorm, z, tgt, lengths)
+    row_loss = np.empty(z.shape[:2], np.float64)
+    loss = _kernels.cross_entropy(grad, row_loss, z, tgt, lengths)
     return float(loss), (grad[0] if unbatched else grad)
 
 
