@@ -161,7 +161,7 @@ def test_training_lowers_validation_loss_and_records_history(tmp_path, stages):
     assert history[3]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["val_loss"] < history[4]["val_loss"]
     state = load_checkpoint(tmp_path, backend=BACKEND).training_state
-    assert state["position"] == {"stage": 2, "epoch": 0, "step": 9}
+    assert state["position"] == {"stage": 1, "epoch": 3, "step": 9}
 
 
 def test_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path, stages, monkeypatch):

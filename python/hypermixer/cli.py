@@ -173,10 +173,10 @@ def cmd_train(args):
 
 
 def _report_run(result):
-    history = result.history
-    start = next(p["val_loss"] for p in history if p["epoch"] == 0)
-    _say(f"validation loss: {start:.4f} before training, {history[-1]['val_loss']:.4f} at "
-         f"the end; model saved to {result.checkpoint_path}"
+    last = result.history[-1]
+    _say(f"validation loss on the '{last['stage']}' data: "
+         f"{result.untrained_val_loss[last['stage']]:.4f} untrained, {last['val_loss']:.4f} "
+         f"now; model saved to {result.checkpoint_path}"
          + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
 
 

@@ -78,6 +78,7 @@ class TrainResult:
     network: object
     tokenizer: Tokenizer
     history: list             # one dict per measured point, see Trainer._record
+    untrained_val_loss: dict  # stage name -> validation loss before any training
     checkpoint_path: Path
     plot_path: Path = None
 
@@ -127,6 +128,7 @@ class Trainer:
         self.shuffle_rng = np.random.default_rng([settings.seed, len(self.stages), 7])
         self.history = []
         self.position = {"stage": 0, "epoch": 0, "step": 0}   # next epoch to run, steps so far
+        self.untrained_val_loss = {}   # stage name -> validation loss of the initial model
         self.saved_any = False
 
     # ------------------------------------------------------------------ state
@@ -137,12 +139,14 @@ class Trainer:
             "settings": dataclasses.asdict(self.settings),
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "history": self.history,
+            "untrained_val_loss": self.untrained_val_loss,
         }
 
     def restore(self, state):
         self.position = dict(state["position"])
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self.history = list(state["history"])
+        self.untrained_val_loss = dict(state["untrained_val_loss"])
         self.saved_any = True
 
     def _say(self, message):
@@ -154,7 +158,7 @@ class Trainer:
                              "val_loss": val_loss, "tokens_per_s": tokens_per_s})
 
     # ------------------------------------------------------------------ data
-    def _stage_data(self, index, stage):
+    def _stage_data(self, index, stage, quiet=False):
         texts = load_texts(stage.data_path)
         train_idx, val_idx = split_validation(len(texts), self.settings.validation_fraction,
                                               self.settings.seed, index)
@@ -163,7 +167,7 @@ class Trainer:
             [self.tokenizer.encode(texts[i]) for i in train_idx], limit)
         val_pairs, split_val = make_sequences(
             [self.tokenizer.encode(texts[i]) for i in val_idx], limit)
-        if split_train or split_val:
+        if (split_train or split_val) and not quiet:
             self._say(f"[{stage.name}] {split_train + split_val} examples are longer than "
                       f"max_seq_len={limit} tokens and were split into windows")
         if not train_pairs:
@@ -176,21 +180,28 @@ class Trainer:
         self.network.allow_noncausal_training = self.settings.allow_noncausal
         self.out_dir.mkdir(parents=True, exist_ok=True)
         settings = self.settings
-        while self.position["stage"] < len(self.stages):
-            index = self.position["stage"]
+        if not self.untrained_val_loss:
+            # the yardstick for every stage: what the model scores before any training
+            for index, stage in enumerate(self.stages):
+                _, val_pairs = self._stage_data(index, stage, quiet=True)
+                self.untrained_val_loss[stage.name] = evaluate(self.network, val_pairs,
+                                                               settings.batch_size)
+        for index in range(self.position["stage"], len(self.stages)):
             stage = self.stages[index]
+            if index > self.position["stage"]:
+                self.position = {"stage": index, "epoch": 0, "step": self.position["step"]}
             train_pairs, val_pairs = self._stage_data(index, stage)
             if self.position["epoch"] == 0:
                 val_loss = evaluate(self.network, val_pairs, settings.batch_size)
                 self._say(f"[{stage.name}] {len(train_pairs)} training / {len(val_pairs)} "
-                          f"validation sequences; validation loss before training "
-                          f"{val_loss:.4f}")
+                          f"validation sequences; validation loss before this stage "
+                          f"{val_loss:.4f} (untrained model: "
+                          f"{self.untrained_val_loss[stage.name]:.4f})")
                 self._record(stage, 0, None, val_loss, None)
+            # The position stays on the last stage when it ends, so that a finished run can be
+            # resumed with more epochs.
             while self.position["epoch"] < settings.epochs:
                 self._run_epoch(stage, train_pairs, val_pairs)
-            self.position = {"stage": index + 1, "epoch": 0, "step": self.position["step"]}
-            save_checkpoint(self.checkpoint_path, self.network, self.tokenizer,
-                            self.training_state())
         return self.history
 
     def _run_epoch(self, stage, train_pairs, val_pairs):
@@ -280,8 +291,8 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
         from .plot import plot_history
         plot_path = plot_history({trainer.network.config.architecture: history},
                                  out_dir / "loss", log=trainer.log)
-    return TrainResult(trainer.network, trainer.tokenizer, history, trainer.checkpoint_path,
-                       plot_path)
+    return TrainResult(trainer.network, trainer.tokenizer, history,
+                       trainer.untrained_val_loss, trainer.checkpoint_path, plot_path)
 
 
 def _refuse_noncausal(config, settings):
