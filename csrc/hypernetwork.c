@@ -16,31 +16,6 @@
 
 /* Columns handled together by one thread in F(hn_add_column_sums). */
 #define HN_SUM_COLS 64
-/* Independent partial sums in F(hn_dot): a fixed count, so the rounding is fixed too, and
- * wide enough for the compiler to turn the inner loop into vector instructions. */
-#define HN_LANES 32
-
-/* sum_k a[k] * b[k] in a fixed order (HN_LANES interleaved partial sums, then the tail). */
-static inline REAL F(hn_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
-{
-    REAL acc[HN_LANES] = {0};
-    size_t k = 0;
-    for (; k + HN_LANES <= n; k += HN_LANES) {
-        for (int j = 0; j < HN_LANES; j++) {
-            acc[j] += a[k + j] * b[k + j];
-        }
-    }
-    REAL tail = 0;
-    for (; k < n; k++) {
-        tail += a[k] * b[k];
-    }
-    for (int width = HN_LANES / 2; width > 0; width /= 2) {   /* fixed pairwise tree */
-        for (int j = 0; j < width; j++) {
-            acc[j] += acc[j + width];
-        }
-    }
-    return acc[0] + tail;
-}
 
 /* out[j] += sum of a[r, j] over r = 0..rows-1 in order; a is (rows, cols). One thread per
  * block of columns. */
@@ -48,7 +23,8 @@ HM_SIMD
 static void F(hn_add_column_sums)(REAL* out, const REAL* a, size_t rows, size_t cols)
 {
     const size_t blocks = (cols + HN_SUM_COLS - 1) / HN_SUM_COLS;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * cols > 65536)
+    const int parallel = rows * cols > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t c = 0; c < blocks; c++) {
         const size_t j0 = c * HN_SUM_COLS;
         const size_t j1 = j0 + HN_SUM_COLS < cols ? j0 + HN_SUM_COLS : cols;
@@ -99,22 +75,15 @@ static void F(hn_rows_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
 {
     F(gemm)(1, 0, H, O, M, hidden, H, g, O, 1, dw2, O);       /* dw2 += hidden^T @ g */
     F(hn_add_column_sums)(db2, g, M, O);
-    /* dpre = (g @ w2^T) * (pre > 0): one dot product of length O per element. */
+    F(gemm)(0, 1, M, H, O, g, O, w2, O, 0, dpre, H);          /* dpre = g @ w2^T ... */
     const size_t count = M * H;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count * O > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > 65536)
     for (size_t idx = 0; idx < count; idx++) {
-        const size_t i = idx / H, j = idx % H;
-        dpre[idx] = pre[idx] > 0 ? F(hn_dot)(g + i * O, w2 + j * O, O) : 0;
+        dpre[idx] = pre[idx] > 0 ? dpre[idx] : 0;               /* ... * (pre > 0) */
     }
     F(hn_add_column_sums)(db1, dpre, M, H);
     F(gemm)(1, 0, E, H, M, x, E, dpre, H, 1, dw1, H);         /* dw1 += x^T @ dpre */
-    /* grad_input = dpre @ w1^T */
-    const size_t cells = M * E;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (cells * H > 65536)
-    for (size_t idx = 0; idx < cells; idx++) {
-        const size_t i = idx / E, e = idx % E;
-        grad_input[idx] = F(hn_dot)(dpre + i * H, w1 + e * H, H);
-    }
+    F(gemm)(0, 1, M, E, H, dpre, H, w1, H, 0, grad_input, E); /* grad_input = dpre @ w1^T */
 }
 
 static int F(hn_all_full)(const int64_t* lengths, int B, int rows)

@@ -5,8 +5,8 @@
  * c1 (Ht,), W2 (Ht, S) and c2 (S,). A sequence of n valid rows uses rows 0..n-1 of W1 and
  * columns 0..n-1 of W2 and c2.
  *
- * Layout: the hidden activations of one sequence are kept transposed, act (Ht, E), so every
- * product is either a gemm whose inner loop runs along E or a dot product along E:
+ * Layout: the hidden activations of one sequence are kept transposed, act (Ht, E), so that
+ * every product is one gemm call on the arrays as they lie, with E as the long dimension:
  *     act = relu(W1[:n]^T @ X + c1^T),      Y = X + W2[:, :n]^T @ act + c2^T.
  * Padding rows (t >= lengths[b]) of x and grad_output are never read; their outputs and input
  * gradients are 0, and generated-weight positions >= n get zero gradient.
@@ -51,7 +51,8 @@ size_t token_mixing_causal_partial_size(int L, int E, int chunk)
 
 /* Features processed together by one thread in the pooling kernels. */
 #define TM_POOL_COLS 16
-/* Independent partial sums in F(tm_dot); see hypernetwork.c. */
+/* Independent partial sums in F(tm_dot): a fixed count, so the rounding is fixed too, and
+ * enough of them for several vector accumulators at once. */
 #define TM_LANES 32
 
 /* sum_k a[k] * b[k] in a fixed order (TM_LANES interleaved partial sums, then the tail). */
@@ -92,17 +93,6 @@ static inline void F(tm_zero)(REAL* a, size_t n)
     }
 }
 
-/* dst (cols, rows) = src^T for src (rows, cols) with leading dimension ld. */
-static void F(tm_transpose)(REAL* restrict dst, const REAL* restrict src, size_t rows,
-                            size_t cols, size_t ld)
-{
-    for (size_t i = 0; i < rows; i++) {
-        for (size_t j = 0; j < cols; j++) {
-            dst[j * rows + i] = src[i * ld + j];
-        }
-    }
-}
-
 /* ------------------------------------------------------------------------ pooling */
 
 /* means (B, E): means[b] = mean of rows 0..lengths[b]-1 of x (B, L, E). */
@@ -111,7 +101,8 @@ void F(token_mixing_pool_forward)(REAL* means, const REAL* x, const int64_t* len
                                   int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    const int parallel = (size_t)B * l_n * e_n > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
         const REAL* xb = x + (size_t)b * l_n * e_n;
@@ -137,7 +128,8 @@ void F(token_mixing_pool_backward)(REAL* grad_input, const REAL* dmeans,
                                    const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    const int parallel = (size_t)B * l_n * e_n > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
         const REAL count = (REAL)n;
@@ -160,7 +152,8 @@ void F(token_mixing_prefix_pool_forward)(REAL* means, const REAL* x, const int64
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
     const size_t items = (size_t)B * blocks;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    const int parallel = (size_t)B * l_n * e_n > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
         const size_t w = e0 + TM_POOL_COLS < e_n ? TM_POOL_COLS : e_n - e0;
@@ -191,7 +184,8 @@ void F(token_mixing_prefix_pool_backward)(REAL* grad_input, const REAL* dmeans,
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
     const size_t items = (size_t)B * blocks;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if ((size_t)B * l_n * e_n > 65536)
+    const int parallel = (size_t)B * l_n * e_n > 65536;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
         const size_t w = e0 + TM_POOL_COLS < e_n ? TM_POOL_COLS : e_n - e0;
@@ -211,51 +205,104 @@ void F(token_mixing_prefix_pool_backward)(REAL* grad_input, const REAL* dmeans,
 
 /* ------------------------------------------------------------------------ bidirectional */
 
-/* y, x (B, L, E); act (B, Ht, E) receives relu(W1[:n]^T @ X + c1^T) for backward (rows past
- * nothing: it is fully written for every sequence); theta (B, O), O = 2*S*Ht + Ht + S. */
+/* gemm_serial_* or gemm_*: they give the same bits for the same arguments (neither splits K,
+ * see gemm.h), so a kernel may pick either without changing its results. */
+typedef void (*F(tm_gemm_fn))(int, int, size_t, size_t, size_t, const REAL*, size_t,
+                              const REAL*, size_t, REAL, REAL*, size_t);
+
+/* Forward of sequence b, n valid rows; see F(token_mixing_forward). */
 HM_SIMD
+static void F(tm_forward_one)(F(tm_gemm_fn) mm, REAL* Y, REAL* A, const REAL* X,
+                              const REAL* th, size_t n, size_t l_n, size_t e_n, size_t s_n,
+                              size_t h_n)
+{
+    const REAL* W1 = th;
+    const REAL* c1 = W1 + s_n * h_n;
+    const REAL* W2 = c1 + h_n;
+    const REAL* c2 = W2 + h_n * s_n;
+    mm(1, 0, h_n, e_n, n, W1, h_n, X, e_n, 0, A, e_n);        /* A = W1[:n]^T @ X */
+    for (size_t h = 0; h < h_n; h++) {
+        REAL* restrict a = A + h * e_n;
+        const REAL bias = c1[h];
+        for (size_t e = 0; e < e_n; e++) {
+            const REAL v = a[e] + bias;
+            a[e] = v > 0 ? v : 0;
+        }
+    }
+    mm(1, 0, n, e_n, h_n, W2, s_n, A, e_n, 0, Y, e_n);        /* Y = W2[:, :n]^T @ A */
+    for (size_t t = 0; t < n; t++) {
+        REAL* restrict yr = Y + t * e_n;
+        const REAL* restrict xr = X + t * e_n;
+        const REAL bias = c2[t];
+        for (size_t e = 0; e < e_n; e++) {
+            yr[e] = xr[e] + (yr[e] + bias);
+        }
+    }
+    F(tm_zero)(Y + n * e_n, (l_n - n) * e_n);
+}
+
+/* y, x (B, L, E); act (B, Ht, E) receives relu(W1[:n]^T @ X + c1^T) of every sequence for
+ * the backward; theta (B, O), O = 2*S*Ht + Ht + S. One sequence per thread; with fewer
+ * sequences than threads, the sequences run one after another on parallel gemms instead. */
 void F(token_mixing_forward)(REAL* y, REAL* act, const REAL* x, const REAL* theta,
                              const int64_t* lengths, int B, int L, int E, int S_, int Ht)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    if (B < hm_num_threads()) {
+        for (int b = 0; b < B; b++) {
+            F(tm_forward_one)(F(gemm), y + (size_t)b * l_n * e_n, act + (size_t)b * h_n * e_n,
+                              x + (size_t)b * l_n * e_n, theta + (size_t)b * o_n,
+                              (size_t)lengths[b], l_n, e_n, s_n, h_n);
+        }
+        return;
+    }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (int b = 0; b < B; b++) {
-        const size_t n = (size_t)lengths[b];
-        const REAL* X = x + (size_t)b * l_n * e_n;
-        const REAL* W1 = theta + (size_t)b * o_n;
-        const REAL* c1 = W1 + s_n * h_n;
-        const REAL* W2 = c1 + h_n;
-        const REAL* c2 = W2 + h_n * s_n;
-        REAL* A = act + (size_t)b * h_n * e_n;
-        REAL* Y = y + (size_t)b * l_n * e_n;
-        F(gemm_serial)(1, 0, h_n, e_n, n, W1, h_n, X, e_n, 0, A, e_n);
-        for (size_t h = 0; h < h_n; h++) {
-            REAL* restrict a = A + h * e_n;
-            const REAL bias = c1[h];
-            for (size_t e = 0; e < e_n; e++) {
-                const REAL v = a[e] + bias;
-                a[e] = v > 0 ? v : 0;
-            }
-        }
-        F(gemm_serial)(1, 0, n, e_n, h_n, W2, s_n, A, e_n, 0, Y, e_n);
-        for (size_t t = 0; t < n; t++) {
-            REAL* restrict yr = Y + t * e_n;
-            const REAL* restrict xr = X + t * e_n;
-            const REAL bias = c2[t];
-            for (size_t e = 0; e < e_n; e++) {
-                yr[e] = xr[e] + (yr[e] + bias);
-            }
-        }
-        F(tm_zero)(Y + n * e_n, (l_n - n) * e_n);
+        F(tm_forward_one)(F(gemm_serial), y + (size_t)b * l_n * e_n,
+                          act + (size_t)b * h_n * e_n, x + (size_t)b * l_n * e_n,
+                          theta + (size_t)b * o_n, (size_t)lengths[b], l_n, e_n, s_n, h_n);
     }
 }
 
-/* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, W) with
- * W = E*L + 2*Ht*E is scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E)
- * from the forward. The products whose sum runs along E (dW2 and dW1) go through gemm on a
- * transposed copy of one operand. */
+/* Backward of sequence b, n valid rows, D (Ht, E) scratch; see F(token_mixing_backward). */
 HM_SIMD
+static void F(tm_backward_one)(F(tm_gemm_fn) mm, REAL* GI, REAL* dth, REAL* D, const REAL* G,
+                               const REAL* X, const REAL* th, const REAL* A, size_t n,
+                               size_t l_n, size_t e_n, size_t s_n, size_t h_n)
+{
+    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const REAL* W1 = th;
+    const REAL* W2 = W1 + s_n * h_n + h_n;
+    REAL* dW1 = dth;
+    REAL* dc1 = dW1 + s_n * h_n;
+    REAL* dW2 = dc1 + h_n;
+    REAL* dc2 = dW2 + h_n * s_n;
+    F(tm_zero)(dth, o_n);
+    for (size_t t = 0; t < n; t++) {
+        dc2[t] = F(tm_sum)(G + t * e_n, e_n);
+    }
+    mm(0, 1, h_n, n, e_n, A, e_n, G, e_n, 0, dW2, s_n);       /* dW2[:, :n] = A @ G^T */
+    mm(0, 0, h_n, e_n, n, W2, s_n, G, e_n, 0, D, e_n);        /* D = W2[:, :n] @ G ... */
+    for (size_t h = 0; h < h_n; h++) {
+        REAL* restrict d = D + h * e_n;
+        const REAL* restrict a = A + h * e_n;
+        for (size_t e = 0; e < e_n; e++) {
+            d[e] = a[e] > 0 ? d[e] : 0;                       /* ... masked: dZ^T */
+        }
+        dc1[h] = F(tm_sum)(d, e_n);
+    }
+    mm(0, 1, n, h_n, e_n, X, e_n, D, e_n, 0, dW1, h_n);       /* dW1[:n] = X @ D^T */
+    mm(0, 0, n, e_n, h_n, W1, h_n, D, e_n, 0, GI, e_n);       /* GI = W1[:n] @ D ... */
+    for (size_t i = 0; i < n * e_n; i++) {
+        GI[i] += G[i];                                        /* ... + residual */
+    }
+    F(tm_zero)(GI + n * e_n, (l_n - n) * e_n);
+}
+
+/* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, Ht*E) is
+ * scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E) from the forward.
+ * Parallel as F(token_mixing_forward). */
 void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_slots,
                               const REAL* grad_output, const REAL* x, const REAL* theta,
                               const REAL* act, const int64_t* lengths, int B, int L, int E,
@@ -263,46 +310,23 @@ void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
-    const size_t slot_size = e_n * l_n + 2 * h_n * e_n;
+    const size_t seq = l_n * e_n;
+    if (B < hm_num_threads()) {
+        for (int b = 0; b < B; b++) {
+            F(tm_backward_one)(F(gemm), grad_input + (size_t)b * seq, dtheta + (size_t)b * o_n,
+                               work, grad_output + (size_t)b * seq, x + (size_t)b * seq,
+                               theta + (size_t)b * o_n, act + (size_t)b * h_n * e_n,
+                               (size_t)lengths[b], l_n, e_n, s_n, h_n);
+        }
+        return;
+    }
     #pragma omp parallel for schedule(static) num_threads(tm_threads(n_slots))
     for (int b = 0; b < B; b++) {
-        const size_t n = (size_t)lengths[b];
-        const REAL* X = x + (size_t)b * l_n * e_n;
-        const REAL* G = grad_output + (size_t)b * l_n * e_n;
-        const REAL* W1 = theta + (size_t)b * o_n;
-        const REAL* W2 = W1 + s_n * h_n + h_n;
-        const REAL* A = act + (size_t)b * h_n * e_n;
-        REAL* dW1 = dtheta + (size_t)b * o_n;
-        REAL* dc1 = dW1 + s_n * h_n;
-        REAL* dW2 = dc1 + h_n;
-        REAL* dc2 = dW2 + h_n * s_n;
-        REAL* GI = grad_input + (size_t)b * l_n * e_n;
-        REAL* Gt = work + (size_t)tm_slot() * slot_size;   /* (E, n) */
-        REAL* D = Gt + e_n * l_n;                          /* (Ht, E) */
-        REAL* Dt = D + h_n * e_n;                          /* (E, Ht) */
-        F(tm_zero)(dW1, o_n);
-        for (size_t t = 0; t < n; t++) {
-            dc2[t] = F(tm_sum)(G + t * e_n, e_n);
-        }
-        F(tm_transpose)(Gt, G, n, e_n, e_n);
-        F(gemm_serial)(0, 0, h_n, n, e_n, A, e_n, Gt, n, 0, dW2, s_n);     /* act @ G^T */
-        /* D = (W2[:, :n] @ G) masked by act > 0: the gradient of the pre-activation. */
-        F(gemm_serial)(0, 0, h_n, e_n, n, W2, s_n, G, e_n, 0, D, e_n);
-        for (size_t h = 0; h < h_n; h++) {
-            REAL* restrict d = D + h * e_n;
-            const REAL* restrict a = A + h * e_n;
-            for (size_t e = 0; e < e_n; e++) {
-                d[e] = a[e] > 0 ? d[e] : 0;
-            }
-            dc1[h] = F(tm_sum)(d, e_n);
-        }
-        F(tm_transpose)(Dt, D, h_n, e_n, e_n);
-        F(gemm_serial)(0, 0, n, h_n, e_n, X, e_n, Dt, h_n, 0, dW1, h_n);   /* X @ D^T */
-        F(gemm_serial)(0, 0, n, e_n, h_n, W1, h_n, D, e_n, 0, GI, e_n);
-        for (size_t i = 0; i < n * e_n; i++) {
-            GI[i] += G[i];
-        }
-        F(tm_zero)(GI + n * e_n, (l_n - n) * e_n);
+        F(tm_backward_one)(F(gemm_serial), grad_input + (size_t)b * seq,
+                           dtheta + (size_t)b * o_n, work + (size_t)tm_slot() * h_n * e_n,
+                           grad_output + (size_t)b * seq, x + (size_t)b * seq,
+                           theta + (size_t)b * o_n, act + (size_t)b * h_n * e_n,
+                           (size_t)lengths[b], l_n, e_n, s_n, h_n);
     }
 }
 
@@ -360,7 +384,7 @@ void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL
 }
 
 /* grad_input (B, L, E) and dtheta (B, L, O) are written in full; partial (B, P) with
- * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, 2*Ht*E) are scratch;
+ * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, Ht*E) are scratch;
  * grad_output, x (B, L, E); theta (B, L, O) from the forward. The activations of each
  * position are recomputed rather than cached (they would take B*L*Ht*E values).
  *
@@ -389,8 +413,7 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
             F(tm_zero)(P, t1 * e_n);
         }
         const REAL* X = x + b * l_n * e_n;
-        REAL* D = work + (size_t)tm_slot() * 2 * h_n * e_n;   /* (Ht, E) */
-        REAL* Dt = D + h_n * e_n;                                /* (E, Ht) */
+        REAL* D = work + (size_t)tm_slot() * h_n * e_n;   /* (Ht, E) */
         for (size_t t = t0; t < t1; t++) {
             REAL* dW1 = dtheta + (b * l_n + t) * o_n;
             F(tm_zero)(dW1, o_n);
@@ -415,8 +438,7 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
                 }
                 dc1[h] = F(tm_sum)(d, e_n);
             }
-            F(tm_transpose)(Dt, D, h_n, e_n, e_n);
-            F(gemm_serial)(0, 0, t + 1, h_n, e_n, X, e_n, Dt, h_n, 0, dW1, h_n);
+            F(gemm_serial)(0, 1, t + 1, h_n, e_n, X, e_n, D, e_n, 0, dW1, h_n);
             F(gemm_serial)(0, 0, t + 1, e_n, h_n, th, h_n, D, e_n, 1, P, e_n);
         }
     }

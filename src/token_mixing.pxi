@@ -176,7 +176,7 @@ def token_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dthet
                           const floating[:, :, ::1] act, const int64_t[::1] lengths, int S,
                           int Ht):
     """Bidirectional backward: grad_input (B, L, E) and dtheta (B, O) written in full;
-    work (n_slots, E*L + 2*Ht*E) scratch, one slot per thread that may run."""
+    work (n_slots, Ht*E) scratch, one slot per thread that may run."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
     _tm_check_batch(B, L, E, lengths)
     cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
@@ -187,7 +187,7 @@ def token_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dthet
     _tm_check_shape("act", (act.shape[0], act.shape[1], act.shape[2]), (B, Ht, E))
     _tm_check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
     _tm_check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1]), (B, O))
-    _tm_check_work(work.shape[0], work.shape[1], E * L + 2 * Ht * E)
+    _tm_check_work(work.shape[0], work.shape[1], Ht * E)
     cdef int n_slots = work.shape[0]
     with nogil:
         if floating is float:
@@ -226,7 +226,7 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
                                  const floating[:, :, ::1] x, const floating[:, :, ::1] theta,
                                  const int64_t[::1] lengths, int S, int Ht, int chunk):
     """Causal backward: grad_input (B, L, E), dtheta (B, L, O) written in full; partial
-    (B, token_mixing_causal_partial_size(L, E, chunk)) and work (n_slots, 2*Ht*E) scratch."""
+    (B, token_mixing_causal_partial_size(L, E, chunk)) and work (n_slots, Ht*E) scratch."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
     _tm_check_batch(B, L, E, lengths)
     cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
@@ -240,7 +240,7 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
     _tm_check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
     _tm_check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1], dtheta.shape[2]), (B, L, O))
     _tm_check_shape("partial", (partial.shape[0], partial.shape[1]), (B, per_seq))
-    _tm_check_work(work.shape[0], work.shape[1], 2 * Ht * E)
+    _tm_check_work(work.shape[0], work.shape[1], Ht * E)
     cdef int n_slots = work.shape[0]
     with nogil:
         if floating is float:

@@ -274,7 +274,7 @@ def test_binding_refuses_mismatched_shapes():
     with pytest.raises(ValueError):
         _kernels.token_mixing_causal_backward(np.zeros_like(x), np.zeros((2, 4, out)),
                                               np.zeros((2, per_seq - 1)),
-                                              np.zeros((1, 2 * HT * E)), x, x,
+                                              np.zeros((1, HT * E)), x, x,
                                               np.zeros((2, 4, out)), ok, S, HT, 2)
     with pytest.raises(ValueError):
         _kernels.token_mixing_pool_forward(np.zeros((3, E)), x, ok)

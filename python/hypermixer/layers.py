@@ -188,11 +188,11 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
             chunk = _causal_chunk(seq_len)
             per_seq = _kernels.token_mixing_causal_partial_size(seq_len, width, chunk)
             partial = _keep_buffer(self, "_ws_partial", (batch, per_seq))
-            work = self._work(2 * h * width)
+            work = self._work(h * width)
             _kernels.token_mixing_causal_backward(grad_input, dtheta, partial, work,
                                                   grad_output, x, theta, lengths, s, h, chunk)
         else:
-            work = self._work(width * seq_len + 2 * h * width)
+            work = self._work(h * width)
             _kernels.token_mixing_backward(grad_input, dtheta.reshape(batch, -1), work,
                                            grad_output, x, theta.reshape(batch, -1), act,
                                            lengths, s, h)
@@ -248,21 +248,23 @@ class SelfAttention(CompiledAdam, bp.SelfAttentionBase):
     def _forward(self, x, lengths):
         batch, seq_len, e = x.shape
         y = np.empty_like(x)
-        # q, k, v and the attention weights are the forward cache; kt is scratch
+        # xc (x, padding rows zeroed), q, k, v and the attention weights are the forward
+        # cache; kt is scratch
+        xc = _keep_buffer(self, "_ws_xc", (batch, seq_len, e))
         q = _keep_buffer(self, "_ws_q", (batch, seq_len, e))
         k = _keep_buffer(self, "_ws_k", (batch, seq_len, e))
         v = _keep_buffer(self, "_ws_v", (batch, seq_len, e))
         probs = _keep_buffer(self, "_ws_probs", (batch, seq_len, seq_len))
         kt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
-        _kernels.attention_forward(y, q, k, v, probs, kt, x, self.wq, self.wk, self.wv,
+        _kernels.attention_forward(y, xc, q, k, v, probs, kt, x, self.wq, self.wk, self.wv,
                                    lengths)
-        self._saved = (x, q, k, v, probs, lengths)
+        self._saved = (xc, q, k, v, probs, lengths)
         return y
 
     def _backward(self, grad_output):
-        x, q, k, v, probs, lengths = self._saved
-        batch, seq_len, e = x.shape
-        grad_input = np.empty_like(x)
+        xc, q, k, v, probs, lengths = self._saved
+        batch, seq_len, e = xc.shape
+        grad_input = np.empty_like(xc)
         dwq, dwk, dwv = (np.empty_like(w) for w in (self.wq, self.wk, self.wv))
         dq = _keep_buffer(self, "_ws_dq", (batch, seq_len, e))
         dk = _keep_buffer(self, "_ws_dk", (batch, seq_len, e))
@@ -271,7 +273,7 @@ class SelfAttention(CompiledAdam, bp.SelfAttentionBase):
         vt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
         wt = _keep_buffer(self, "_ws_wt", (3, e, e))
         _kernels.attention_backward(grad_input, dwq, dwk, dwv, dq, dk, dv, dscores, vt, wt,
-                                    grad_output, x, q, k, v, probs, self.wq, self.wk,
+                                    grad_output, xc, q, k, v, probs, self.wq, self.wk,
                                     self.wv, lengths)
         return grad_input, [dwq, dwk, dwv]
 
