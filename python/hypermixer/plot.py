@@ -47,18 +47,22 @@ def plot_history(histories, stem, log=None):
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for number, (model, history) in enumerate(histories.items()):
         color = colors[number % len(colors)]
-        trained = [p for p in history if p.get("train_loss") is not None]
-        axes.plot([p["step"] for p in trained], [p["train_loss"] for p in trained],
-                  color=color, linestyle="--", label=f"{model} train")
-        axes.plot([p["step"] for p in history], [p["val_loss"] for p in history],
-                  color=color, marker="o", markersize=3, label=f"{model} validation")
-        # a vertical line where each later stage starts
-        for point in history[1:]:
-            if point["epoch"] == 0:
-                axes.axvline(point["step"], color=color, alpha=0.3, linewidth=1)
+        # one segment per stage: each stage has its own validation set, so the curves of two
+        # stages are not joined
+        for stage_number, stage in enumerate(dict.fromkeys(p["stage"] for p in history)):
+            points = [p for p in history if p["stage"] == stage]
+            trained = [p for p in points if p.get("train_loss") is not None]
+            first = stage_number == 0
+            axes.plot([p["step"] for p in trained], [p["train_loss"] for p in trained],
+                      color=color, linestyle="--", label=f"{model} train" if first else None)
+            axes.plot([p["step"] for p in points], [p["val_loss"] for p in points],
+                      color=color, marker="o", markersize=3,
+                      label=f"{model} validation" if first else None)
+            if not first:
+                axes.axvline(points[0]["step"], color=color, alpha=0.3, linewidth=1)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("cross-entropy loss")
-    axes.set_title("Loss (vertical lines: next training stage)")
+    axes.set_title("Loss per training stage (vertical line: next stage starts)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
