@@ -96,6 +96,16 @@ def test_parity_on_larger_shapes(dtype, causal):
     check_parity(compiled, ref, x, g, lengths, factor=4.0)
 
 
+@pytest.mark.parametrize("causal", MODES)
+def test_parity_at_benchmark_shape(causal):
+    # The default-sized model's shape (E=128, S=80, Ht=64, Hh=32), float32, mixed lengths.
+    rng = np.random.default_rng(31)
+    compiled, ref = make_pair(np.float32, causal, width=128, max_len=80, ht=64, hh=32, seed=9)
+    x = rng.normal(size=(2, 80, 128))
+    g = rng.normal(size=(2, 80, 128))
+    check_parity(compiled, ref, x, g, np.array([80, 37]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", MODES)
 def test_padding_is_zero_and_garbage_does_not_leak(dtype, causal):
