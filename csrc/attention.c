@@ -9,6 +9,7 @@
 #include "template.h"
 #else
 
+#include <string.h>
 #include "gemm.h"
 
 /* dst (E, L) = src (n, E)^T for the first n rows of one sequence; columns >= n untouched. */
@@ -29,18 +30,26 @@ static void F(attention_zero_rows)(REAL* restrict p, size_t rows, size_t width)
     }
 }
 
-/* out (B,L,E); caches for the backward: q, k, v (B,L,E) and probs (B,L,L) (row i holds
- * A[i, 0..i], zeros after); workspace kt (B,E,L); x (B,L,E); wq, wk, wv (E,E);
- * lengths (B,) with 1 <= lengths[b] <= L. Padding rows of out and probs are 0. */
-void F(attention_forward)(REAL* out, REAL* q, REAL* k, REAL* v, REAL* probs, REAL* kt,
-                          const REAL* x, const REAL* wq, const REAL* wk, const REAL* wv,
-                          const int64_t* lengths, size_t B, size_t L, size_t E)
+/* out (B,L,E); caches for the backward: xc (B,L,E) = x with padding rows set to 0 (padding
+ * may hold anything, even NaN, and must not reach the weight gradients), q, k, v (B,L,E)
+ * and probs (B,L,L) (row i holds A[i, 0..i], zeros after); workspace kt (B,E,L);
+ * x (B,L,E); wq, wk, wv (E,E); lengths (B,) with 1 <= lengths[b] <= L.
+ * Padding rows of out and probs are 0. */
+void F(attention_forward)(REAL* out, REAL* xc, REAL* q, REAL* k, REAL* v, REAL* probs,
+                          REAL* kt, const REAL* x, const REAL* wq, const REAL* wk,
+                          const REAL* wv, const int64_t* lengths, size_t B, size_t L, size_t E)
 {
     const size_t rows = B * L;
     const REAL scale = (REAL)(1.0 / sqrt((double)E));
-    F(gemm)(0, 0, rows, E, E, x, E, wq, E, 0, q, E);
-    F(gemm)(0, 0, rows, E, E, x, E, wk, E, 0, k, E);
-    F(gemm)(0, 0, rows, E, E, x, E, wv, E, 0, v, E);
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        memcpy(xc + b * L * E, x + b * L * E, n * E * sizeof(REAL));
+        memset(xc + (b * L + n) * E, 0, (L - n) * E * sizeof(REAL));
+    }
+    F(gemm)(0, 0, rows, E, E, xc, E, wq, E, 0, q, E);
+    F(gemm)(0, 0, rows, E, E, xc, E, wk, E, 0, k, E);
+    F(gemm)(0, 0, rows, E, E, xc, E, wv, E, 0, v, E);
 
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t b = 0; b < B; b++) {
@@ -57,7 +66,7 @@ void F(attention_forward)(REAL* out, REAL* q, REAL* k, REAL* v, REAL* probs, REA
         const size_t i1 = r1 < n ? r1 : n;       /* rows r0..i1 are real, i1..r1 padding */
         const REAL* qb = q + b * L * E;
         const REAL* vb = v + b * L * E;
-        const REAL* xb = x + b * L * E;
+        const REAL* xb = xc + b * L * E;
         REAL* pb = probs + b * L * L;
         REAL* yb = out + b * L * E;
         if (r0 < i1) {
@@ -100,10 +109,11 @@ void F(attention_forward)(REAL* out, REAL* q, REAL* k, REAL* v, REAL* probs, REA
 
 /* dx (B,L,E) input gradient (padding rows 0); dwq, dwk, dwv (E,E) weight gradients
  * (overwritten); workspaces dq, dk, dv (B,L,E), dscores (B,L,L), vt (B,E,L), wt (3,E,E);
- * grad (B,L,E) = dL/dY; x, q, k, v, probs as cached by the forward; wq, wk, wv (E,E). */
+ * grad (B,L,E) = dL/dY; xc (x with zero padding rows), q, k, v, probs as cached by the
+ * forward; wq, wk, wv (E,E). */
 void F(attention_backward)(REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dq, REAL* dk,
                            REAL* dv, REAL* dscores, REAL* vt, REAL* wt, const REAL* grad,
-                           const REAL* x, const REAL* q, const REAL* k, const REAL* v,
+                           const REAL* xc, const REAL* q, const REAL* k, const REAL* v,
                            const REAL* probs, const REAL* wq, const REAL* wk, const REAL* wv,
                            const int64_t* lengths, size_t B, size_t L, size_t E)
 {
@@ -185,9 +195,9 @@ void F(attention_backward)(REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dq, 
     }
 
     /* padding rows of dq, dk, dv are 0, so they add nothing to the sums over all rows */
-    F(gemm)(1, 0, E, E, rows, x, E, dq, E, 0, dwq, E);
-    F(gemm)(1, 0, E, E, rows, x, E, dk, E, 0, dwk, E);
-    F(gemm)(1, 0, E, E, rows, x, E, dv, E, 0, dwv, E);
+    F(gemm)(1, 0, E, E, rows, xc, E, dq, E, 0, dwq, E);
+    F(gemm)(1, 0, E, E, rows, xc, E, dk, E, 0, dwk, E);
+    F(gemm)(1, 0, E, E, rows, xc, E, dv, E, 0, dwv, E);
     F(gemm)(0, 0, rows, E, E, dq, E, wt, E, 1, dx, E);
     F(gemm)(0, 0, rows, E, E, dk, E, wt + E * E, E, 1, dx, E);
     F(gemm)(0, 0, rows, E, E, dv, E, wt + 2 * E * E, E, 1, dx, E);

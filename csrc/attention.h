@@ -3,11 +3,11 @@
 #include "common.h"
 
 #define HM_DECLARE_ATTENTION(R, S)                                                          \
-    void attention_forward_##S(R* out, R* q, R* k, R* v, R* probs, R* kt, const R* x,         \
+    void attention_forward_##S(R* out, R* xc, R* q, R* k, R* v, R* probs, R* kt, const R* x,  \
                                const R* wq, const R* wk, const R* wv, const int64_t* lengths,  \
                                size_t B, size_t L, size_t E);                                 \
     void attention_backward_##S(R* dx, R* dwq, R* dwk, R* dwv, R* dq, R* dk, R* dv,           \
-                                R* dscores, R* vt, R* wt, const R* grad, const R* x,          \
+                                R* dscores, R* vt, R* wt, const R* grad, const R* xc,         \
                                 const R* q, const R* k, const R* v, const R* probs,           \
                                 const R* wq, const R* wk, const R* wv,                        \
                                 const int64_t* lengths, size_t B, size_t L, size_t E);

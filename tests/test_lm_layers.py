@@ -155,6 +155,41 @@ def test_mixed_batch_equals_one_by_one(impl, name):
 
 
 @pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
+@pytest.mark.parametrize("name", ["SelfAttention", "FeedForward", "TransformerBlock",
+                                  "OutputProjection"])
+def test_nan_in_padding_does_not_leak(impl, name):
+    rng = np.random.default_rng(14)
+    lengths = [5, 2, 7]
+    args = {"SelfAttention": (E,), "FeedForward": (E, H), "TransformerBlock": (E, H, S),
+            "OutputProjection": (E, V)}[name]
+    layer = getattr(impl, name)(*args, seed=1, dtype=np.float64)
+    width = V if name == "OutputProjection" else E
+    x = rng.normal(size=(3, 7, E))
+    g = rng.normal(size=(3, 7, width))
+    clean = layer.compute_gradients(x, g, lengths)
+    for b, n in enumerate(lengths):
+        x[b, n:] = np.nan
+        g[b, n:] = np.inf
+    dirty = layer.compute_gradients(x, g, lengths)
+    assert np.array_equal(dirty[0], clean[0])
+    for got, want in zip(dirty[1], clean[1]):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
+def test_loss_ignores_nan_padding(impl):
+    rng = np.random.default_rng(15)
+    lengths = [4, 1]
+    logits = rng.normal(size=(2, 4, V))
+    targets = rng.integers(0, V, size=(2, 4))
+    loss, grad = impl.softmax_cross_entropy(logits, targets, lengths)
+    logits[1, 1:] = np.nan
+    targets[1, 1:] = V + 100
+    loss2, grad2 = impl.softmax_cross_entropy(logits, targets, lengths)
+    assert loss2 == loss and np.array_equal(grad2, grad)
+
+
+@pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
 def test_embeddings_batch_equals_one_by_one(impl):
     rng = np.random.default_rng(12)
     lengths = [4, 1, S]
@@ -444,11 +479,11 @@ def test_bindings_reject_mismatched_buffers():
     probs = np.zeros((1, 3, 3), np.float32)
     kt = np.zeros((1, E, 3), np.float32)
     with pytest.raises(ValueError):
-        hm._kernels.attention_forward(small, x.copy(), x.copy(), x.copy(), probs, kt, x,
-                                      w, w, w, lengths)
+        hm._kernels.attention_forward(small, x.copy(), x.copy(), x.copy(), x.copy(), probs,
+                                      kt, x, w, w, w, lengths)
     with pytest.raises(ValueError):
-        hm._kernels.attention_forward(x.copy(), x.copy(), x.copy(), x.copy(), probs, kt, x,
-                                      w, w, w, np.array([4], np.int64))
+        hm._kernels.attention_forward(x.copy(), x.copy(), x.copy(), x.copy(), x.copy(), probs,
+                                      kt, x, w, w, w, np.array([4], np.int64))
     with pytest.raises(ValueError):
         hm._kernels.embeddings_forward(np.zeros((1, 2, E), np.float32),
                                        np.array([[0, V]], np.int64), np.array([2], np.int64),
