@@ -204,9 +204,12 @@ void F(gemm_serial)(int trans_a, int trans_b, size_t M, size_t N, size_t K, cons
     region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc, (REAL*)hm_gemm_work);
 }
 
-/* Rectangles of C handed to threads: 128 x 256 at most, shrunk (by halving, in whole register
- * tiles) until there are at least 8 of them. The sizes depend on M and N only, never on the
- * thread count; and since no rectangle splits K, the bits do not depend on them anyway. */
+/* Rectangles of C handed to threads: 128 x 256 at most, halved (the larger side first, in
+ * whole register tiles) until there are at least 4 of them. The sizes depend on M and N only,
+ * never on the thread count. No rectangle splits K, and each element's chain of operations is
+ * the same wherever the rectangle edges fall (see the top of this file), so the bits do not
+ * depend on the rectangles either: one thread, or a product too small to share, takes C whole
+ * and skips the duplicate packing that rectangles cost. */
 void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
              size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
@@ -219,30 +222,31 @@ void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL*
     }
     size_t mr, nr;
     F(region_fn) region = F(pick_region)(&mr, &nr);
-    size_t tm = (128 + mr - 1) / mr * mr, tn = 256;
+    const int threads = hm_num_threads();
+    if (threads == 1 || (double)M * (double)N * (double)K < 1e6) {
+        region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,
+               (REAL*)hm_gemm_work);
+        return;
+    }
+    size_t tm = (128 + mr - 1) / mr * mr, tn = (256 + nr - 1) / nr * nr;
     if (tm > (M + mr - 1) / mr * mr) {
         tm = (M + mr - 1) / mr * mr;
     }
     if (tn > (N + nr - 1) / nr * nr) {
         tn = (N + nr - 1) / nr * nr;
     }
-    for (;;) {
-        const size_t count = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
-        if (count >= 8) {
-            break;
-        }
-        if (tm > mr && tm >= tn / 4) {
-            tm = (tm / 2 + mr - 1) / mr * mr;
-        } else if (tn > nr) {
+    while (((M + tm - 1) / tm) * ((N + tn - 1) / tn) < 4) {
+        if (tn > nr && (tn >= tm || tm <= mr)) {
             tn = (tn / 2 + nr - 1) / nr * nr;
+        } else if (tm > mr) {
+            tm = (tm / 2 + mr - 1) / mr * mr;
         } else {
             break;
         }
     }
     const size_t row_tiles = (M + tm - 1) / tm, col_tiles = (N + tn - 1) / tn;
     const size_t tiles = row_tiles * col_tiles;
-    const int parallel = tiles > 1 && (double)M * (double)N * (double)K > 2e5;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t t = 0; t < tiles; t++) {
         const size_t i0 = (t / col_tiles) * tm, j0 = (t % col_tiles) * tn;
         const size_t i1 = i0 + tm < M ? i0 + tm : M;
