@@ -3,13 +3,12 @@
 #include "common.h"
 
 #define HM_DECLARE_ATTENTION(R, S)                                                          \
-    void attention_forward_##S(R* out, R* xc, R* q, R* k, R* v, R* probs, R* kt, const R* x,  \
+    void attention_forward_##S(R* out, R* xc, R* qkv, R* probs, R* kt, R* wcat, const R* x,   \
                                const R* wq, const R* wk, const R* wv, const int64_t* lengths,  \
                                size_t B, size_t L, size_t E);                                 \
-    void attention_backward_##S(R* dx, R* dwq, R* dwk, R* dwv, R* dq, R* dk, R* dv,           \
-                                R* dscores, R* vt, R* wt, const R* grad, const R* xc,         \
-                                const R* q, const R* k, const R* v, const R* probs,           \
-                                const R* wq, const R* wk, const R* wv,                        \
+    void attention_backward_##S(R* dx, R* dwq, R* dwk, R* dwv, R* dqkv, R* dscores, R* vt,    \
+                                R* wcat, R* dwcat, const R* grad, const R* xc, const R* qkv,  \
+                                const R* probs, const R* wq, const R* wk, const R* wv,        \
                                 const int64_t* lengths, size_t B, size_t L, size_t E);
 HM_DECLARE_ATTENTION(float, f32)
 HM_DECLARE_ATTENTION(double, f64)

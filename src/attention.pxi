@@ -2,26 +2,26 @@
 from libc.stdint cimport int64_t
 
 cdef extern from "attention.h" nogil:
-    void attention_forward_f32(float* out, float* xc, float* q, float* k, float* v, float* probs,
-                               float* kt, const float* x, const float* wq, const float* wk,
+    void attention_forward_f32(float* out, float* xc, float* qkv, float* probs, float* kt,
+                               float* wcat, const float* x, const float* wq, const float* wk,
                                const float* wv, const int64_t* lengths, size_t B, size_t L,
                                size_t E)
-    void attention_forward_f64(double* out, double* xc, double* q, double* k, double* v, double* probs,
-                               double* kt, const double* x, const double* wq, const double* wk,
-                               const double* wv, const int64_t* lengths, size_t B, size_t L,
-                               size_t E)
-    void attention_backward_f32(float* dx, float* dwq, float* dwk, float* dwv, float* dq,
-                                float* dk, float* dv, float* dscores, float* vt, float* wt,
-                                const float* grad, const float* x, const float* q,
-                                const float* k, const float* v, const float* probs,
-                                const float* wq, const float* wk, const float* wv,
-                                const int64_t* lengths, size_t B, size_t L, size_t E)
-    void attention_backward_f64(double* dx, double* dwq, double* dwk, double* dwv, double* dq,
-                                double* dk, double* dv, double* dscores, double* vt, double* wt,
-                                const double* grad, const double* x, const double* q,
-                                const double* k, const double* v, const double* probs,
-                                const double* wq, const double* wk, const double* wv,
-                                const int64_t* lengths, size_t B, size_t L, size_t E)
+    void attention_forward_f64(double* out, double* xc, double* qkv, double* probs, double* kt,
+                               double* wcat, const double* x, const double* wq,
+                               const double* wk, const double* wv, const int64_t* lengths,
+                               size_t B, size_t L, size_t E)
+    void attention_backward_f32(float* dx, float* dwq, float* dwk, float* dwv, float* dqkv,
+                                float* dscores, float* vt, float* wcat, float* dwcat,
+                                const float* grad, const float* xc, const float* qkv,
+                                const float* probs, const float* wq, const float* wk,
+                                const float* wv, const int64_t* lengths, size_t B, size_t L,
+                                size_t E)
+    void attention_backward_f64(double* dx, double* dwq, double* dwk, double* dwv,
+                                double* dqkv, double* dscores, double* vt, double* wcat,
+                                double* dwcat, const double* grad, const double* xc,
+                                const double* qkv, const double* probs, const double* wq,
+                                const double* wk, const double* wv, const int64_t* lengths,
+                                size_t B, size_t L, size_t E)
 
 
 cdef int _att_check(str name, Py_ssize_t* shape, int ndim, Py_ssize_t a, Py_ssize_t b,
@@ -39,63 +39,61 @@ cdef int _att_check(str name, Py_ssize_t* shape, int ndim, Py_ssize_t a, Py_ssiz
     return 0
 
 
-def attention_forward(floating[:, :, ::1] out, floating[:, :, ::1] xc, floating[:, :, ::1] q, floating[:, :, ::1] k,
-                      floating[:, :, ::1] v, floating[:, :, ::1] probs, floating[:, :, ::1] kt,
+def attention_forward(floating[:, :, ::1] out, floating[:, :, ::1] xc,
+                      floating[:, :, ::1] qkv, floating[:, :, ::1] probs,
+                      floating[:, :, ::1] kt, floating[:, ::1] wcat,
                       const floating[:, :, ::1] x, const floating[:, ::1] wq,
                       const floating[:, ::1] wk, const floating[:, ::1] wv,
                       const int64_t[::1] lengths):
-    """x, out, xc, q, k, v (B, L, E); probs (B, L, L); kt (B, E, L); wq, wk, wv (E, E)."""
+    """x, out, xc (B, L, E); qkv (B, L, 3E); probs (B, L, L); kt (B, E, L); wcat (E, 3E);
+    wq, wk, wv (E, E)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
     _lm_check_lengths(lengths, B, L)
     if E < 1:
         raise ValueError("attention: E must be >= 1")
     _att_check("out", out.shape, 3, B, L, E)
     _att_check("xc", xc.shape, 3, B, L, E)
-    _att_check("q", q.shape, 3, B, L, E)
-    _att_check("k", k.shape, 3, B, L, E)
-    _att_check("v", v.shape, 3, B, L, E)
+    _att_check("qkv", qkv.shape, 3, B, L, 3 * E)
     _att_check("probs", probs.shape, 3, B, L, L)
     _att_check("kt", kt.shape, 3, B, E, L)
+    _att_check("wcat", wcat.shape, 2, E, 3 * E, 0)
     _att_check("wq", wq.shape, 2, E, E, 0)
     _att_check("wk", wk.shape, 2, E, E, 0)
     _att_check("wv", wv.shape, 2, E, E, 0)
     with nogil:
         if floating is float:
-            attention_forward_f32(&out[0, 0, 0], &xc[0, 0, 0], &q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0],
-                                  &probs[0, 0, 0], &kt[0, 0, 0], &x[0, 0, 0], &wq[0, 0],
+            attention_forward_f32(&out[0, 0, 0], &xc[0, 0, 0], &qkv[0, 0, 0], &probs[0, 0, 0],
+                                  &kt[0, 0, 0], &wcat[0, 0], &x[0, 0, 0], &wq[0, 0],
                                   &wk[0, 0], &wv[0, 0], &lengths[0], B, L, E)
         else:
-            attention_forward_f64(&out[0, 0, 0], &xc[0, 0, 0], &q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0],
-                                  &probs[0, 0, 0], &kt[0, 0, 0], &x[0, 0, 0], &wq[0, 0],
+            attention_forward_f64(&out[0, 0, 0], &xc[0, 0, 0], &qkv[0, 0, 0], &probs[0, 0, 0],
+                                  &kt[0, 0, 0], &wcat[0, 0], &x[0, 0, 0], &wq[0, 0],
                                   &wk[0, 0], &wv[0, 0], &lengths[0], B, L, E)
 
 
 def attention_backward(floating[:, :, ::1] dx, floating[:, ::1] dwq, floating[:, ::1] dwk,
-                       floating[:, ::1] dwv, floating[:, :, ::1] dq, floating[:, :, ::1] dk,
-                       floating[:, :, ::1] dv, floating[:, :, ::1] dscores,
-                       floating[:, :, ::1] vt, floating[:, :, ::1] wt,
+                       floating[:, ::1] dwv, floating[:, :, ::1] dqkv,
+                       floating[:, :, ::1] dscores, floating[:, :, ::1] vt,
+                       floating[:, ::1] wcat, floating[:, ::1] dwcat,
                        const floating[:, :, ::1] grad, const floating[:, :, ::1] xc,
-                       const floating[:, :, ::1] q, const floating[:, :, ::1] k,
-                       const floating[:, :, ::1] v, const floating[:, :, ::1] probs,
+                       const floating[:, :, ::1] qkv, const floating[:, :, ::1] probs,
                        const floating[:, ::1] wq, const floating[:, ::1] wk,
                        const floating[:, ::1] wv, const int64_t[::1] lengths):
-    """Gradients of the forward above; dscores (B, L, L), vt (B, E, L), wt (3, E, E)."""
+    """Gradients of the forward above; dqkv (B, L, 3E), dscores (B, L, L), vt (B, E, L),
+    wcat and dwcat (E, 3E) are workspaces."""
     cdef Py_ssize_t B = xc.shape[0], L = xc.shape[1], E = xc.shape[2]
     _lm_check_lengths(lengths, B, L)
     if E < 1:
         raise ValueError("attention: E must be >= 1")
     _att_check("dx", dx.shape, 3, B, L, E)
-    _att_check("dq", dq.shape, 3, B, L, E)
-    _att_check("dk", dk.shape, 3, B, L, E)
-    _att_check("dv", dv.shape, 3, B, L, E)
     _att_check("grad", grad.shape, 3, B, L, E)
-    _att_check("q", q.shape, 3, B, L, E)
-    _att_check("k", k.shape, 3, B, L, E)
-    _att_check("v", v.shape, 3, B, L, E)
+    _att_check("dqkv", dqkv.shape, 3, B, L, 3 * E)
+    _att_check("qkv", qkv.shape, 3, B, L, 3 * E)
     _att_check("dscores", dscores.shape, 3, B, L, L)
     _att_check("probs", probs.shape, 3, B, L, L)
     _att_check("vt", vt.shape, 3, B, E, L)
-    _att_check("wt", wt.shape, 3, 3, E, E)
+    _att_check("wcat", wcat.shape, 2, E, 3 * E, 0)
+    _att_check("dwcat", dwcat.shape, 2, E, 3 * E, 0)
     _att_check("wq", wq.shape, 2, E, E, 0)
     _att_check("wk", wk.shape, 2, E, E, 0)
     _att_check("wv", wv.shape, 2, E, E, 0)
@@ -105,15 +103,13 @@ def attention_backward(floating[:, :, ::1] dx, floating[:, ::1] dwq, floating[:,
     with nogil:
         if floating is float:
             attention_backward_f32(&dx[0, 0, 0], &dwq[0, 0], &dwk[0, 0], &dwv[0, 0],
-                                   &dq[0, 0, 0], &dk[0, 0, 0], &dv[0, 0, 0],
-                                   &dscores[0, 0, 0], &vt[0, 0, 0], &wt[0, 0, 0],
-                                   &grad[0, 0, 0], &xc[0, 0, 0], &q[0, 0, 0], &k[0, 0, 0],
-                                   &v[0, 0, 0], &probs[0, 0, 0], &wq[0, 0], &wk[0, 0],
+                                   &dqkv[0, 0, 0], &dscores[0, 0, 0], &vt[0, 0, 0],
+                                   &wcat[0, 0], &dwcat[0, 0], &grad[0, 0, 0], &xc[0, 0, 0],
+                                   &qkv[0, 0, 0], &probs[0, 0, 0], &wq[0, 0], &wk[0, 0],
                                    &wv[0, 0], &lengths[0], B, L, E)
         else:
             attention_backward_f64(&dx[0, 0, 0], &dwq[0, 0], &dwk[0, 0], &dwv[0, 0],
-                                   &dq[0, 0, 0], &dk[0, 0, 0], &dv[0, 0, 0],
-                                   &dscores[0, 0, 0], &vt[0, 0, 0], &wt[0, 0, 0],
-                                   &grad[0, 0, 0], &xc[0, 0, 0], &q[0, 0, 0], &k[0, 0, 0],
-                                   &v[0, 0, 0], &probs[0, 0, 0], &wq[0, 0], &wk[0, 0],
+                                   &dqkv[0, 0, 0], &dscores[0, 0, 0], &vt[0, 0, 0],
+                                   &wcat[0, 0], &dwcat[0, 0], &grad[0, 0, 0], &xc[0, 0, 0],
+                                   &qkv[0, 0, 0], &probs[0, 0, 0], &wq[0, 0], &wk[0, 0],
                                    &wv[0, 0], &lengths[0], B, L, E)

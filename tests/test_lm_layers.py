@@ -475,17 +475,32 @@ def test_bindings_reject_mismatched_buffers():
     x = np.zeros((1, 3, E), np.float32)
     w = np.zeros((E, E), np.float32)
     lengths = np.array([3], np.int64)
-    small = np.zeros((1, 2, E), np.float32)
-    probs = np.zeros((1, 3, 3), np.float32)
-    kt = np.zeros((1, E, 3), np.float32)
-    with pytest.raises(ValueError):
-        hm._kernels.attention_forward(small, x.copy(), x.copy(), x.copy(), x.copy(), probs,
-                                      kt, x, w, w, w, lengths)
-    with pytest.raises(ValueError):
-        hm._kernels.attention_forward(x.copy(), x.copy(), x.copy(), x.copy(), x.copy(), probs,
-                                      kt, x, w, w, w, np.array([4], np.int64))
-    with pytest.raises(ValueError):
+
+    def attention_buffers(seq_len=3):
+        return (np.zeros((1, seq_len, E), np.float32), np.zeros((1, 3, E), np.float32),
+                np.zeros((1, 3, 3 * E), np.float32), np.zeros((1, 3, 3), np.float32),
+                np.zeros((1, E, 3), np.float32), np.zeros((E, 3 * E), np.float32))
+
+    hm._kernels.attention_forward(*attention_buffers(), x, w, w, w, lengths)   # valid
+    with pytest.raises(ValueError, match="out has shape"):
+        hm._kernels.attention_forward(*attention_buffers(2), x, w, w, w, lengths)
+    with pytest.raises(ValueError, match="lengths"):
+        hm._kernels.attention_forward(*attention_buffers(), x, w, w, w,
+                                      np.array([4], np.int64))
+    with pytest.raises(ValueError, match="wk has shape"):
+        hm._kernels.attention_forward(*attention_buffers(), x, w, w[:2], w, lengths)
+    with pytest.raises(ValueError, match="outside"):
         hm._kernels.embeddings_forward(np.zeros((1, 2, E), np.float32),
                                        np.array([[0, V]], np.int64), np.array([2], np.int64),
                                        np.zeros((V, E), np.float32),
                                        np.zeros((S, E), np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        hm._kernels.cross_entropy(np.zeros((1, 2, V), np.float32), np.zeros((1, 2)),
+                                  np.zeros((1, 2, V), np.float32),
+                                  np.array([[0, -1]], np.int64), np.array([2], np.int64))
+    with pytest.raises(ValueError, match="workspaces"):
+        hm._kernels.output_backward(np.zeros((1, 3, E), np.float32),
+                                    np.zeros((E, V), np.float32), np.zeros((1, V), np.float32),
+                                    np.zeros((1, E), np.float32), np.zeros((1, V), np.float32),
+                                    np.zeros((1, 3, V), np.float32), x,
+                                    np.zeros((E, V), np.float32), np.array([2], np.int64))

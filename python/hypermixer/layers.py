@@ -248,33 +248,31 @@ class SelfAttention(CompiledAdam, bp.SelfAttentionBase):
     def _forward(self, x, lengths):
         batch, seq_len, e = x.shape
         y = np.empty_like(x)
-        # xc (x, padding rows zeroed), q, k, v and the attention weights are the forward
-        # cache; kt is scratch
+        # forward cache: xc (x with zeroed padding rows), qkv = [q | k | v] per row and the
+        # attention weights; kt and wcat are scratch
         xc = _keep_buffer(self, "_ws_xc", (batch, seq_len, e))
-        q = _keep_buffer(self, "_ws_q", (batch, seq_len, e))
-        k = _keep_buffer(self, "_ws_k", (batch, seq_len, e))
-        v = _keep_buffer(self, "_ws_v", (batch, seq_len, e))
+        qkv = _keep_buffer(self, "_ws_qkv", (batch, seq_len, 3 * e))
         probs = _keep_buffer(self, "_ws_probs", (batch, seq_len, seq_len))
         kt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
-        _kernels.attention_forward(y, xc, q, k, v, probs, kt, x, self.wq, self.wk, self.wv,
+        wcat = _keep_buffer(self, "_ws_wcat", (e, 3 * e))
+        _kernels.attention_forward(y, xc, qkv, probs, kt, wcat, x, self.wq, self.wk, self.wv,
                                    lengths)
-        self._saved = (xc, q, k, v, probs, lengths)
+        self._saved = (xc, qkv, probs, lengths)
         return y
 
     def _backward(self, grad_output):
-        xc, q, k, v, probs, lengths = self._saved
+        xc, qkv, probs, lengths = self._saved
         batch, seq_len, e = xc.shape
         grad_input = np.empty_like(xc)
         dwq, dwk, dwv = (np.empty_like(w) for w in (self.wq, self.wk, self.wv))
-        dq = _keep_buffer(self, "_ws_dq", (batch, seq_len, e))
-        dk = _keep_buffer(self, "_ws_dk", (batch, seq_len, e))
-        dv = _keep_buffer(self, "_ws_dv", (batch, seq_len, e))
+        dqkv = _keep_buffer(self, "_ws_dqkv", (batch, seq_len, 3 * e))
         dscores = _keep_buffer(self, "_ws_dscores", (batch, seq_len, seq_len))
         vt = _keep_buffer(self, "_ws_t", (batch, e, seq_len))
-        wt = _keep_buffer(self, "_ws_wt", (3, e, e))
-        _kernels.attention_backward(grad_input, dwq, dwk, dwv, dq, dk, dv, dscores, vt, wt,
-                                    grad_output, xc, q, k, v, probs, self.wq, self.wk,
-                                    self.wv, lengths)
+        wcat = _keep_buffer(self, "_ws_wcat", (e, 3 * e))
+        dwcat = _keep_buffer(self, "_ws_dwcat", (e, 3 * e))
+        _kernels.attention_backward(grad_input, dwq, dwk, dwv, dqkv, dscores, vt, wcat, dwcat,
+                                    grad_output, xc, qkv, probs, self.wq, self.wk, self.wv,
+                                    lengths)
         return grad_input, [dwq, dwk, dwv]
 
 
