@@ -393,15 +393,16 @@ def test_one_and_two_threads_are_bit_identical():
     ids = rng.integers(0, 300, size=(4, 40))
     logits = rng.normal(size=(4, 40, 300)).astype(np.float32)
     glog = rng.normal(size=(4, 40, 300)).astype(np.float32)
+    gemb = rng.normal(size=(4, 40, 512)).astype(np.float32)
     before = hm.get_num_threads()
 
     def run():
         att = hm.SelfAttention(32, seed=1)
         block = hm.TransformerBlock(32, 64, 40, seed=1)
         out = hm.OutputProjection(32, 300, seed=1)
-        emb = hm.Embeddings(300, 40, 32, seed=1)
+        emb = hm.Embeddings(300, 40, 512, seed=1)   # wide enough to run in parallel
         results = []
-        for layer, inp, grad in [(att, x, g), (block, x, g), (out, x, glog), (emb, ids, g)]:
+        for layer, inp, grad in [(att, x, g), (block, x, g), (out, x, glog), (emb, ids, gemb)]:
             results.append(layer.forward(inp, lengths))
             gi, grads = layer.compute_gradients(inp, grad, lengths)
             results.extend([gi] if gi is not None else [])
