@@ -184,16 +184,49 @@ class Layer:
         lengths = check_lengths(lengths, batch, seq_len)
         return x, lengths, unbatched
 
+    def _subtree(self):
+        """This layer and every sublayer below it, each once (shared ones included)."""
+        seen = set()
+        out = []
+
+        def visit(layer):
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                out.append(layer)
+                for _, child in layer._children:
+                    visit(child)
+
+        visit(self)
+        return out
+
     def _enter(self):
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError(
-                f"{type(self).__name__} is already running in another thread; a layer holds "
-                "its forward cache, so use one layer object per thread")
+        """Take this layer and all its sublayers, or raise without waiting.
+
+        A composite runs its sublayers' ``_forward``/``_backward`` directly, which use their
+        caches and workspaces; so a sublayer (or a hypernetwork shared with another block)
+        must be refused to other threads while the composite runs, not only the composite.
+        """
+        taken = []
+        for layer in self._subtree():
+            if not layer._busy.acquire(blocking=False):
+                for held in taken:
+                    held._busy.release()
+                busy = "" if layer is self else f" (its sublayer {type(layer).__name__} is)"
+                raise RuntimeError(
+                    f"{type(self).__name__} is already running in another thread{busy}; a "
+                    "layer holds its forward cache, so use one layer object per thread")
+            taken.append(layer)
+        return taken
+
+    @staticmethod
+    def _leave(taken):
+        for layer in taken:
+            layer._busy.release()
 
     # ------------------------------------------------------------------ protocol
     def forward(self, x, lengths=None):
         """Run the layer on ``(L, E)`` or ``(B, L, E)``; padding rows of the output are 0."""
-        self._enter()
+        taken = self._enter()
         try:
             x3, lengths, unbatched = self._check_input(x, lengths)
             self._cache = None  # a failing _forward must not leave a stale cache behind
@@ -201,7 +234,7 @@ class Layer:
             self._cache = (y.shape, unbatched)
             return y[0] if unbatched else y
         finally:
-            self._busy.release()
+            self._leave(taken)
 
     def _gradients_from_cache(self, grad_output):
         if self._cache is None:
@@ -223,17 +256,17 @@ class Layer:
 
     def backward(self, grad_output, lr):
         """Gradients at the cached forward, then one Adam step; returns the input gradient."""
-        self._enter()
+        taken = self._enter()
         try:
             grad_input, grads = self._gradients_from_cache(grad_output)
             self._apply_checked(grads, lr)
             return grad_input
         finally:
-            self._busy.release()
+            self._leave(taken)
 
     def compute_gradients(self, x, grad_output, lengths=None):
         """``(grad_input, param_grads)`` at ``x`` without updating anything."""
-        self._enter()
+        taken = self._enter()
         try:
             x3, lengths, unbatched = self._check_input(x, lengths)
             self._cache = None
@@ -241,11 +274,11 @@ class Layer:
             self._cache = (y.shape, unbatched)
             return self._gradients_from_cache(grad_output)
         finally:
-            self._busy.release()
+            self._leave(taken)
 
     def apply_gradients(self, param_grads, lr):
         """One Adam step with ``param_grads`` in canonical order; bad input changes nothing."""
-        self._enter()
+        taken = self._enter()
         try:
             params = self.named_parameters()
             if isinstance(param_grads, np.ndarray) or not hasattr(param_grads, "__len__"):
@@ -262,7 +295,7 @@ class Layer:
                 converted.append(g)
             self._apply_checked(converted, lr)
         finally:
-            self._busy.release()
+            self._leave(taken)
 
     def _apply_checked(self, grads, lr):
         lr = float(lr)
