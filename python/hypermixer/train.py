@@ -46,7 +46,7 @@ class Stage:
 class TrainSettings:
     epochs: int = 8                    # per stage
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3
     clip_norm: float = 1.0             # global gradient norm; None turns clipping off
     validation_fraction: float = 0.1
     seed: int = 0
