@@ -115,34 +115,56 @@ GK_TARGET static void GK(micro_rows)(size_t kc, const REAL* restrict a, size_t a
     }
 }
 
+/* Ask for the cache lines of src[0 .. count) ahead of use. The operands' rows are often far
+ * apart (a wide B, a tall A^T), so each block reads many short row segments: too short for
+ * the hardware prefetchers to ramp up, and each miss would otherwise wait on memory. */
+#define GK_PF_AHEAD 4
+GK_TARGET static inline void GK(prefetch_row)(const REAL* src, size_t count)
+{
+    for (size_t i = 0; i < count; i += 64 / sizeof(REAL)) {
+        __builtin_prefetch(src + i, 0, 3);
+    }
+    __builtin_prefetch(src + count - 1, 0, 3);
+}
+
 /* Pack the kc x nc block of op(B) whose top-left element is at b (op(B)[p, j] is b[p * ldb + j],
- * or b[j * ldb + p] when trans_b) into ceil(nc / NR) panels of kc x NR, zero-padded. */
+ * or b[j * ldb + p] when trans_b) into ceil(nc / NR) panels of kc x NR, zero-padded. Both
+ * layouts are read one contiguous source row at a time. */
 GK_TARGET static void GK(pack_b)(int trans_b, size_t kc, size_t nc, const REAL* b, size_t ldb,
                                  REAL* restrict out)
 {
-    for (size_t j0 = 0; j0 < nc; j0 += GK_NR) {
-        const size_t nr = nc - j0 < GK_NR ? nc - j0 : GK_NR;
-        REAL* panel = out + j0 * kc;
-        if (!trans_b) {
-            for (size_t p = 0; p < kc; p++) {
-                const REAL* src = b + p * ldb + j0;
-                REAL* dst = panel + p * GK_NR;
+    if (!trans_b) {
+        for (size_t p = 0; p < kc; p++) {
+            const REAL* src = b + p * ldb;
+            if (p + GK_PF_AHEAD < kc) {
+                GK(prefetch_row)(src + GK_PF_AHEAD * ldb, nc);
+            }
+            for (size_t j0 = 0; j0 < nc; j0 += GK_NR) {
+                const size_t nr = nc - j0 < GK_NR ? nc - j0 : GK_NR;
+                REAL* dst = out + j0 * kc + p * GK_NR;
                 for (size_t j = 0; j < nr; j++) {
-                    dst[j] = src[j];
+                    dst[j] = src[j0 + j];
                 }
                 for (size_t j = nr; j < GK_NR; j++) {
                     dst[j] = 0;
                 }
             }
-        } else {
-            if (nr < GK_NR) {
-                memset(panel, 0, kc * GK_NR * sizeof(REAL));
+        }
+        return;
+    }
+    for (size_t j0 = 0; j0 < nc; j0 += GK_NR) {
+        const size_t nr = nc - j0 < GK_NR ? nc - j0 : GK_NR;
+        REAL* panel = out + j0 * kc;
+        if (nr < GK_NR) {
+            memset(panel, 0, kc * GK_NR * sizeof(REAL));
+        }
+        for (size_t j = 0; j < nr; j++) {
+            const REAL* src = b + (j0 + j) * ldb;
+            if (j0 + j + GK_PF_AHEAD < nc) {
+                GK(prefetch_row)(src + GK_PF_AHEAD * ldb, kc);
             }
-            for (size_t j = 0; j < nr; j++) {
-                const REAL* src = b + (j0 + j) * ldb;
-                for (size_t p = 0; p < kc; p++) {
-                    panel[p * GK_NR + j] = src[p];
-                }
+            for (size_t p = 0; p < kc; p++) {
+                panel[p * GK_NR + j] = src[p];
             }
         }
     }
@@ -159,6 +181,9 @@ GK_TARGET static void GK(pack_a)(int trans_a, size_t mc, size_t kc, const REAL* 
         if (trans_a) {
             for (size_t p = 0; p < kc; p++) {
                 const REAL* src = a + p * lda + i0;
+                if (p + GK_PF_AHEAD < kc) {
+                    GK(prefetch_row)(src + GK_PF_AHEAD * lda, mr);
+                }
                 REAL* dst = panel + p * GK_MR;
                 for (size_t i = 0; i < mr; i++) {
                     dst[i] = src[i];
@@ -173,6 +198,9 @@ GK_TARGET static void GK(pack_a)(int trans_a, size_t mc, size_t kc, const REAL* 
             }
             for (size_t i = 0; i < mr; i++) {
                 const REAL* src = a + (i0 + i) * lda;
+                if (i0 + i + GK_PF_AHEAD < mc) {
+                    GK(prefetch_row)(src + GK_PF_AHEAD * lda, kc);
+                }
                 for (size_t p = 0; p < kc; p++) {
                     panel[p * GK_MR + i] = src[p];
                 }
@@ -233,5 +261,6 @@ GK_TARGET static void GK(region)(int trans_a, int trans_b, size_t i0, size_t i1,
     }
 }
 
+#undef GK_PF_AHEAD
 #undef GK_VL
 #undef GK_NR
