@@ -17,7 +17,6 @@ checkpoint intact.
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +120,9 @@ def _read_all(path):
             return {key: archive[key] for key in archive.files}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+    except Exception as exc:   # noqa: BLE001 - damaged bytes surface as many types
+        # (BadZipFile, EOFError, ValueError, OSError, KeyError, and from zipfile also
+        # NotImplementedError for flag bits a flipped byte can set, MemoryError, ...)
         raise CheckpointError(f"{path}: not a hypermixer checkpoint, or the file is truncated "
                               f"or corrupt ({type(exc).__name__}: {exc})") from None
 
@@ -136,6 +137,8 @@ def load_checkpoint(path, backend="compiled"):
         meta = json.loads(str(arrays["meta"]))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the checkpoint's metadata is corrupt: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the checkpoint's metadata is not a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version}; this hypermixer "
@@ -148,7 +151,12 @@ def load_checkpoint(path, backend="compiled"):
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's metadata is invalid: {exc}") from None
 
-    network = build_network(config, len(tokenizer), seed=0, dtype=dtype, backend=backend)
+    try:
+        network = build_network(config, len(tokenizer), seed=0, dtype=dtype, backend=backend)
+    except (TypeError, ValueError, MemoryError) as exc:
+        # a dtype other than float32/float64, or sizes too large to build
+        raise CheckpointError(f"{path}: the checkpoint describes a network that cannot be "
+                              f"built: {exc}") from None
     leaves = network._leaves()
     if len(adam_steps) != len(leaves):
         raise CheckpointError(f"{path}: Adam state for {len(adam_steps)} layers, the network "
