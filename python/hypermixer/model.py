@@ -248,20 +248,28 @@ class LanguageModel(Layer):
         targets, _, _ = check_token_ids("targets", targets, lengths, self.vocab_size)
         return ids, targets, lengths
 
+    def _loss(self, token_ids, targets, lengths, with_gradients):
+        """Loss (and gradients), holding the whole network against other threads."""
+        taken = self._enter()
+        try:
+            ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+            self._cache = None
+            logits = self._forward(ids, lengths)
+            self._cache = (logits.shape, False)
+            loss, grad_logits = self._cross_entropy(logits, targets, lengths)
+            grads = self._gradients_from_cache(grad_logits)[1] if with_gradients else None
+            return float(loss), grads, lengths
+        finally:
+            self._leave(taken)
+
     def loss(self, token_ids, targets, lengths=None):
         """Mean next-token cross-entropy (SPEC section 2), without gradients."""
-        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
-        logits = self.forward(ids, lengths)
-        loss, _ = self._cross_entropy(logits, targets, lengths)
-        return float(loss)
+        return self._loss(token_ids, targets, lengths, with_gradients=False)[0]
 
     def loss_and_gradients(self, token_ids, targets, lengths=None):
         """``(loss, param_grads)`` with the gradients in ``named_parameters()`` order."""
-        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
-        logits = self.forward(ids, lengths)
-        loss, grad_logits = self._cross_entropy(logits, targets, lengths)
-        _, grads = self._gradients_from_cache(grad_logits)
-        return float(loss), grads
+        loss, grads, _ = self._loss(token_ids, targets, lengths, with_gradients=True)
+        return loss, grads
 
     def train_step(self, token_ids, targets, lengths=None, lr=1e-3, clip_norm=1.0):
         """One update: loss, all gradients, global-norm clipping, one Adam step.
@@ -275,8 +283,7 @@ class LanguageModel(Layer):
                 "tokens after t, so next-token training would learn from its own labels. "
                 "Use causal=True, or set allow_noncausal_training (CLI: --allow-noncausal) "
                 "if this is really intended")
-        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
-        loss, grads = self.loss_and_gradients(ids, targets, lengths)
+        loss, grads, lengths = self._loss(token_ids, targets, lengths, with_gradients=True)
         norm = global_norm(grads)
         tokens = int(lengths.sum())
         if not (np.isfinite(loss) and np.isfinite(norm)):
@@ -284,7 +291,7 @@ class LanguageModel(Layer):
         if clip_norm is not None and norm > clip_norm:
             scale = clip_norm / norm
             grads = [g * np.asarray(scale, g.dtype) for g in grads]
-        self._apply_checked(grads, lr)
+        self.apply_gradients(grads, lr)
         return StepResult(loss, norm, tokens, applied=True)
 
     def __repr__(self):
