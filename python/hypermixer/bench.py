@@ -234,6 +234,7 @@ def worker(threads, quick, repeats, impls):
             import torch
             torch.set_num_threads(threads)
     result = {"threads": threads, "peak_gflops": numpy_peak(repeats), "torch_peer": peer_note,
+              "load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),
               "rows": []}
     for case in cases(quick):
         for impl in impls:
@@ -275,7 +276,7 @@ def format_table(results):
         head += f" | {t} thr:{'ms':>8s} {'GF/s':>6s} {'peak':>5s}"
     if len(threads) > 1:
         head += f" | {threads[0]}->{threads[-1]}"
-    head += " | x vs compiled"
+    head += " | ms / compiled"
     lines.append(head)
     lines.append("-" * len(head))
     for key in order:
@@ -295,7 +296,7 @@ def format_table(results):
         compiled = cells.get((name, size, batch, "compiled"), {}).get(threads[-1])
         mine = cells[key].get(threads[-1])
         if compiled and mine and impl != "compiled":
-            line += f" | {mine['ms'] / compiled['ms']:6.2f}x slower"
+            line += f" | {mine['ms'] / compiled['ms']:6.2f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -374,6 +375,12 @@ def main(argv=None):
     if results and "pytorch" in args.impl:
         print(f"PyTorch peer: {results[0]['torch_peer']}")
     print(format_table(results))
+    loads = ", ".join(f"{r['load_average_at_start']:.1f}" for r in results)
+    print(f"{results[0]['cpus']} CPUs; 1-minute load average when each run started: {loads}")
+    if any(r["load_average_at_start"] > r["cpus"] - 0.5 for r in results):
+        print("warning: other work was running; with fewer free cores than threads, OpenMP "
+              "and PyTorch threads wait at every barrier and multi-thread times are not "
+              "meaningful")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"formulas": FORMULAS, "sizes": {"small": SMALL, "big": BIG},
