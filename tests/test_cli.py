@@ -72,6 +72,7 @@ def test_resume_continues_a_finished_stage_list(tmp_path, data_file, capsys):
     (["train", "--embedding-dim", "0", "--data", "{data}"], "embedding_dim must be >= 1"),
     (["train", "--non-causal", "--data", "{data}"], "--allow-noncausal"),
     (["train", "--resume", "--out", "{tmp}/nothing"], "no such checkpoint"),
+    (["train", "--resume", "--lr", "0.1", "--data", "{data}"], "drop --data, --lr"),
     (["generate", "--model", "{tmp}", "hello"], "no such checkpoint"),
     (["generate", "--model", "{data}", "hello"], "not a hypermixer checkpoint"),
     (["info", "--vocab-size", "1"], "--vocab-size must be >= 2"),

@@ -97,7 +97,8 @@ def build_parser():
     _add_model_options(train)
     _add_training_options(train, DEFAULT_OUT)
     train.add_argument("--resume", action="store_true",
-                       help="continue the run whose checkpoint is in --out")
+                       help="continue the run whose checkpoint is in --out, with its saved "
+                            "model, data and settings (only --epochs may be changed)")
 
     generate = commands.add_parser("generate", help="continue a prompt")
     _add_generation_options(generate)
@@ -161,8 +162,16 @@ def cmd_train(args):
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
     if args.resume:
-        if args.data:
-            raise UsageError("--resume continues with the data of the saved run; drop --data")
+        defaults = vars(build_parser().parse_args(["train"]))
+        fixed = ("data", "seed", "batch_size", "lr", "clip_norm", "validation_fraction",
+                 "architecture", "embedding_dim", "hidden_dim", "num_layers", "max_seq_len",
+                 "hypernetwork_hidden_dim", "token_mixing_hidden_dim", "share_hypernetwork",
+                 "non_causal")
+        changed = ["--" + name.replace("_", "-") for name in fixed
+                   if getattr(args, name) != defaults[name]]
+        if changed:
+            raise UsageError(f"--resume continues the saved run with its own model, data and "
+                             f"settings; drop {', '.join(changed)}")
         result = train(None, args.out, settings=settings if args.epochs else None,
                        backend=backend, resume=True)
     else:
