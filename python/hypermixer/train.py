@@ -30,6 +30,9 @@ from .model import NonCausalTrainingError, build_network
 from .tokenizer import Tokenizer
 
 PROGRESS_INTERVAL_S = 10.0
+# Independent random streams derived from the one seed: the validation split of each stage,
+# and the shuffling of batches (whose state is saved in checkpoints).
+_SPLIT_STREAM, _SHUFFLE_STREAM = 0, 1
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,9 +99,11 @@ def pad_batch(pairs):
 
 def split_validation(count, fraction, seed, stage_index):
     """Indices (train, validation) of a stage's examples; fixed by the seed alone."""
-    order = np.random.default_rng([seed, stage_index]).permutation(count)
-    held_out = int(round(count * fraction)) if count >= 2 else 0
-    held_out = min(max(held_out, 1 if fraction > 0 and count >= 2 else 0), count - 1)
+    order = np.random.default_rng([seed, _SPLIT_STREAM, stage_index]).permutation(count)
+    if count < 2 or fraction == 0:
+        held_out = 0
+    else:   # at least one example on each side
+        held_out = min(max(1, round(count * fraction)), count - 1)
     return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
@@ -125,7 +130,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_FILENAME
         self.log = log if log is not None else sys.stderr
-        self.shuffle_rng = np.random.default_rng([settings.seed, len(self.stages), 7])
+        self.shuffle_rng = np.random.default_rng([settings.seed, _SHUFFLE_STREAM])
         self.history = []
         self.position = {"stage": 0, "epoch": 0, "step": 0}   # next epoch to run, steps so far
         self.untrained_val_loss = {}   # stage name -> validation loss of the initial model
