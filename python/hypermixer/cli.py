@@ -35,7 +35,7 @@ def _resolve_backend(name):
 
 # ---------------------------------------------------------------------------------- options
 def _add_model_options(parser):
-    group = parser.add_argument_group("model (ignored with --resume)")
+    group = parser.add_argument_group("model")
     group.add_argument("--architecture", choices=("hypermixer", "transformer"),
                        default="hypermixer")
     defaults = ModelConfig()
@@ -65,13 +65,18 @@ def _add_training_options(parser, default_out):
                         help=f"epochs per stage (default {defaults.epochs})")
     parser.add_argument("--out", default=default_out, metavar="DIR",
                         help=f"output directory (default {default_out})")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="initial parameters, validation split and shuffling (default "
+                             "%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="sequences per Adam step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="Adam learning rate (default %(default)s)")
     parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
-                        help="global gradient-norm limit (0 turns clipping off)")
+                        help="global gradient-norm limit, 0 for none (default %(default)s)")
     parser.add_argument("--validation-fraction", type=float,
-                        default=defaults.validation_fraction)
+                        default=defaults.validation_fraction,
+                        help="share of each stage's examples held out (default %(default)s)")
     parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
     parser.add_argument("--allow-noncausal", action="store_true",
                         help="train a --non-causal model anyway")
