@@ -30,9 +30,14 @@ from .model import NonCausalTrainingError, build_network
 from .tokenizer import Tokenizer
 
 PROGRESS_INTERVAL_S = 10.0
-# Independent random streams derived from the one seed: the validation split of each stage,
-# and the shuffling of batches (whose state is saved in checkpoints).
-_SPLIT_STREAM, _SHUFFLE_STREAM = 0, 1
+# Independent random streams derived from the one seed (spawn keys, so none of them repeats
+# the stream that initialises the parameters): the validation split of each stage, and the
+# shuffling of batches (whose state is saved in checkpoints).
+_SPLIT_STREAM, _SHUFFLE_STREAM = 1, 2
+
+
+def _stream(seed, *key):
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,7 +104,7 @@ def pad_batch(pairs):
 
 def split_validation(count, fraction, seed, stage_index):
     """Indices (train, validation) of a stage's examples; fixed by the seed alone."""
-    order = np.random.default_rng([seed, _SPLIT_STREAM, stage_index]).permutation(count)
+    order = _stream(seed, _SPLIT_STREAM, stage_index).permutation(count)
     if count < 2 or fraction == 0:
         held_out = 0
     else:   # at least one example on each side
@@ -130,7 +135,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_FILENAME
         self.log = log if log is not None else sys.stderr
-        self.shuffle_rng = np.random.default_rng([settings.seed, _SHUFFLE_STREAM])
+        self.shuffle_rng = _stream(settings.seed, _SHUFFLE_STREAM)
         self.history = []
         self.position = {"stage": 0, "epoch": 0, "step": 0}   # next epoch to run, steps so far
         self.untrained_val_loss = {}   # stage name -> validation loss of the initial model
