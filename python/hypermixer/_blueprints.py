@@ -11,7 +11,7 @@ sublayers, so a block's parameters depend on the seed alone.
 
 import numpy as np
 
-from ._layer import Layer, he_normal, make_rng
+from ._layer import Layer, check_allocation, he_normal, make_rng
 
 
 def _positive_int(name, value):
@@ -52,11 +52,16 @@ class HypernetworkBase(Layer):
         self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
         self.output_dim = _positive_int("output_dim", output_dim)
+        check_allocation(f"a hypernetwork's output of {output_dim} features",
+                         [(hidden_dim, output_dim)] * 3, self.dtype)   # w2 and its Adam state
         rng = make_rng(seed)
         self.w1 = self._add_parameter("w1", he_normal(rng, embedding_dim, hidden_dim, self.dtype))
         self.b1 = self._add_parameter("b1", np.zeros((1, hidden_dim), self.dtype))
         self.w2 = self._add_parameter("w2", he_normal(rng, hidden_dim, output_dim, self.dtype))
         self.b2 = self._add_parameter("b2", np.zeros((1, output_dim), self.dtype))
+
+    def _buffer_shapes(self, batch, rows):
+        return [(batch, rows, self.output_dim)] * 2 + [(batch, rows, self.hidden_dim)] * 3
 
 
 class ChannelMixingMLPBase(Layer):
@@ -71,6 +76,9 @@ class ChannelMixingMLPBase(Layer):
         self.b1 = self._add_parameter("b1", np.zeros((1, hidden_dim), self.dtype))
         self.w2 = self._add_parameter("w2", he_normal(rng, hidden_dim, embedding_dim, self.dtype))
         self.b2 = self._add_parameter("b2", np.zeros((1, embedding_dim), self.dtype))
+
+    def _buffer_shapes(self, batch, seq_len):
+        return [(batch * seq_len, self.hidden_dim)] * 2   # hidden activations, their gradient
 
 
 class TokenMixingMLPBase(Layer):
@@ -116,6 +124,16 @@ class TokenMixingMLPBase(Layer):
                     f"shared hypernetwork's hidden_dim={hypernetwork.hidden_dim}")
         self.hypernetwork = self._add_child("hypernetwork", hypernetwork)
         self.hypernetwork_hidden_dim = self.hypernetwork.hidden_dim
+
+    def _buffer_shapes(self, batch, seq_len):
+        o = token_mixing_output_dim(self.max_seq_len, self.token_mixing_hidden_dim)
+        hh, e = self.hypernetwork.hidden_dim, self.embedding_dim
+        if self.causal:
+            # theta and its gradient per position, the hypernetwork's activations, the
+            # prefix means and the backward's partial sums (about 8 inputs' worth)
+            return [(batch, seq_len, o)] * 2 + [(batch, seq_len, hh)] * 3 + \
+                [(batch, 9 * seq_len, e)]
+        return [(batch, o)] * 2 + [(batch, self.token_mixing_hidden_dim, e)]
 
     def split_theta(self, theta):
         """Views (W1 (S,Ht), c1 (1,Ht), W2 (Ht,S), c2 (1,S)) of theta's last axis."""
@@ -263,6 +281,8 @@ class EmbeddingsBase(Layer):
         self.vocab_size = _positive_int("vocab_size", vocab_size)
         self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        check_allocation("embedding tables", [(vocab_size, embedding_dim),
+                                              (max_seq_len, embedding_dim)] * 3, np.float64)
         rng = make_rng(seed)
         self.token = self._add_parameter("token", rng.normal(
             0.0, self.init_std, size=(vocab_size, embedding_dim)).astype(self.dtype))
@@ -289,6 +309,10 @@ class SelfAttentionBase(Layer):
         self.wk = self._add_parameter("wk", he_normal(rng, e, e, self.dtype))
         self.wv = self._add_parameter("wv", he_normal(rng, e, e, self.dtype))
         self.scale = float(1.0 / np.sqrt(e))   # a Python float keeps float32 math float32
+
+    def _buffer_shapes(self, batch, seq_len):
+        # attention weights and their gradient, q, k, v and their gradients, transposes
+        return [(batch, seq_len, seq_len)] * 2 + [(batch, seq_len, self.embedding_dim)] * 8
 
 
 class TransformerBlockBase(Layer):
@@ -339,3 +363,6 @@ class OutputProjectionBase(Layer):
         rng = make_rng(seed)
         self.w = self._add_parameter("w", he_normal(rng, embedding_dim, vocab_size, self.dtype))
         self.b = self._add_parameter("b", np.zeros((1, vocab_size), self.dtype))
+
+    def _buffer_shapes(self, batch, seq_len):
+        return [(batch, seq_len, self.vocab_size)] * 2   # logits and their gradient

@@ -21,6 +21,7 @@ de-duplicated by identity, their gradients summed, and each leaf takes one Adam 
 update, at every level of nesting.
 """
 
+import os
 import threading
 
 import numpy as np
@@ -50,8 +51,51 @@ def make_rng(seed):
     return np.random.default_rng(seed)
 
 
+#: The kernels take every dimension as a C int (flat offsets are size_t).
+INDEX_LIMIT = 2**31 - 1
+
+
+def _physical_memory():
+    """Bytes of RAM on this machine, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_allocation(what, shapes, dtype):
+    """Refuse, before anything is allocated, arrays the kernels cannot index or this machine
+    cannot hold: ValueError for a dimension beyond ``INDEX_LIMIT``, MemoryError when the
+    arrays together need more bytes than the machine's physical memory.
+
+    ``shapes`` is one shape or a list of shapes that live at the same time.
+    """
+    if shapes and not isinstance(shapes[0], (tuple, list)):
+        shapes = [shapes]
+    itemsize = np.dtype(dtype).itemsize
+    total = 0
+    for shape in shapes:
+        dims = tuple(int(n) for n in shape)
+        if any(n > INDEX_LIMIT for n in dims):
+            raise ValueError(
+                f"{what}: shape {dims} has a dimension beyond {INDEX_LIMIT}, the largest the "
+                "kernels can index")
+        count = 1
+        for n in dims:
+            count *= n
+        total += count * itemsize
+    memory = _physical_memory()
+    if memory is not None and total > memory:
+        raise MemoryError(
+            f"{what}: needs {total / 2**30:.1f} GiB ({', '.join(str(tuple(s)) for s in shapes)} "
+            f"of {np.dtype(dtype).name}), more than this machine's {memory / 2**30:.1f} GiB")
+
+
 def he_normal(rng, fan_in, fan_out, dtype):
     """Weights ~ N(0, sqrt(2 / fan_in)), drawn in float64 then cast, as SPEC section 1."""
+    # the float64 draw, then the parameter and its two Adam moments: about 3 float64 copies
+    check_allocation(f"a ({fan_in}, {fan_out}) weight matrix", [(fan_in, fan_out)] * 3,
+                     np.float64)
     return rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, fan_out)).astype(dtype)
 
 
@@ -66,6 +110,8 @@ def as_float_array(name, value, dtype):
     arr = np.asarray(value)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    # a broadcast or strided view can be far larger once copied
+    check_allocation(name, arr.shape, dtype)
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -199,6 +245,22 @@ class Layer:
         visit(self)
         return out
 
+    def _buffer_shapes(self, batch, seq_len):
+        """Shapes of the arrays larger than the input that a forward and backward on
+        ``(batch, seq_len, ...)`` input allocate; checked by :func:`check_allocation` before
+        the forward runs. Layers with such buffers override this; by default a composite
+        adds up its children's (all their caches live until the backward)."""
+        shapes = []
+        for _, child in self._children:
+            shapes.extend(child._buffer_shapes(batch, seq_len))
+        return shapes
+
+    def _check_buffers(self, x3):
+        shapes = self._buffer_shapes(x3.shape[0], x3.shape[1])
+        if shapes:
+            check_allocation(f"{type(self).__name__} on input of shape {x3.shape}", shapes,
+                             self.dtype)
+
     def _enter(self):
         """Take this layer and all its sublayers, or raise without waiting.
 
@@ -229,6 +291,7 @@ class Layer:
         taken = self._enter()
         try:
             x3, lengths, unbatched = self._check_input(x, lengths)
+            self._check_buffers(x3)
             self._cache = None  # a failing _forward must not leave a stale cache behind
             y = self._forward(x3, lengths)
             self._cache = (y.shape, unbatched)
@@ -269,6 +332,7 @@ class Layer:
         taken = self._enter()
         try:
             x3, lengths, unbatched = self._check_input(x, lengths)
+            self._check_buffers(x3)
             self._cache = None
             y = self._forward(x3, lengths)
             self._cache = (y.shape, unbatched)
