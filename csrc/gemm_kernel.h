@@ -23,6 +23,9 @@
 
 typedef REAL GK(vec) __attribute__((vector_size(GK_VBYTES)));
 
+/* The packing buffer (gemm.c) must hold a KC x NC block of B and an MC x KC block of A. */
+typedef char GK(work_fits)[GK_KC * (GK_NC + GK_MC) * sizeof(REAL) <= HM_GEMM_WORK_BYTES ? 1 : -1];
+
 /* The register tile of this variant, for callers that round their rectangles to it. */
 static const size_t GK(tile_rows) = GK_MR;
 static const size_t GK(tile_cols) = GK_NR;
