@@ -309,7 +309,7 @@ def plot(results, path):
     except ImportError:
         return False
     threads = [r["threads"] for r in results]
-    fig, axes = plt.subplots(len(threads), 1, figsize=(11, 3.6 * len(threads)), squeeze=False)
+    fig, axes = plt.subplots(len(threads), 1, figsize=(12, 4.4 * len(threads)), squeeze=False)
     for ax, r in zip(axes[:, 0], results):
         labels = []
         for row in r["rows"]:
@@ -328,7 +328,7 @@ def plot(results, path):
         ax.axhline(r["peak_gflops"], color="gray", linestyle="--", linewidth=1,
                    label="NumPy 2048^3 matmul")
         ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(labels))])
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
         ax.set_ylabel("GFLOP/s (matmul FLOPs)")
         ax.set_title(f"training step, float32, {r['threads']} thread(s)")
         ax.legend(fontsize=8)
