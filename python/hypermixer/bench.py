@@ -377,10 +377,10 @@ def main(argv=None):
     print(format_table(results))
     loads = ", ".join(f"{r['load_average_at_start']:.1f}" for r in results)
     print(f"{results[0]['cpus']} CPUs; 1-minute load average when each run started: {loads}")
-    if any(r["load_average_at_start"] > r["cpus"] - 0.5 for r in results):
-        print("warning: other work was running; with fewer free cores than threads, OpenMP "
-              "and PyTorch threads wait at every barrier and multi-thread times are not "
-              "meaningful")
+    if any(r["load_average_at_start"] + r["threads"] > r["cpus"] + 0.5 for r in results):
+        print("warning: other work was running, so timings are noisy; when fewer cores are "
+              "free than threads, OpenMP and PyTorch threads also wait at every barrier and "
+              "multi-thread times mean little")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"formulas": FORMULAS, "sizes": {"small": SMALL, "big": BIG},
