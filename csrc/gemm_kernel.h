@@ -15,8 +15,9 @@
  *     for each MC-high row block:
  *       A is either packed the same way (MR-row panels) or read in place (see below)
  *       for each NR panel, for each MR panel: one micro-kernel call over the kc slice.
- * Every element of C is therefore the same chain of fused multiply-adds, k ascending within
- * a slice, slices ascending; nothing here depends on how a caller cuts C into regions. */
+ * Every element of C is therefore the same chain of multiply-adds (fused where the
+ * instruction set has FMA), k ascending within a slice, slices ascending; nothing here
+ * depends on how a caller cuts C into regions. */
 
 #define GK_VL ((size_t)(GK_VBYTES / sizeof(REAL)))
 #define GK_NR (GK_NV * GK_VL)
