@@ -158,6 +158,8 @@ def test_training_lowers_validation_loss_and_records_history(tmp_path, stages):
         [("pretrain", e) for e in range(4)] + [("chat", e) for e in range(4)]
     # 6 pretrain and 3 chat training examples, batches of 4: 2 + 1 steps per epoch
     assert history[-1]["step"] == 3 * 2 + 3 * 1
+    # every epoch of a stage trains on all of its target tokens once
+    assert history[1]["tokens"] == history[2]["tokens"] == history[3]["tokens"] > 0
     assert history[3]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["val_loss"] < history[4]["val_loss"]
     state = load_checkpoint(tmp_path, backend=BACKEND).training_state
@@ -186,8 +188,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path, stages, monk
     resumed = quiet_train(tmp_path / "split", None, None, config=None, resume=True)
 
     assert_same_state(resumed.network, whole.network)
-    strip = [{k: v for k, v in p.items() if k != "tokens_per_s"} for p in whole.history]
-    assert [{k: v for k, v in p.items() if k != "tokens_per_s"}
+    strip = [{k: v for k, v in p.items() if k != "seconds"} for p in whole.history]
+    assert [{k: v for k, v in p.items() if k != "seconds"}
             for p in resumed.history] == strip
 
 
@@ -239,9 +241,9 @@ def test_long_examples_are_announced(tmp_path, capsys):
 def test_loss_plot_falls_back_to_csv_without_matplotlib(tmp_path, monkeypatch, capsys):
     from hypermixer.plot import plot_history
     history = [{"stage": "s", "epoch": 0, "step": 0, "train_loss": None, "val_loss": 3.0,
-                "tokens_per_s": None},
+                "tokens": 0, "seconds": 0.0},
                {"stage": "s", "epoch": 1, "step": 5, "train_loss": 2.5, "val_loss": 2.0,
-                "tokens_per_s": 100.0}]
+                "tokens": 100, "seconds": 1.5}]
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # makes the import fail
     path = plot_history({"m": history}, tmp_path / "loss", log=sys.stderr)
     assert path.suffix == ".csv"

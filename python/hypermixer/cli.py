@@ -8,8 +8,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .datasets import DataError
 from .model import ModelConfig, backend_available, build_network, expected_parameter_count
 
@@ -283,11 +281,12 @@ def cmd_compare(args):
                                       backend=backend, plot=False)
     plot_path = plot_history({name: r.history for name, r in results.items()},
                              out / "compare")
-    header = ("model", "parameters", "final train loss", "final val loss", "tokens/s")
+    header = ("model", "parameters", "final train loss", "final val loss",
+              "training tokens/s")
     rows = []
     for name, result in results.items():
         trained = [p for p in result.history if p["train_loss"] is not None]
-        speed = np.mean([p["tokens_per_s"] for p in trained])
+        speed = sum(p["tokens"] for p in trained) / sum(p["seconds"] for p in trained)
         rows.append((name, f"{result.network.parameters():,}",
                      f"{trained[-1]['train_loss']:.4f}", f"{result.history[-1]['val_loss']:.4f}",
                      f"{speed:,.0f}"))

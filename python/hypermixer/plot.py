@@ -8,7 +8,7 @@ import csv
 import sys
 from pathlib import Path
 
-_COLUMNS = ("model", "stage", "epoch", "step", "train_loss", "val_loss", "tokens_per_s")
+_COLUMNS = ("model", "stage", "epoch", "step", "train_loss", "val_loss", "tokens", "seconds")
 
 
 def write_csv(histories, path):

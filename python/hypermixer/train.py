@@ -162,10 +162,11 @@ class Trainer:
     def _say(self, message):
         print(message, file=self.log, flush=True)
 
-    def _record(self, stage, epoch, train_loss, val_loss, tokens_per_s):
+    def _record(self, stage, epoch, train_loss, val_loss, tokens=0, seconds=0.0):
+        """One point of the loss history; ``tokens`` trained on in ``seconds`` since the last."""
         self.history.append({"stage": stage.name, "epoch": epoch,
                              "step": self.position["step"], "train_loss": train_loss,
-                             "val_loss": val_loss, "tokens_per_s": tokens_per_s})
+                             "val_loss": val_loss, "tokens": tokens, "seconds": seconds})
 
     # ------------------------------------------------------------------ data
     def _stage_data(self, index, stage, quiet=False):
@@ -207,7 +208,7 @@ class Trainer:
                           f"validation sequences; validation loss before this stage "
                           f"{val_loss:.4f} (untrained model: "
                           f"{self.untrained_val_loss[stage.name]:.4f})")
-                self._record(stage, 0, None, val_loss, None)
+                self._record(stage, 0, None, val_loss)
             # The position stays on the last stage when it ends, so that a finished run can be
             # resumed with more epochs.
             while self.position["epoch"] < settings.epochs:
@@ -252,7 +253,7 @@ class Trainer:
                   f"{self.position['step']} train loss {train_loss:.4f} val loss "
                   f"{val_loss:.4f} tokens/s {tokens_per_s:.0f} ({elapsed:.1f} s)")
         self.position["epoch"] = epoch
-        self._record(stage, epoch, train_loss, val_loss, tokens_per_s)
+        self._record(stage, epoch, train_loss, val_loss, tokens, elapsed)
         save_checkpoint(self.checkpoint_path, self.network, self.tokenizer,
                         self.training_state())
         self.saved_any = True
