@@ -245,3 +245,38 @@ def test_refusal_from_the_same_thread_is_not_triggered():
     (y1,) = run_in_threads([lambda: layer.forward(x)])
     assert np.array_equal(y0, y1)
     assert not layer._busy.locked()
+
+
+def test_thread_count_changed_from_another_thread_mid_run():
+    """set_num_threads is process-wide. Changing it while another thread is inside a kernel
+    must neither crash (per-thread workspaces were sized for the old count; the kernels clamp
+    to the slots they were given) nor change results (they do not depend on the count)."""
+    layer = hypermixer.HyperMixerBlock(16, 24, 12, causal=True, seed=3)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 12, 16)).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    lengths = np.array([12, 3, 7, 12, 1, 9])
+    hypermixer.set_num_threads(1)
+    want_y = layer.forward(x, lengths)
+    want_gi, want_grads = layer.compute_gradients(x, g, lengths)
+    stop = threading.Event()
+
+    def toggle():
+        n = 0
+        while not stop.is_set():
+            hypermixer.set_num_threads(1 + n % 2)
+            n += 1
+            time.sleep(0.0005)
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        for _ in range(30):
+            assert np.array_equal(layer.forward(x, lengths), want_y)
+            gi, grads = layer.compute_gradients(x, g, lengths)
+            assert np.array_equal(gi, want_gi)
+            for a, b in zip(grads, want_grads):
+                assert np.array_equal(a, b)
+    finally:
+        stop.set()
+        toggler.join()
