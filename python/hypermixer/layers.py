@@ -111,27 +111,37 @@ __all__ += ["ChannelMixingMLP"]
 class Hypernetwork(CompiledAdam, bp.HypernetworkBase):
     __doc__ = bp.HypernetworkBase.__doc__
 
-    def _forward(self, x, lengths):
+    def _forward(self, x, lengths, columns=None):
+        """``columns``: generate only these output features (an index array into the O
+        outputs), as the token mixing does for inputs shorter than max_seq_len."""
         batch, rows, _ = x.shape
-        out = np.empty((batch, rows, self.output_dim), self.dtype)
+        w2, b2 = self.w2, self.b2
+        if columns is not None:
+            w2, b2 = np.take(w2, columns, axis=1), np.take(b2, columns, axis=1)
+        out = np.empty((batch, rows, w2.shape[1]), self.dtype)
         # pre/hidden are cache, not workspace: a shared hypernetwork runs several forwards
         # before their backwards (see TokenMixingMLP), so each forward keeps its own.
         pre = np.empty((batch, rows, self.hidden_dim), self.dtype)
         hidden = np.empty_like(pre)
         _kernels.hypernetwork_forward(out, pre, hidden, x, lengths, self.w1,
-                                      self.b1.reshape(-1), self.w2, self.b2.reshape(-1))
-        self._saved = (x, lengths, pre, hidden)
+                                      self.b1.reshape(-1), w2, b2.reshape(-1))
+        self._saved = (x, lengths, pre, hidden, columns, w2)
         return out
 
     def _backward(self, grad_output):
-        x, lengths, pre, hidden = self._saved
+        x, lengths, pre, hidden, columns, w2 = self._saved
         grad_input = np.empty(x.shape, self.dtype)
         dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
-        dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+        dw2, db2 = np.zeros_like(w2), np.zeros((1, w2.shape[1]), self.dtype)
         dpre = _keep_buffer(self, "_ws_dpre", pre.shape)
         _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2, db2.reshape(-1),
-                                       dpre, grad_output, x, pre, hidden, lengths, self.w1,
-                                       self.w2)
+                                       dpre, grad_output, x, pre, hidden, lengths, self.w1, w2)
+        if columns is not None:
+            # Outputs that were not generated had no effect: their gradient is exactly 0.
+            dw2_full, db2_full = np.zeros_like(self.w2), np.zeros_like(self.b2)
+            dw2_full[:, columns] = dw2
+            db2_full[:, columns] = db2
+            dw2, db2 = dw2_full, db2_full
         return grad_input, [dw1, db1, dw2, db2]
 
 
@@ -156,21 +166,45 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
         slots = max(1, _kernels.get_num_threads())
         return _keep_buffer(self, "_ws_work", (slots, width))
 
+    def _theta_columns(self, seq_len):
+        """Indices of the theta entries an input of ``seq_len`` rows can use.
+
+        Rows >= L of W1 and columns >= L of W2 and c2 never touch a valid row, so for a
+        shorter input the hypernetwork generates only (W1[:L], c1, W2[:, :L], c2[:L]): the
+        layout of a token mixing with max_seq_len = L. That divides the hypernetwork's work
+        and theta's memory by about S / L (language-model batches are often far below S).
+        None when L == S (nothing to drop)."""
+        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        if seq_len == s:
+            return None
+        cache = self.__dict__.setdefault("_columns_by_length", {})
+        if seq_len not in cache:
+            n = seq_len
+            cache[seq_len] = np.concatenate([
+                np.arange(n * h),                                          # W1[:n]
+                s * h + np.arange(h),                                      # c1
+                (s * h + h + np.arange(h)[:, None] * s + np.arange(n)).ravel(),  # W2[:, :n]
+                2 * s * h + h + np.arange(n),                              # c2[:n]
+            ])
+        return cache[seq_len]
+
     def _forward(self, x, lengths):
         batch, seq_len, width = x.shape
-        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        # The kernels see theta in the compact layout of max_seq_len = L (see _theta_columns).
+        s, h = seq_len, self.token_mixing_hidden_dim
+        columns = self._theta_columns(seq_len)
         y = np.empty_like(x)
         if self.causal:
             means = np.empty_like(x)
             _kernels.token_mixing_prefix_pool_forward(means, x, lengths)
-            theta = self.hypernetwork._forward(means, lengths)
+            theta = self.hypernetwork._forward(means, lengths, columns)
             _kernels.token_mixing_causal_forward(y, self._work(h * width), x, theta, lengths,
                                                  s, h)
             act = None
         else:
             means = np.empty((batch, 1, width), self.dtype)
             _kernels.token_mixing_pool_forward(means.reshape(batch, width), x, lengths)
-            theta = self.hypernetwork._forward(means, np.ones(batch, np.int64))
+            theta = self.hypernetwork._forward(means, np.ones(batch, np.int64), columns)
             act = np.empty((batch, h, width), self.dtype)
             _kernels.token_mixing_forward(y, act, x, theta.reshape(batch, -1), lengths, s, h)
         # The hypernetwork's own cache is kept with ours and put back before its backward:
@@ -181,7 +215,7 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
     def _backward(self, grad_output):
         x, lengths, theta, act, hyper_saved = self._saved
         batch, seq_len, width = x.shape
-        s, h = self.max_seq_len, self.token_mixing_hidden_dim
+        s, h = seq_len, self.token_mixing_hidden_dim   # compact theta layout, as in _forward
         grad_input = np.empty_like(x)
         dtheta = np.empty_like(theta)
         if self.causal:
