@@ -107,11 +107,11 @@ def test_input_beyond_memory_is_refused_before_copying(impl):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_forward_buffers_beyond_memory_are_refused(impl):
-    # the input is small (2 MiB) but the causal layer's per-position generated weights
-    # (B, L, O) with O = 2*4096*64 + 64 + 4096 would be about 550 GiB
-    layer = impl.TokenMixingMLP(8, 4096, token_mixing_hidden_dim=64, hypernetwork_hidden_dim=2,
-                                causal=True)
-    x = np.zeros((64, 1024, 8), np.float32)
+    # the input is small (8 MiB) but the causal layer's per-position generated weights
+    # (B, L, O) with O = 2*4096*256 + 256 + 4096 would be about 2 TiB
+    layer = impl.TokenMixingMLP(8, 4096, token_mixing_hidden_dim=256,
+                                hypernetwork_hidden_dim=1, causal=True)
+    x = np.zeros((64, 4096, 8), np.float32)
     msg = refused_quickly(lambda: layer.forward(x), MemoryError, "GiB")
     assert "TokenMixingMLP" in msg
     # the layer is untouched and still works on a sensible input

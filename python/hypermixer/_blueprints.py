@@ -126,7 +126,8 @@ class TokenMixingMLPBase(Layer):
         self.hypernetwork_hidden_dim = self.hypernetwork.hidden_dim
 
     def _buffer_shapes(self, batch, seq_len):
-        o = token_mixing_output_dim(self.max_seq_len, self.token_mixing_hidden_dim)
+        # the compiled layer generates theta in the compact layout of max_seq_len = L
+        o = token_mixing_output_dim(seq_len, self.token_mixing_hidden_dim)
         hh, e = self.hypernetwork.hidden_dim, self.embedding_dim
         if self.causal:
             # theta and its gradient per position, the hypernetwork's activations, the
