@@ -37,8 +37,10 @@ DTYPES = st.sampled_from([np.float32, np.float64])
 THREADS = st.sampled_from([1, 2])
 # float32 parity over random shapes: reductions are at most a few dozen terms long here, so
 # 8x the helpers' float32 tolerance (1.6e-4) still catches any wrong element, which would be
-# off by O(1). float64 keeps a small factor over helpers' 1e-11.
-FACTOR = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 10.0}
+# off by O(1). float64: 1e-9 (the project's acceptance level, 100x helpers' 1e-11), because
+# random shapes reach cancellation that amplifies rounding by ~1e6 (1.7e-10 seen once in
+# the sanitizer build).
+FACTOR = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 100.0}
 FLOAT32_NOISE_FLOOR = 1e-3   # see assert_close
 
 
