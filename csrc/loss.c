@@ -58,20 +58,22 @@ static inline REAL F(xent_exp_nonpos)(REAL x)
     }
     REAL scale;
     if (single) {
-        int32_t bits, magic_bits;
+        /* unsigned: for a NaN x the difference is huge and a signed shift would be undefined
+         * behaviour (UBSan); the result is then NaN anyway, through p */
+        uint32_t bits, magic_bits;
         float m = XENT_MAGIC_F32, s = (float)shifted;
         memcpy(&bits, &s, sizeof bits);
         memcpy(&magic_bits, &m, sizeof magic_bits);
-        const int32_t e = (bits - magic_bits + 127) << 23;    /* n + bias in the exponent */
+        const uint32_t e = (bits - magic_bits + 127u) << 23;  /* n + bias in the exponent */
         float f;
         memcpy(&f, &e, sizeof f);
         scale = (REAL)f;
     } else {
-        int64_t bits, magic_bits;
+        uint64_t bits, magic_bits;
         double m = XENT_MAGIC_F64, s = (double)shifted;
         memcpy(&bits, &s, sizeof bits);
         memcpy(&magic_bits, &m, sizeof magic_bits);
-        const int64_t e = (bits - magic_bits + 1023) * ((int64_t)1 << 52);
+        const uint64_t e = (bits - magic_bits + 1023u) << 52;
         double d;
         memcpy(&d, &e, sizeof d);
         scale = (REAL)d;
