@@ -551,3 +551,36 @@ def test_non_finite_inputs_stay_in_their_sequence(kind, value, where, threads):
             assert np.array_equal(gi[other], gi_clean[other]), f"sequence {other} changed"
     for s, n in enumerate(lengths):
         assert not y[s, n:].any() and not gi[s, n:].any(), "padding output must stay 0"
+
+
+@given(value=st.sampled_from([np.nan, np.inf, -np.inf]), target_hit=st.booleans(),
+       dtype=DTYPES, where=st.integers(0, 10**6))
+def test_non_finite_logits_give_a_non_finite_loss(value, target_hit, dtype, where):
+    """NaN/Inf logits must come out as a non-finite loss (the trainer stops on it), not be
+    hidden, and must not crash (the exp kernel's exponent arithmetic once overflowed a signed
+    shift on NaN, undefined behaviour caught by UBSan). Padding logits never count."""
+    rng = np.random.default_rng(where)
+    logits = rng.normal(size=(3, 4, 6)).astype(dtype)
+    targets = rng.integers(0, 6, size=(3, 4))
+    lengths = np.array([4, 2, 3])
+    b, t = where % 3, (where // 3) % int(lengths[where % 3])
+    v = int(targets[b, t]) if target_hit else (int(targets[b, t]) + 1) % 6
+    clean_loss, clean_grad = hypermixer.softmax_cross_entropy(logits, targets, lengths)
+    logits[1, 2:] = np.nan        # padding: ignored
+    padded_loss, _ = hypermixer.softmax_cross_entropy(logits, targets, lengths)
+    assert padded_loss == clean_loss
+    logits[b, t, v] = value
+    loss, grad = hypermixer.softmax_cross_entropy(logits, targets, lengths)
+    ref_loss, _ = reference.softmax_cross_entropy(logits, targets, lengths)
+    if value == -np.inf and not target_hit:
+        # exp(-inf) = 0: a logit of -inf for a class that is not the target is legitimate
+        assert np.isfinite(loss) and np.isfinite(ref_loss)
+    elif value == -np.inf or np.isnan(value):
+        assert not np.isfinite(loss) and not np.isfinite(ref_loss)
+    else:
+        # +inf: inf - inf = NaN in the softmax, so the loss is non-finite, like the reference
+        assert np.isfinite(loss) == np.isfinite(ref_loss) == False  # noqa: E712
+    # other sequences' gradients are untouched
+    for other in range(3):
+        if other != b:
+            assert np.array_equal(grad[other], clean_grad[other] * 1)
