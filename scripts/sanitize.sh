@@ -36,9 +36,12 @@ if ! readelf -d "$MODULE" | grep -q libasan; then
     exit 2
 fi
 
+# Reports go to files as well as being fatal: pytest captures file descriptor 2, and a
+# process that aborts takes the captured text with it.
+REPORTS="$(mktemp -d /tmp/hm-sanitizer-reports.XXXXXX)"
 # detect_leaks=0: CPython keeps interned objects and arenas alive at exit by design.
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$REPORTS/asan"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan"
 export PYTHONMALLOC=malloc   # let ASan see every Python allocation too
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 
@@ -50,4 +53,14 @@ LD_PRELOAD="$LIBASAN:$LIBUBSAN" "$VENV/bin/python" -c 'import hypermixer, sys; a
 if [[ $# -eq 0 ]]; then
     set -- "$ROOT/tests"
 fi
+set +e
 LD_PRELOAD="$LIBASAN:$LIBUBSAN" "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if compgen -G "$REPORTS/*" > /dev/null; then
+    echo "=== sanitizer reports ($REPORTS) ===" >&2
+    cat "$REPORTS"/* >&2
+    exit 1
+fi
+echo "sanitize.sh: no ASan/UBSan report; pytest exit status $status"
+exit $status
