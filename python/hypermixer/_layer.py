@@ -63,12 +63,13 @@ def _physical_memory():
         return None
 
 
-def check_allocation(what, shapes, dtype):
+def check_allocation(what, shapes, dtype, check_index=True):
     """Refuse, before anything is allocated, arrays the kernels cannot index or this machine
     cannot hold: ValueError for a dimension beyond ``INDEX_LIMIT``, MemoryError when the
     arrays together need more bytes than the machine's physical memory.
 
-    ``shapes`` is one shape or a list of shapes that live at the same time.
+    ``shapes`` is one shape or a list of shapes that live at the same time;
+    ``check_index=False`` checks the memory only (for totals over many arrays).
     """
     if shapes and not isinstance(shapes[0], (tuple, list)):
         shapes = [shapes]
@@ -76,7 +77,7 @@ def check_allocation(what, shapes, dtype):
     total = 0
     for shape in shapes:
         dims = tuple(int(n) for n in shape)
-        if any(n > INDEX_LIMIT for n in dims):
+        if check_index and any(n > INDEX_LIMIT for n in dims):
             raise ValueError(
                 f"{what}: shape {dims} has a dimension beyond {INDEX_LIMIT}, the largest the "
                 "kernels can index")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from ._blueprints import check_token_ids, token_mixing_output_dim
-from ._layer import Layer, make_rng
+from ._layer import Layer, check_allocation, make_rng
 
 ARCHITECTURES = ("hypermixer", "transformer")
 BACKENDS = ("compiled", "reference")
@@ -188,6 +188,11 @@ class LanguageModel(Layer):
         self.allow_noncausal_training = False
         impl = layer_module(backend)
         self._cross_entropy = impl.softmax_cross_entropy
+        # Each layer refuses its own arrays when they cannot fit; the whole model is checked
+        # here first, or layers that fit one by one could together exhaust memory mid-build.
+        count = expected_parameter_count(config, self.vocab_size)
+        check_allocation(f"a language model of {count:,} parameters (with Adam state)",
+                         [(count,)] * 3, np.float64, check_index=False)
         rng = make_rng(seed)   # one generator, drawn in canonical order
         e, s = config.embedding_dim, config.max_seq_len
         self.embeddings = self._add_child(
