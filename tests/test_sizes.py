@@ -145,3 +145,12 @@ def test_more_than_int32_elements_is_not_refused_by_the_index_check():
         assert "GiB" in str(exc)       # a smaller machine: refused for memory, not index
     with pytest.raises(MemoryError):
         check_allocation("bigger batch", (2**14, 2**14, 2**10), np.float32)   # 1 TiB
+
+
+def test_model_whose_layers_fit_one_by_one_but_not_together_is_refused():
+    # each block's hypernetwork (64 x ~1M) is a few hundred MiB, which the per-array checks
+    # accept; 2,000 of them are terabytes, refused before the first one is drawn
+    config = ModelConfig.hypermixer(embedding_dim=256, hidden_dim=256, num_layers=2000,
+                                    max_seq_len=4096)
+    msg = refused_quickly(lambda: build_network(config, 1000), MemoryError, "GiB")
+    assert "language model" in msg
