@@ -258,6 +258,7 @@ class LanguageModel(Layer):
         taken = self._enter()
         try:
             ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+            self._check_buffers(ids)   # logits (B, L, V) etc. must fit before any is made
             self._cache = None
             logits = self._forward(ids, lengths)
             self._cache = (logits.shape, False)
