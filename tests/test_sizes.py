@@ -154,3 +154,13 @@ def test_model_whose_layers_fit_one_by_one_but_not_together_is_refused():
                                     max_seq_len=4096)
     msg = refused_quickly(lambda: build_network(config, 1000), MemoryError, "GiB")
     assert "language model" in msg
+
+
+def test_training_step_whose_logits_cannot_fit_is_refused():
+    config = ModelConfig.hypermixer(embedding_dim=8, hidden_dim=8, num_layers=1,
+                                    max_seq_len=4096)
+    network = build_network(config, 2_000_000)   # 2M-word vocabulary: logits (B, L, 2M)
+    ids = np.zeros((512, 4096), np.int64)
+    refused_quickly(lambda: network.loss(ids, ids), MemoryError, "GiB")
+    refused_quickly(lambda: network.train_step(ids, ids), MemoryError, "GiB")
+    refused_quickly(lambda: network.forward(ids), MemoryError, "GiB")
