@@ -11,7 +11,7 @@ sublayers, so a block's parameters depend on the seed alone.
 
 import numpy as np
 
-from ._layer import Layer, check_allocation, he_normal, make_rng
+from ._layer import Layer, Sequential, check_allocation, check_lengths, he_normal, make_rng
 
 
 def _positive_int(name, value):
@@ -147,7 +147,7 @@ class TokenMixingMLPBase(Layer):
         return w1, c1, w2, c2
 
 
-class HyperMixerBlockBase(Layer):
+class HyperMixerBlockBase(Sequential):
     """``y = channel_mixing(norm2(token_mixing(norm1(x))))``: pre-norm, residuals inside.
 
     Subclasses set the three sublayer classes; the chaining below is the same for both
@@ -177,26 +177,12 @@ class HyperMixerBlockBase(Layer):
             embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
         self.hypernetwork = self.token_mixing.hypernetwork
 
-    def _forward(self, x, lengths):
-        for _, layer in self._children:
-            x = layer._forward(x, lengths)
-        return x
-
-    def _backward(self, grad_output):
-        grad = grad_output
-        child_grads = []
-        for _, layer in reversed(self._children):
-            grad, grads = layer._backward(grad)
-            child_grads.append((layer, grads))
-        return grad, self._merge_gradients(child_grads[::-1])
-
 
 # ---------------------------------------------------------------------------------------------
 # Language-model layers (SPEC section 2): Embeddings, SelfAttention, TransformerBlock,
 # OutputProjection, and the argument checking of the softmax cross-entropy loss.
 # ---------------------------------------------------------------------------------------------
 
-from ._layer import check_lengths  # noqa: E402  (kept in this section to avoid edit clashes)
 
 
 def check_token_ids(name, ids, lengths, vocab_size, max_seq_len=None):
@@ -316,7 +302,7 @@ class SelfAttentionBase(Layer):
         return [(batch, seq_len, seq_len)] * 2 + [(batch, seq_len, self.embedding_dim)] * 8
 
 
-class TransformerBlockBase(Layer):
+class TransformerBlockBase(Sequential):
     """``y = norm2(feed_forward(norm1(self_attention(x))))``: post-norm, as the seeds.
 
     Subclasses set the three sublayer classes. Canonical order: self_attention.{wq,wk,wv},
@@ -339,19 +325,6 @@ class TransformerBlockBase(Layer):
         self.feed_forward = self._add_child("feed_forward", self.FeedForward(
             embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
         self.norm2 = self._add_child("norm2", self.LayerNorm(embedding_dim, dtype=self.dtype))
-
-    def _forward(self, x, lengths):
-        for _, layer in self._children:
-            x = layer._forward(x, lengths)
-        return x
-
-    def _backward(self, grad_output):
-        grad = grad_output
-        child_grads = []
-        for _, layer in reversed(self._children):
-            grad, grads = layer._backward(grad)
-            child_grads.append((layer, grads))
-        return grad, self._merge_gradients(child_grads[::-1])
 
 
 class OutputProjectionBase(Layer):

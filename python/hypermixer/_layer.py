@@ -404,3 +404,20 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}(parameters={self.parameters()}, dtype={self.dtype.name})"
+
+
+class Sequential(Layer):
+    """A composite whose math is its sublayers applied in the order they were added (blocks)."""
+
+    def _forward(self, x, lengths):
+        for _, layer in self._children:
+            x = layer._forward(x, lengths)
+        return x
+
+    def _backward(self, grad_output):
+        grad = grad_output
+        child_grads = []
+        for _, layer in reversed(self._children):
+            grad, grads = layer._backward(grad)
+            child_grads.append((layer, grads))
+        return grad, self._merge_gradients(child_grads[::-1])
