@@ -10,39 +10,15 @@
 #ifndef REAL
 #include "channel_mixing.h"
 #include "gemm.h"
+#include "reduce.h"
+#include <string.h>
 #define HM_TEMPLATE_FILE "channel_mixing.c"
 #include "template.h"
 #else
 
-/* Columns handled together by one thread in F(column_sums). */
-#define CM_SUM_COLS 64
 /* Elementwise passes over fewer elements than this run on the calling thread: a parallel
  * region would cost more than it saves. */
 #define CM_PARALLEL_MIN 16384
-
-/* out[j] = sum of a[r, j] over rows r = 0..rows-1 in order; a is (rows, cols) with leading
- * dimension cols. Each column belongs to one thread: the result is thread-count independent. */
-HM_SIMD
-static void F(column_sums)(REAL* out, const REAL* a, size_t rows, size_t cols)
-{
-    const size_t chunks = (cols + CM_SUM_COLS - 1) / CM_SUM_COLS;
-    const int parallel = rows * cols > 65536;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
-    for (size_t c = 0; c < chunks; c++) {
-        const size_t j0 = c * CM_SUM_COLS;
-        const size_t j1 = j0 + CM_SUM_COLS < cols ? j0 + CM_SUM_COLS : cols;
-        REAL* restrict o = out + j0;
-        for (size_t j = 0; j < j1 - j0; j++) {
-            o[j] = 0;
-        }
-        for (size_t r = 0; r < rows; r++) {
-            const REAL* restrict row = a + r * cols + j0;
-            for (size_t j = 0; j < j1 - j0; j++) {
-                o[j] += row[j];
-            }
-        }
-    }
-}
 
 /* Copy the valid rows of src (B, L, E) into the packed dst (N, E). */
 static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int B, int L,
@@ -119,7 +95,8 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     F(pack_rows)(gp, grad_output, offsets, B, L, E);
     /* dw2 = hidden^T @ g, db2 = column sums of g */
     F(gemm)(1, 0, hid, width, N, hidden, hid, gp, width, 0, dw2, width);
-    F(column_sums)(db2, gp, N, width);
+    memset(db2, 0, (size_t)width * sizeof(REAL));
+    F(column_sums_add)(db2, gp, N, width);
     /* dhidden = (g @ w2^T) * (hidden > 0); hidden > 0 exactly where the pre-activation is */
     F(gemm)(0, 1, N, hid, width, gp, width, w2, width, 0, dhidden, hid);
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
@@ -132,7 +109,8 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     }
     /* dw1 = xp^T @ dhidden, db1 = column sums of dhidden */
     F(gemm)(1, 0, width, hid, N, xp, width, dhidden, hid, 0, dw1, hid);
-    F(column_sums)(db1, dhidden, N, hid);
+    memset(db1, 0, (size_t)hid * sizeof(REAL));
+    F(column_sums_add)(db1, dhidden, N, hid);
     /* gp += dhidden @ w1^T: the residual path plus the MLP path, then unpack */
     F(gemm)(0, 1, N, width, hid, dhidden, hid, w1, hid, 1, gp, width);
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)

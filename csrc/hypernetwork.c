@@ -9,34 +9,11 @@
  * column sums owned by one thread each, so they do not depend on the thread count. */
 #ifndef REAL
 #include "hypernetwork.h"
+#include "reduce.h"
 #include "gemm.h"
 #define HM_TEMPLATE_FILE "hypernetwork.c"
 #include "template.h"
 #else
-
-/* Columns handled together by one thread in F(hn_add_column_sums). */
-#define HN_SUM_COLS 64
-
-/* out[j] += sum of a[r, j] over r = 0..rows-1 in order; a is (rows, cols). One thread per
- * block of columns. */
-HM_SIMD
-static void F(hn_add_column_sums)(REAL* out, const REAL* a, size_t rows, size_t cols)
-{
-    const size_t blocks = (cols + HN_SUM_COLS - 1) / HN_SUM_COLS;
-    const int parallel = rows * cols > 65536;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
-    for (size_t c = 0; c < blocks; c++) {
-        const size_t j0 = c * HN_SUM_COLS;
-        const size_t j1 = j0 + HN_SUM_COLS < cols ? j0 + HN_SUM_COLS : cols;
-        REAL* restrict o = out + j0;
-        for (size_t r = 0; r < rows; r++) {
-            const REAL* restrict row = a + r * cols + j0;
-            for (size_t j = 0; j < j1 - j0; j++) {
-                o[j] += row[j];
-            }
-        }
-    }
-}
 
 /* Forward on M consecutive valid rows: x (M, E) -> pre, hidden (M, H) and out (M, O). */
 HM_SIMD
@@ -74,14 +51,14 @@ static void F(hn_rows_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
                                 size_t E, size_t H, size_t O)
 {
     F(gemm)(1, 0, H, O, M, hidden, H, g, O, 1, dw2, O);       /* dw2 += hidden^T @ g */
-    F(hn_add_column_sums)(db2, g, M, O);
+    F(column_sums_add)(db2, g, M, O);
     F(gemm)(0, 1, M, H, O, g, O, w2, O, 0, dpre, H);          /* dpre = g @ w2^T ... */
     const size_t count = M * H;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > 65536)
     for (size_t idx = 0; idx < count; idx++) {
         dpre[idx] = pre[idx] > 0 ? dpre[idx] : 0;               /* ... * (pre > 0) */
     }
-    F(hn_add_column_sums)(db1, dpre, M, H);
+    F(column_sums_add)(db1, dpre, M, H);
     F(gemm)(1, 0, E, H, M, x, E, dpre, H, 1, dw1, H);         /* dw1 += x^T @ dpre */
     F(gemm)(0, 1, M, E, H, dpre, H, w1, H, 0, grad_input, E); /* grad_input = dpre @ w1^T */
 }
