@@ -82,7 +82,8 @@ def test_sigkill_during_repeated_saves_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "model" / "checkpoint.npz"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    # about 3 MB of parameters, 9 MB with the Adam moments: a save takes a while
+    # about 6 MB of parameters (12,000 x 64 twice), 18 MB with the Adam moments: a save
+    # takes long enough for the kills to land inside one
     vocabulary = "12000"
     last_saved = -1
     interrupted = 0
