@@ -56,7 +56,7 @@ def cases(quick):
         out = [_case("HyperMixerBlock bidir", "hypermixer", "small", 8),
                _case("HyperMixerBlock causal", "hypermixer", "small", 8, causal=True),
                _case("TransformerBlock", "transformer", "small", 8),
-               _case("HyperMixer LM step", "hypermixer-lm", "small", 8, causal=True)]
+               _case("HyperMixer LM step", "hypermixer-lm", "small", 16, causal=True)]
         return out
     out = []
     for batch in (1, 8, 32):
@@ -64,8 +64,8 @@ def cases(quick):
                 _case("HyperMixerBlock causal", "hypermixer", "small", batch, causal=True),
                 _case("TransformerBlock", "transformer", "small", batch)]
     out.append(_case("HyperMixerBlock bidir", "hypermixer", "big", 8))
-    out.append(_case("HyperMixer LM step", "hypermixer-lm", "small", 8, causal=True))
-    out.append(_case("Transformer LM step", "transformer-lm", "small", 8))
+    out.append(_case("HyperMixer LM step", "hypermixer-lm", "small", 16, causal=True))
+    out.append(_case("Transformer LM step", "transformer-lm", "small", 16))
     return out
 
 
@@ -276,7 +276,7 @@ def format_table(results):
         head += f" | {t} thr:{'ms':>8s} {'GF/s':>6s} {'peak':>5s}"
     if len(threads) > 1:
         head += f" | {threads[0]}->{threads[-1]}"
-    head += " | ms / compiled"
+    head += " | ms / compiled (" + ", ".join(f"{t} thr" for t in threads) + ")"
     lines.append(head)
     lines.append("-" * len(head))
     for key in order:
@@ -293,10 +293,14 @@ def format_table(results):
             first, last = cells[key].get(threads[0]), cells[key].get(threads[-1])
             scale = first["ms"] / last["ms"] if first and last else float("nan")
             line += f" | {scale:5.2f}x"
-        compiled = cells.get((name, size, batch, "compiled"), {}).get(threads[-1])
-        mine = cells[key].get(threads[-1])
-        if compiled and mine and impl != "compiled":
-            line += f" | {mine['ms'] / compiled['ms']:6.2f}"
+        if impl != "compiled":
+            ratios = []
+            for t in threads:
+                compiled = cells.get((name, size, batch, "compiled"), {}).get(t)
+                mine = cells[key].get(t)
+                ratios.append(f"{mine['ms'] / compiled['ms']:6.2f}" if compiled and mine
+                              else f"{'-':>6s}")
+            line += " | " + " ".join(ratios)
         lines.append(line)
     return "\n".join(lines)
 
