@@ -31,11 +31,6 @@ def inputs(seed, batch, seq_len, width=SMALL["embedding_dim"]):
     return rng.normal(size=(batch, seq_len, width)), rng.normal(size=(batch, seq_len, width))
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    hypermixer.set_num_threads(None)
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])

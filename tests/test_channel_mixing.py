@@ -24,11 +24,6 @@ def make_pair(dtype, width=E, hidden=H, seed=0):
     return compiled, ref
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    hypermixer.set_num_threads(None)
-
 
 def test_same_seed_same_parameters():
     a = hypermixer.ChannelMixingMLP(E, H, seed=3, dtype=np.float32)

@@ -17,12 +17,6 @@ import pytest
 import hypermixer
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = hypermixer.get_num_threads()
-    yield
-    hypermixer.set_num_threads(before)
-
 
 def make_layers(kind, seed):
     e, h, s = 16, 24, 12

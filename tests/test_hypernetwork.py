@@ -24,11 +24,6 @@ def make_pair(dtype, width=E, hidden=H, out=O, seed=0):
     return compiled, ref
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    hypermixer.set_num_threads(None)
-
 
 def test_same_seed_same_parameters():
     a, b = make_pair(np.float32, seed=4)

@@ -44,12 +44,6 @@ FACTOR = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 100.0}
 FLOAT32_NOISE_FLOOR = 1e-3   # see assert_close
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = hypermixer.get_num_threads()
-    yield
-    hypermixer.set_num_threads(before)
-
 
 @st.composite
 def batches(draw, max_len=9, max_batch=4, max_width=12, width=None):

@@ -24,11 +24,6 @@ def make_pair(dtype, width=E, seed=0):
     return compiled, ref
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    hypermixer.set_num_threads(None)
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seq_len, lengths", [

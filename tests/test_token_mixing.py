@@ -33,11 +33,6 @@ def make_pair(dtype, causal, width=E, max_len=S, ht=HT, hh=HH, seed=0):
     return compiled, ref
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    hypermixer.set_num_threads(None)
-
 
 class Stack(Layer):
     """Test composite: its children applied in order (used to share a hypernetwork)."""
