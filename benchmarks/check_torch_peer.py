@@ -1,21 +1,17 @@
-"""Check that benchmarks/torch_peer.py computes what hypermixer.reference computes (float64):
+"""Check that hypermixer.torch_peer (the benchmark's PyTorch peer) computes what hypermixer.reference computes (float64):
 forward outputs, input gradients and every parameter gradient of the HyperMixerBlock
 (bidirectional and causal), the TransformerBlock and both language models, on a padded batch.
 
     python benchmarks/check_torch_peer.py        # prints one line per check, exit 1 on failure
 """
 
-import os
 import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_peer  # noqa: E402
-
-from hypermixer import reference  # noqa: E402
-from hypermixer.model import ModelConfig, build_network  # noqa: E402
+from hypermixer import reference, torch_peer
+from hypermixer.model import ModelConfig, build_network
 
 TOL = 1e-10   # max |difference| / max |reference value|, per array
 

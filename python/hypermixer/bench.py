@@ -13,19 +13,17 @@ the step until it lasts >= 50 ms, then divides), GFLOP/s from the analytic matmu
 printed with the table, that rate as a fraction of the same process's NumPy float32
 2048^3 matmul rate ("peak"), and the 1 -> 2 thread speedup.
 
-The PyTorch column needs ``torch`` and the peer module ``benchmarks/torch_peer.py`` of the
-source tree (found next to this package in a source checkout, or through the
-HYPERMIXER_TORCH_PEER environment variable naming the file); without them it is left out.
+The PyTorch column needs ``torch`` (``pip install torch``; never a dependency of hypermixer):
+the peer implementation ships as ``hypermixer.torch_peer`` and is imported only here.
+Without torch the column is left out.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 SMALL = dict(E=128, H=256, S=80, L=80, Ht=64, Hh=32)
 BIG = dict(E=512, H=2048, S=512, L=512, Ht=256, Hh=128)
@@ -92,22 +90,12 @@ def forward_flops(case):
 # ---------------------------------------------------------------------------- the steps
 
 def _load_torch_peer():
-    """The peer module, or None (with the reason) when torch or the file is missing."""
+    """The peer module, or None (with the reason) when torch is missing."""
     try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None, "torch is not installed"
-    candidates = []
-    if os.environ.get("HYPERMIXER_TORCH_PEER"):
-        candidates.append(Path(os.environ["HYPERMIXER_TORCH_PEER"]))
-    candidates.append(Path(__file__).resolve().parents[2] / "benchmarks" / "torch_peer.py")
-    for path in candidates:
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("hypermixer_torch_peer", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module, str(path)
-    return None, "benchmarks/torch_peer.py not found (set HYPERMIXER_TORCH_PEER)"
+        from . import torch_peer
+    except ImportError as exc:
+        return None, f"PyTorch peer unavailable ({exc})"
+    return torch_peer, "hypermixer.torch_peer"
 
 
 def _lm_config(case):

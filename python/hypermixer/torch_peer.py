@@ -1,8 +1,8 @@
 """The HyperMixer and Transformer blocks and language model written as a PyTorch user would:
 batched matmuls over the whole (B, L, E) batch, padding handled by masks, gradients by
 autograd, Adam from torch.optim. Same math as SPEC.md; a benchmark peer only, never a
-dependency of hypermixer (benchmarks/check_torch_peer.py checks it against
-hypermixer.reference in float64).
+dependency of hypermixer: only ``hypermixer bench`` imports it, and only when torch is
+installed (benchmarks/check_torch_peer.py checks it against hypermixer.reference in float64).
 
 Parameters keep hypermixer's names and shapes (biases and gains (1, n)), so
 ``load_parameters(module, layer)`` can copy them from any hypermixer layer or network.
