@@ -107,14 +107,6 @@ void F(gemm_naive)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const
 #define GK_MC (sizeof(REAL) == 4 ? 128 : 60)
 #define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
 #include "gemm_kernel.h"
-#undef GK
-#undef GK_TARGET
-#undef GK_VBYTES
-#undef GK_MR
-#undef GK_NV
-#undef GK_KC
-#undef GK_MC
-#undef GK_NC
 
 #define GK(name) F(name##_avx2)
 #define GK_TARGET __attribute__((target("avx2,fma")))
@@ -125,14 +117,6 @@ void F(gemm_naive)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const
 #define GK_MC (sizeof(REAL) == 4 ? 120 : 60)
 #define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
 #include "gemm_kernel.h"
-#undef GK
-#undef GK_TARGET
-#undef GK_VBYTES
-#undef GK_MR
-#undef GK_NV
-#undef GK_KC
-#undef GK_MC
-#undef GK_NC
 #endif
 
 #define GK(name) F(name##_base)
@@ -144,14 +128,6 @@ void F(gemm_naive)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const
 #define GK_MC (sizeof(REAL) == 4 ? 120 : 60)
 #define GK_NC (sizeof(REAL) == 4 ? 256 : 128)
 #include "gemm_kernel.h"
-#undef GK
-#undef GK_TARGET
-#undef GK_VBYTES
-#undef GK_MR
-#undef GK_NV
-#undef GK_KC
-#undef GK_MC
-#undef GK_NC
 
 typedef void (*F(region_fn))(int, int, size_t, size_t, size_t, size_t, size_t, const REAL*,
                              size_t, const REAL*, size_t, REAL, REAL*, size_t, REAL*);

@@ -268,3 +268,12 @@ GK_TARGET static void GK(region)(int trans_a, int trans_b, size_t i0, size_t i1,
 #undef GK_PF_AHEAD
 #undef GK_VL
 #undef GK_NR
+/* The parameters were set by the includer for this one instantiation. */
+#undef GK
+#undef GK_TARGET
+#undef GK_VBYTES
+#undef GK_MR
+#undef GK_NV
+#undef GK_KC
+#undef GK_MC
+#undef GK_NC
