@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from ._blueprints import check_token_ids, token_mixing_output_dim
-from ._layer import Layer, check_allocation, make_rng
+from ._layer import Sequential, check_allocation, make_rng
 
 ARCHITECTURES = ("hypermixer", "transformer")
 BACKENDS = ("compiled", "reference")
@@ -166,7 +166,7 @@ class StepResult:
     applied: bool         # False when the loss was not finite and nothing was updated
 
 
-class LanguageModel(Layer):
+class LanguageModel(Sequential):
     """Token ids ``(L,)`` or ``(B, L)`` (+ lengths) -> logits ``(L, V)`` or ``(B, L, V)``.
 
     Build it with :func:`build_network`. Parameters of a shared hypernetwork are counted once,
@@ -225,20 +225,6 @@ class LanguageModel(Layer):
     def _check_input(self, token_ids, lengths):
         return check_token_ids("token ids", token_ids, lengths, self.vocab_size,
                                self.max_seq_len)
-
-    def _forward(self, ids, lengths):
-        x = ids
-        for _, layer in self._children:
-            x = layer._forward(x, lengths)
-        return x
-
-    def _backward(self, grad_output):
-        grad = grad_output
-        child_grads = []
-        for _, layer in reversed(self._children):
-            grad, grads = layer._backward(grad)
-            child_grads.append((layer, grads))
-        return None, self._merge_gradients(child_grads[::-1])   # no gradient for token ids
 
     # ------------------------------------------------------------------ training
     def _prepare(self, token_ids, targets, lengths):
