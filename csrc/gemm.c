@@ -42,6 +42,24 @@ int gemm_set_variant(int cap)
     hm_gemm_variant_cap = cap >= 0 && cap <= 3 ? cap : 0;
     return previous;
 }
+
+/* The instruction set pick_region below chooses (3 AVX-512, 2 AVX2+FMA, 1 baseline x86-64
+ * SSE2, 0 plain C), for 'hypermixer check' to report; the same tests in the same order. */
+int gemm_active_variant(void)
+{
+#if HM_GEMM_X86
+    const int cap = hm_gemm_variant_cap == 0 ? 3 : hm_gemm_variant_cap;
+    if (cap >= 3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+        return 3;
+    }
+    if (cap >= 2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return 2;
+    }
+    return 1;
+#else
+    return 0;
+#endif
+}
 #endif
 
 #define GEMM_NAIVE_TILE_COLS 256

@@ -30,4 +30,8 @@ HM_DECLARE_GEMM(double, f64)
  * cap. Not thread-safe; set it while no gemm runs. */
 int gemm_set_variant(int cap);
 
+/* The variant the fast kernels run with now: 3 AVX-512, 2 AVX2+FMA, 1 baseline x86-64 (SSE2),
+ * 0 plain C (not x86-64 or built without clones). */
+int gemm_active_variant(void);
+
 #endif

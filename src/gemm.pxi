@@ -10,6 +10,7 @@ cdef extern from "gemm.h" nogil:
                          const double* A, size_t lda, const double* B, size_t ldb,
                          double beta, double* C, size_t ldc)
     int gemm_set_variant(int cap)
+    int gemm_active_variant()
     void gemm_naive_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
                         const float* A, size_t lda, const float* B, size_t ldb, float beta,
                         float* C, size_t ldc)
@@ -90,3 +91,9 @@ def gemm_variant(int cap):
     """Testing aid: cap the instruction set of gemm/gemm_serial (0 widest supported,
     1 baseline, 2 AVX2, 3 AVX-512); returns the previous cap."""
     return gemm_set_variant(cap)
+
+
+def gemm_instruction_set():
+    """The instruction set the matrix kernels dispatched to on this CPU (for 'hypermixer
+    check'): "AVX-512", "AVX2+FMA", "SSE2" (baseline x86-64) or "plain C"."""
+    return ("plain C", "SSE2", "AVX2+FMA", "AVX-512")[gemm_active_variant()]
