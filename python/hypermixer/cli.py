@@ -120,6 +120,8 @@ def build_parser():
 
     # "bench" is dispatched in main() before parsing; listed here for --help
     commands.add_parser("bench", help="benchmarks (hypermixer.bench); options are its own")
+    commands.add_parser("check", help="compiled kernels vs the NumPy reference on this "
+                        "machine (hypermixer.check); options are its own")
     return parser
 
 
@@ -320,6 +322,9 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "inf
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv[:1] == ["check"]:
+        from .check import main as check_main
+        return check_main(argv[1:])
     if argv[:1] == ["bench"]:
         # everything after "bench" belongs to the benchmark's own parser
         args = argparse.Namespace(command="bench", bench_args=argv[1:])

@@ -1,0 +1,82 @@
+"""``hypermixer check`` / ``hypermixer.check()``: passes on a correct build, prints what the
+kernels run on, and fails naming the layer when a kernel's result is made wrong."""
+
+import io
+
+import numpy as np
+import pytest
+
+import hypermixer
+from hypermixer import _kernels
+from hypermixer.check import CASES, main
+
+
+def run_check(**kwargs):
+    out = io.StringIO()
+    ok = hypermixer.check(out=out, **kwargs)
+    return ok, out.getvalue()
+
+
+def test_quick_check_passes_and_reports_the_machine():
+    ok, text = run_check(quick=True)
+    assert ok, text
+    assert "matrix kernels dispatched to: " in text
+    assert _kernels.gemm_instruction_set() in ("AVX-512", "AVX2+FMA", "SSE2", "plain C")
+    assert f"threads: {hypermixer.get_num_threads()}" in text
+    for case in CASES:
+        assert f"\n{case.label} " in text, f"{case.label} missing from the table"
+    assert "FAIL" not in text and text.rstrip().splitlines()[-1].startswith("all ")
+
+
+def perturbed(original, output_index=0, relative=1e-3):
+    """A kernel wrapper that runs the real kernel, then moves one entry of its output array
+    (argument ``output_index``) by ``relative``: a subtle, plausible kernel bug."""
+    def kernel(*args):
+        result = original(*args)
+        out = np.asarray(args[output_index]).reshape(-1)
+        out[0] *= 1.0 + relative
+        out[0] += relative   # also moves an entry that happens to be 0
+        return result
+    return kernel
+
+
+def failing_layers(text):
+    return {line.split()[1] for line in text.splitlines() if line.startswith("FAIL: ")}
+
+
+def test_wrong_forward_kernel_fails_and_names_the_layer(monkeypatch):
+    monkeypatch.setattr(_kernels, "channel_mixing_forward",
+                        perturbed(_kernels.channel_mixing_forward))
+    ok, text = run_check(quick=True)
+    assert not ok
+    failed = failing_layers(text)
+    # the two layers built on that kernel, and the blocks that contain one
+    assert {"ChannelMixingMLP", "FeedForward", "TransformerBlock"} <= failed, text
+    assert "LayerNorm" not in failed and "SelfAttention" not in failed
+    assert "FAIL: ChannelMixingMLP float32 small threads=1: output beyond" in text
+    assert "failing layers: ChannelMixingMLP" in text.splitlines()[-1]
+
+
+def test_wrong_backward_kernel_fails_naming_the_gradient(monkeypatch):
+    # layernorm_backward(grad_input, dgamma, dbeta, ...): perturb dgamma, a parameter gradient
+    monkeypatch.setattr(_kernels, "layernorm_backward",
+                        perturbed(_kernels.layernorm_backward, output_index=1))
+    ok, text = run_check(quick=True, cases=[c for c in CASES if c.name == "LayerNorm"])
+    assert not ok
+    assert "FAIL: LayerNorm float64 small threads=1: parameter gradients beyond" in text
+
+
+def test_command_exit_status(monkeypatch, capsys):
+    assert main(["--quick", "--layer", "LayerNorm"]) == 0
+    assert "all " in capsys.readouterr().out
+    monkeypatch.setattr(_kernels, "layernorm_forward",
+                        perturbed(_kernels.layernorm_forward))
+    assert main(["--quick", "--layer", "LayerNorm"]) == 1
+    assert "FAIL: LayerNorm" in capsys.readouterr().out
+
+
+def test_unknown_layer_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--layer", "NoSuchLayer"])
+    assert exc.value.code == 2
+    assert "unknown layer NoSuchLayer" in capsys.readouterr().err
