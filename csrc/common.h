@@ -10,6 +10,18 @@
 int hm_num_threads(void);
 void hm_set_num_threads(int n);
 int hm_openmp_enabled(void);
+/* Installs the fork handler (once per process; called when the module loads). */
+void hm_threads_init(void);
+/* 1 in a child forked after a team may have started: kernels then run on one thread. */
+int hm_forked_single_thread(void);
+/* omp_get_max_threads(): OMP_NUM_THREADS or the number of cores, before the cap. */
+int hm_default_threads(void);
+int hm_max_threads(void);
+
+/* The most threads any kernel uses. Above a few thousand libgomp fails to create threads (it
+ * exits the process), and per-thread workspaces grow with the count; 1024 is more hardware
+ * threads than any single machine we know of offers to one process. */
+#define HM_MAX_THREADS 1024
 
 /* Runtime dispatch without -march=native: gcc compiles the function three times and the
  * loader picks the widest one the CPU supports. Used on the hot loops only. */
