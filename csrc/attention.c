@@ -204,6 +204,12 @@ void F(attention_backward)(REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dqkv
     }
     /* dx += [dq | dk | dv] [wq | wk | wv]^T */
     F(gemm)(0, 1, rows, E, E3, dqkv, E3, wcat, E3, 1, dx, E);
+    /* That product also ran over the padding rows, where 0 * a NaN or infinite weight is NaN:
+     * set them back to 0. */
+    for (size_t b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        memset(dx + (b * L + n) * E, 0, (L - n) * E * sizeof(REAL));
+    }
 }
 
 #endif

@@ -55,7 +55,7 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
         REAL* restrict h = hidden + r * hid;
         for (size_t j = 0; j < hid; j++) {
             const REAL v = h[j] + b1[j];
-            h[j] = v > 0 ? v : 0;
+            h[j] = HM_RELU(v);
         }
     }
     F(gemm)(0, 0, N, width, hid, hidden, hid, w2, width, 0, mixed, width);
@@ -104,7 +104,7 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
         REAL* restrict d = dhidden + r * hid;
         const REAL* restrict h = hidden + r * hid;
         for (size_t j = 0; j < hid; j++) {
-            d[j] = h[j] > 0 ? d[j] : 0;
+            d[j] = HM_RELU_GRAD(d[j], h[j]);
         }
     }
     /* dw1 = xp^T @ dhidden, db1 = column sums of dhidden */

@@ -36,4 +36,11 @@ int hm_max_threads(void);
  * bit-identical for any number of threads. */
 #define HM_TILE_ROWS 32
 
+/* ReLU with the reference's semantics (NumPy's maximum(v, 0)): NaN stays NaN, so a NaN
+ * anywhere upstream reaches the output instead of silently becoming 0. */
+#define HM_RELU(v) ((v) < 0 ? 0 : (v))
+/* Its backward: d * (pre-activation > 0), a multiplication as in the reference, so a NaN or
+ * infinite d stays NaN even where the mask is 0 (NaN * 0), and a NaN pre-activation masks. */
+#define HM_RELU_GRAD(d, pre) ((d) * (REAL)((pre) > 0))
+
 #endif

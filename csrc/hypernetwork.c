@@ -29,7 +29,7 @@ static void F(hn_rows_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x
         for (size_t j = 0; j < H; j++) {
             const REAL v = p[j] + b1[j];
             p[j] = v;
-            h[j] = v > 0 ? v : 0;
+            h[j] = HM_RELU(v);
         }
     }
     F(gemm)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O);
@@ -56,7 +56,7 @@ static void F(hn_rows_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     const size_t count = M * H;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > 65536)
     for (size_t idx = 0; idx < count; idx++) {
-        dpre[idx] = pre[idx] > 0 ? dpre[idx] : 0;               /* ... * (pre > 0) */
+        dpre[idx] = HM_RELU_GRAD(dpre[idx], pre[idx]);             /* ... * (pre > 0) */
     }
     F(column_sums_add)(db1, dpre, M, H);
     F(gemm)(1, 0, E, H, M, x, E, dpre, H, 1, dw1, H);         /* dw1 += x^T @ dpre */

@@ -226,7 +226,7 @@ static void F(tm_forward_one)(F(tm_gemm_fn) mm, REAL* Y, REAL* A, const REAL* X,
         const REAL bias = c1[h];
         for (size_t e = 0; e < e_n; e++) {
             const REAL v = a[e] + bias;
-            a[e] = v > 0 ? v : 0;
+            a[e] = HM_RELU(v);
         }
     }
     mm(1, 0, n, e_n, h_n, W2, s_n, A, e_n, 0, Y, e_n);        /* Y = W2[:, :n]^T @ A */
@@ -288,7 +288,7 @@ static void F(tm_backward_one)(F(tm_gemm_fn) mm, REAL* GI, REAL* dth, REAL* D, c
         REAL* restrict d = D + h * e_n;
         const REAL* restrict a = A + h * e_n;
         for (size_t e = 0; e < e_n; e++) {
-            d[e] = a[e] > 0 ? d[e] : 0;                       /* ... masked: dZ^T */
+            d[e] = HM_RELU_GRAD(d[e], a[e]);                      /* ... masked: dZ^T */
         }
         dc1[h] = F(tm_sum)(d, e_n);
     }
@@ -343,7 +343,7 @@ static void F(tm_causal_act)(REAL* A, const REAL* X, const REAL* th, size_t t, s
         const REAL bias = c1[h];
         for (size_t e = 0; e < e_n; e++) {
             const REAL v = a[e] + bias;
-            a[e] = v > 0 ? v : 0;
+            a[e] = HM_RELU(v);
         }
     }
 }
@@ -434,7 +434,7 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
                 dW2[h * s_n + t] = F(tm_dot)(d, g, e_n);
                 /* act -> gradient of the pre-activation, in place */
                 for (size_t e = 0; e < e_n; e++) {
-                    d[e] = d[e] > 0 ? g[e] * w : 0;
+                    d[e] = HM_RELU_GRAD(g[e] * w, d[e]);
                 }
                 dc1[h] = F(tm_sum)(d, e_n);
             }

@@ -137,8 +137,11 @@ class Hypernetwork(CompiledAdam, bp.HypernetworkBase):
         _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2, db2.reshape(-1),
                                        dpre, grad_output, x, pre, hidden, lengths, self.w1, w2)
         if columns is not None:
-            # Outputs that were not generated had no effect: their gradient is exactly 0.
-            dw2_full, db2_full = np.zeros_like(self.w2), np.zeros_like(self.b2)
+            # Outputs that were not generated had no effect: their gradient is hidden^T @ 0,
+            # exactly 0, or NaN where a hidden unit is NaN/inf (as the reference computes it).
+            dw2_full = np.empty_like(self.w2)
+            dw2_full[...] = (hidden.sum(axis=(0, 1)) * 0)[:, None]
+            db2_full = np.zeros_like(self.b2)
             dw2_full[:, columns] = dw2
             db2_full[:, columns] = db2
             dw2, db2 = dw2_full, db2_full
