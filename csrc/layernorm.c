@@ -5,6 +5,8 @@
 #ifndef REAL
 
 #include "layernorm.h"
+#include <float.h>
+#include <math.h>
 
 size_t layernorm_partial_tiles(size_t rows)
 {
@@ -18,6 +20,60 @@ size_t layernorm_partial_tiles(size_t rows)
 #define LN_EPS 1e-5
 /* Below this many elements a parallel region costs more than it saves. */
 #define LN_PARALLEL_MIN 16384
+
+/* Statistics of one row, in double whatever REAL is (float32 rows lose nothing that way:
+ * their squares and sums cannot overflow or cancel in double).
+ *   - Deviations are taken from the row's first entry K, so a constant row gives exactly 0
+ *     and a large common offset cancels exactly (Sterbenz) before anything is summed.
+ *   - Two passes: the mean of the deviations, then the variance around it.
+ *   - When deviations exceed LN_HUGE (float64 rows beyond ~1e150, or entries whose difference
+ *     overflows), the row is first scaled by a power of two (exact) so that the squares stay
+ *     finite; eps is scaled with it. The result is the true O(1) xhat, never 0 or NaN.
+ * Writes xh[e] = (x[e] - mean) * rstd and returns mean and rstd through the pointers. */
+#define LN_HUGE 0x1p+450
+
+HM_SIMD
+static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
+                      const REAL* restrict in, size_t width)
+{
+    double scale = 1.0;
+    double K = (double)in[0];
+    double spread = 0, sum = 0;
+    for (size_t e = 0; e < width; e++) {
+        const double d = (double)in[e] - K;
+        sum += d;
+        spread = fmax(spread, fabs(d));
+    }
+    if (!(spread <= LN_HUGE)) {
+        double top = 0;
+        for (size_t e = 0; e < width; e++) {
+            top = fmax(top, fabs((double)in[e]));
+        }
+        if (top <= DBL_MAX) {   /* all finite: rescale; else NaN/inf propagate below */
+            int exponent;
+            frexp(top, &exponent);
+            scale = ldexp(1.0, -exponent);
+            K = (double)in[0] * scale;
+            sum = 0;
+            for (size_t e = 0; e < width; e++) {
+                sum += (double)in[e] * scale - K;
+            }
+        }
+    }
+    const double md = sum / (double)width;
+    double sq = 0;
+    for (size_t e = 0; e < width; e++) {
+        const double d = ((double)in[e] * scale - K) - md;
+        sq += d * d;
+    }
+    /* var + eps of the scaled row; 1/sqrt of it normalises the scaled deviations */
+    const double inv = 1.0 / sqrt(sq / (double)width + LN_EPS * scale * scale);
+    for (size_t e = 0; e < width; e++) {
+        xh[e] = (REAL)((((double)in[e] * scale - K) - md) * inv);
+    }
+    *mean_out = (K + md) / scale;
+    *rstd_out = inv * scale;
+}
 
 /* y, xhat, x: (B, L, E); mean, rstd: (B, L); lengths: (B,) with 1 <= lengths[b] <= L;
  * gamma, beta: (E,).
@@ -43,26 +99,13 @@ void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REA
             rstd[r] = 0;
             continue;
         }
-        const REAL* restrict in = x + r * width;
-        REAL sum = 0;
+        double mu, s;
+        F(ln_row)(xh, &mu, &s, x + r * width, width);
         for (size_t e = 0; e < width; e++) {
-            sum += in[e];
+            out[e] = xh[e] * gamma[e] + beta[e];
         }
-        const REAL mu = sum / (REAL)E;
-        REAL sq = 0;
-        for (size_t e = 0; e < width; e++) {
-            const REAL d = in[e] - mu;
-            sq += d * d;
-        }
-        const REAL var = sq / (REAL)E;
-        const REAL s = (REAL)1 / SQRT(var + (REAL)LN_EPS);
-        for (size_t e = 0; e < width; e++) {
-            const REAL n = (in[e] - mu) * s;
-            xh[e] = n;
-            out[e] = n * gamma[e] + beta[e];
-        }
-        mean[r] = mu;
-        rstd[r] = s;
+        mean[r] = (REAL)mu;
+        rstd[r] = (REAL)s;
     }
 }
 
@@ -100,17 +143,18 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
             const REAL* restrict g = grad_output + r * width;
             const REAL* restrict xh = xhat + r * width;
             /* dxhat = g * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) */
-            REAL sum1 = 0, sum2 = 0;
+            /* in double: dx is a difference of these means and the row, which cancels */
+            double sum1 = 0, sum2 = 0;
             for (size_t e = 0; e < width; e++) {
                 const REAL d = g[e] * gamma[e];
-                sum1 += d;
-                sum2 += d * xh[e];
+                sum1 += (double)d;
+                sum2 += (double)d * (double)xh[e];
                 pg[e] += g[e] * xh[e];
                 pb[e] += g[e];
             }
-            const REAL mean1 = sum1 / (REAL)E, mean2 = sum2 / (REAL)E, s = rstd[r];
+            const double mean1 = sum1 / (double)E, mean2 = sum2 / (double)E, s = rstd[r];
             for (size_t e = 0; e < width; e++) {
-                dx[e] = s * (g[e] * gamma[e] - mean1 - xh[e] * mean2);
+                dx[e] = (REAL)(s * (((double)g[e] * gamma[e] - mean1) - xh[e] * mean2));
             }
         }
     }
@@ -128,5 +172,6 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 }
 
 #undef LN_EPS
+#undef LN_HUGE
 #undef LN_PARALLEL_MIN
 #endif

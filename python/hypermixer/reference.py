@@ -35,14 +35,28 @@ class LayerNorm(ReferenceAdam, bp.LayerNormBase):
         y = np.zeros_like(x)
         self._saved = []
         for b, n in enumerate(lengths):
-            xb = x[b, :n]
-            mean = xb.mean(axis=1, keepdims=True)
-            var = ((xb - mean) ** 2).mean(axis=1, keepdims=True)   # population variance
-            rstd = 1.0 / np.sqrt(var + self.eps)
-            xhat = (xb - mean) * rstd
+            xhat, rstd = self._normalize(x[b, :n])
             y[b, :n] = xhat * self.gamma + self.beta
             self._saved.append((xhat, rstd))
         return y
+
+    def _normalize(self, xb):
+        """``(xb - mean) * rstd`` and rstd per row, population variance, computed soundly:
+        in float64 whatever the dtype; deviations from the row's first entry (a constant row
+        gives exactly 0, a common offset cancels exactly); two passes; rows whose deviations
+        would overflow when squared are scaled by a power of two first (exact), eps with them.
+        """
+        x = xb.astype(np.float64)
+        with np.errstate(over="ignore"):   # an overflowing deviation selects rescaling
+            dev = np.abs(x - x[:, :1]).max(axis=1, keepdims=True)
+        top = np.abs(x).max(axis=1, keepdims=True)
+        rescale = ~(dev <= 2.0 ** 450) & np.isfinite(top)
+        scale = np.where(rescale, np.ldexp(1.0, -np.frexp(np.where(rescale, top, 1.0))[1]), 1.0)
+        xs = x * scale
+        d = xs - xs[:, :1]
+        d = d - d.mean(axis=1, keepdims=True)
+        inv = 1.0 / np.sqrt((d * d).mean(axis=1, keepdims=True) + self.eps * scale * scale)
+        return (d * inv).astype(self.dtype), (inv * scale).astype(self.dtype)
 
     def _backward(self, grad_output):
         grad_input = np.zeros_like(grad_output)
