@@ -163,7 +163,9 @@ def _stages(args):
 
 # ---------------------------------------------------------------------------------- commands
 def cmd_train(args):
+    from .distributed import rank_of, world_from_environment
     from .train import train
+    comm = world_from_environment()   # under mpiexec -n K (K > 1): data-parallel training
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
     if args.resume:
@@ -178,11 +180,12 @@ def cmd_train(args):
             raise UsageError(f"--resume continues the saved run with its own model, data and "
                              f"settings; drop {', '.join(changed)}")
         result = train(None, args.out, settings=settings if args.epochs else None,
-                       backend=backend, resume=True)
+                       backend=backend, resume=True, comm=comm)
     else:
         result = train(_model_config(args), args.out, stages=_stages(args), settings=settings,
-                       backend=backend)
-    _report_run(result)
+                       backend=backend, comm=comm)
+    if rank_of(comm) == 0:
+        _report_run(result)
     return 0
 
 

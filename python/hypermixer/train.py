@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from .datasets import bundled_data_path, load_texts, make_sequences
 from .model import NonCausalTrainingError, build_network
@@ -127,8 +128,10 @@ def evaluate(network, pairs, batch_size):
 class Trainer:
     """One training run; :func:`train` is the usual entry point."""
 
-    def __init__(self, network, tokenizer, stages, settings, out_dir, log=None):
+    def __init__(self, network, tokenizer, stages, settings, out_dir, log=None, comm=None):
         self.network = network
+        self.comm = comm                          # MPI communicator or None (distributed.py)
+        self.rank = distributed.rank_of(comm)     # rank 0 alone prints and writes
         self.tokenizer = tokenizer
         self.stages = list(stages)
         self.settings = settings
@@ -160,6 +163,8 @@ class Trainer:
         self.saved_any = True
 
     def _say(self, message):
+        if self.rank != 0:
+            return
         print(message, file=self.log, flush=True)
 
     def _record(self, stage, epoch, train_loss, val_loss, tokens=0, seconds=0.0):
@@ -186,6 +191,12 @@ class Trainer:
                              "a single token)")
         return train_pairs, val_pairs
 
+    def _evaluate(self, pairs):
+        if self.comm is None:
+            return evaluate(self.network, pairs, self.settings.batch_size)
+        return distributed.evaluate(self.comm, self.network, pairs, self.settings.batch_size,
+                                    pad_batch)
+
     # ------------------------------------------------------------------ loop
     def run(self):
         self.network.allow_noncausal_training = self.settings.allow_noncausal
@@ -195,15 +206,14 @@ class Trainer:
             # the yardstick for every stage: what the model scores before any training
             for index, stage in enumerate(self.stages):
                 _, val_pairs = self._stage_data(index, stage, quiet=True)
-                self.untrained_val_loss[stage.name] = evaluate(self.network, val_pairs,
-                                                               settings.batch_size)
+                self.untrained_val_loss[stage.name] = self._evaluate(val_pairs)
         for index in range(self.position["stage"], len(self.stages)):
             stage = self.stages[index]
             if index > self.position["stage"]:
                 self.position = {"stage": index, "epoch": 0, "step": self.position["step"]}
             train_pairs, val_pairs = self._stage_data(index, stage)
             if self.position["epoch"] == 0:
-                val_loss = evaluate(self.network, val_pairs, settings.batch_size)
+                val_loss = self._evaluate(val_pairs)
                 self._say(f"[{stage.name}] {len(train_pairs)} training / {len(val_pairs)} "
                           f"validation sequences; validation loss before this stage "
                           f"{val_loss:.4f} (untrained model: "
@@ -227,8 +237,8 @@ class Trainer:
         for batch_number, batch in enumerate(batches, start=1):
             ids, targets, lengths = pad_batch([train_pairs[i] for i in batch])
             step = self.position["step"] + 1
-            result = self.network.train_step(ids, targets, lengths, lr=settings.lr,
-                                             clip_norm=settings.clip_norm)
+            result = distributed.train_step(self.comm, self.network, ids, targets, lengths,
+                                            lr=settings.lr, clip_norm=settings.clip_norm)
             if not result.applied:
                 kept = (f"the last good checkpoint {self.checkpoint_path} is kept"
                         if self.saved_any else "no checkpoint had been written yet")
@@ -247,25 +257,30 @@ class Trainer:
                           f"tokens/s {tokens / (now - started):.0f}")
         elapsed = time.perf_counter() - started
         train_loss = loss_sum / len(batches)
-        val_loss = evaluate(self.network, val_pairs, settings.batch_size)
+        val_loss = self._evaluate(val_pairs)
         tokens_per_s = tokens / elapsed if elapsed > 0 else float("inf")
         self._say(f"[{stage.name}] epoch {epoch}/{settings.epochs} step "
                   f"{self.position['step']} train loss {train_loss:.4f} val loss "
                   f"{val_loss:.4f} tokens/s {tokens_per_s:.0f} ({elapsed:.1f} s)")
         self.position["epoch"] = epoch
         self._record(stage, epoch, train_loss, val_loss, tokens, elapsed)
-        save_checkpoint(self.checkpoint_path, self.network, self.tokenizer,
-                        self.training_state())
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_path, self.network, self.tokenizer,
+                            self.training_state())
         self.saved_any = True
 
 
+@distributed.abort_on_error
 def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype=np.float32,
-          resume=False, log=None, plot=True):
+          resume=False, log=None, plot=True, comm=None):
     """Train a model of ``config`` and leave ``checkpoint.npz`` (and a loss plot) in out_dir.
 
     With ``resume=True`` the model, vocabulary, stages, settings and position come from the
     checkpoint in ``out_dir`` (``config`` is ignored). Of ``settings``, only ``epochs`` (for
     the stages not yet finished) and ``allow_noncausal`` are taken from the caller.
+    With an MPI communicator ``comm``, every rank calls this with the same arguments and
+    trains on its shard of each batch (``distributed.py``); any number of ranks can resume
+    any checkpoint.
     """
     out_dir = Path(out_dir)
     if resume:
@@ -279,7 +294,8 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
             saved_settings = dataclasses.replace(saved_settings, epochs=settings.epochs,
                                                  allow_noncausal=settings.allow_noncausal)
         trainer = Trainer(checkpoint.network, checkpoint.tokenizer,
-                          [Stage(**s) for s in state["stages"]], saved_settings, out_dir, log)
+                          [Stage(**s) for s in state["stages"]], saved_settings, out_dir, log,
+                          comm)
         trainer.restore(state)
     else:
         settings = settings or TrainSettings()
@@ -291,14 +307,15 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
         tokenizer = Tokenizer.from_texts(texts)
         network = build_network(config, len(tokenizer), seed=settings.seed, dtype=dtype,
                                 backend=backend)
-        trainer = Trainer(network, tokenizer, stages, settings, out_dir, log)
+        trainer = Trainer(network, tokenizer, stages, settings, out_dir, log, comm)
     _refuse_noncausal(trainer.network.config, trainer.settings)
+    distributed.check_same_start(comm, trainer.network, trainer.tokenizer)
     trainer._say(f"model: {trainer.network.config.architecture}, "
                  f"{trainer.network.parameters():,} parameters, vocabulary "
                  f"{len(trainer.tokenizer)}, backend {trainer.network.backend}")
     history = trainer.run()
     plot_path = None
-    if plot:
+    if plot and trainer.rank == 0:
         from .plot import plot_history
         plot_path = plot_history({trainer.network.config.architecture: history},
                                  out_dir / "loss", log=trainer.log)
