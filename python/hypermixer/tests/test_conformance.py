@@ -1,8 +1,10 @@
 """Every layer of the registry (``hypermixer.check.CASES``) x implementation x dtype:
-compiled vs reference, padding, batch vs one by one, finite differences, threads.
+same initial parameters, compiled vs reference, padding, unbatched input, batch vs one by
+one, finite differences, 1 vs all threads.
 
 Tolerances come from ``hypermixer.check.tolerance``: eps(dtype) * sqrt(K) * one factor, K
-the length of the chain of sums behind a result.
+the length of the chain of sums behind a result. A new layer is tested by adding its
+``Case`` to ``CASES``; nothing here names a layer.
 """
 
 import numpy as np
@@ -10,13 +12,17 @@ import pytest
 
 import hypermixer
 from hypermixer.check import (CASES, DTYPES, IMPLEMENTATIONS, SHAPES, bit_identical,
-                              build_one, build_pair, compare, fill_padding,
+                              build_one, check_case, compare, fill_padding,
                               finite_difference_errors, make_inputs, one_by_one, padding_mask,
                               reduction_length, run, tolerance)
 
 CASE_IDS = [c.label for c in CASES]
 DTYPE_IDS = [d.name for d in DTYPES]
 IMPLS = list(IMPLEMENTATIONS)
+
+cases = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+impls = pytest.mark.parametrize("impl", IMPLS)
 
 
 def small_batch(case, seed=0):
@@ -32,33 +38,51 @@ def assert_within(errors, tol, what):
             assert err <= tol, f"{what}: {name} relative error {err:.3e} > {tol:.1e}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_compiled_matches_reference(case, dtype):
-    dims, seq_len, x, g, lengths = small_batch(case, seed=1)
-    comp, ref = build_pair(case, dims, dtype)
-    for (name, a), (_, b) in zip(comp.named_parameters(), ref.named_parameters()):
-        assert a.dtype == dtype and np.array_equal(a, b), f"initial {name} differs"
-    result, expected = run(comp, x, g, lengths), run(ref, x, g, lengths)
-    assert result[0].shape == expected[0].shape
+@dtypes
+@cases
+def test_same_seed_same_parameters(case, dtype):
+    dims = SHAPES["small"][0]
+    a, b = (case.build(IMPLEMENTATIONS[name], dims, dtype, 7) for name in IMPLS)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert p.dtype == dtype and p.shape == q.shape, name
+        assert np.array_equal(p, q), f"initial {name} differs between the implementations"
+
+
+@pytest.mark.parametrize("size", list(SHAPES))
+@dtypes
+@cases
+def test_compiled_matches_reference(case, dtype, size):
+    """Output, input gradient and every parameter gradient on a mixed-length batch (the
+    medium one past the parallel thresholds, then the default model's shapes); NaN in its
+    padding changes no bit."""
+    rows = check_case(case, dtype, size, [1])
+    problems = [r.problem for r in rows if not r.passed]
+    assert not problems, f"{case.label}: {problems}"
+
+
+@dtypes
+@cases
+def test_result_types(case, dtype):
+    dims, _, x, g, lengths = small_batch(case)
+    y, gi, grads = run(build_one(case, "compiled", dims, dtype), x, g, lengths)
     if case.kind != "loss":   # the loss is a Python float
-        assert result[0].dtype == dtype
-    assert [a.dtype for a in result[2]] == [dtype] * len(expected[2])
-    assert_within(compare(result, expected),
-                  tolerance(dtype, reduction_length(case, dims, seq_len, lengths)),
-                  f"{case.label} compiled vs reference")
+        assert y.dtype == dtype and y.shape == x.shape[:2] + (case.out_width(dims),)
+    assert gi is None if case.kind == "ids" else (gi.dtype == dtype and gi.shape == x.shape)
+    assert all(a.dtype == dtype for a in grads)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_nan_in_padding_leaks_nowhere(case, impl, dtype):
-    """Padding rows give 0 output and 0 input gradient, and NaN (or -1 ids) written into
-    the padding of the input and of grad_output changes no bit of anything valid."""
+@pytest.mark.parametrize("garbage", [np.nan, np.inf], ids=["nan", "inf"])
+@dtypes
+@impls
+@cases
+def test_garbage_in_padding_leaks_nowhere(case, impl, dtype, garbage):
+    """Padding rows give 0 output and 0 input gradient, and NaN or Inf (-1 for ids and
+    targets) in the padding of the input and of grad_output changes no bit of anything."""
     dims, seq_len, x, g, lengths = small_batch(case, seed=2)
     layer = build_one(case, impl, dims, dtype)
     clean = run(layer, x, g, lengths)
-    xn, gn = fill_padding(case, x, g, lengths)
+    xn, gn = fill_padding(case, x, g, lengths, garbage)
     dirty = run(layer, xn, gn, lengths)
     mask = padding_mask(lengths, seq_len)
     y, gi, grads = dirty
@@ -71,9 +95,24 @@ def test_nan_in_padding_leaks_nowhere(case, impl, dtype):
     assert bit_identical(clean, dirty), "padding content changed a valid result"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@dtypes
+@impls
+@cases
+def test_unbatched_input_equals_batch_of_one(case, impl, dtype):
+    dims, _, x, g, lengths = small_batch(case, seed=3)
+    layer = build_one(case, impl, dims, dtype)
+    n = int(lengths[0])
+    single = run(layer, x[0, :n], g[0, :n], None)
+    batch = run(layer, x[:1, :n], g[:1, :n], None)
+    assert single[0].shape == batch[0].shape[1:] or case.kind == "loss"
+    batch = (batch[0] if case.kind == "loss" else batch[0][0],
+             None if batch[1] is None else batch[1][0], batch[2])
+    assert bit_identical(single, batch)
+
+
+@dtypes
+@impls
+@cases
 def test_mixed_batch_equals_one_by_one(case, impl, dtype):
     dims, seq_len, x, g, lengths = small_batch(case, seed=3)
     layer = build_one(case, impl, dims, dtype)
@@ -82,10 +121,13 @@ def test_mixed_batch_equals_one_by_one(case, impl, dtype):
     assert_within(compare(batched, expected),
                   tolerance(dtype, reduction_length(case, dims, seq_len, lengths)),
                   f"{case.label} ({impl}) batch vs one by one")
+    if case.rows_exact:
+        assert np.array_equal(batched[0], expected[0]) and \
+            np.array_equal(batched[1], expected[1]), "rows are computed on their own"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@impls
+@cases
 def test_gradients_match_finite_differences(case, impl):
     dims, _, x, g, lengths = small_batch(case, seed=4)
     layer = build_one(case, impl, dims, np.float64)
@@ -94,17 +136,20 @@ def test_gradients_match_finite_differences(case, impl):
                          f"by {worst:.2f}x the allowed error"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@dtypes
+@cases
 def test_one_and_all_threads_bit_identical(case, dtype):
     """At the medium size (past the parallel thresholds): 1 thread and at least 2 give the
-    same bits, and the result agrees with the reference."""
+    same bits, for the results and for the parameters after one Adam step."""
     dims, seq_len, lengths = SHAPES["medium"]
     x, g, lengths = make_inputs(case, dims, seq_len, lengths, seed=6)
-    comp = build_one(case, "compiled", dims, dtype)
     results = []
     for threads in (1, max(2, hypermixer.get_num_threads())):
         hypermixer.set_num_threads(threads)
-        results.append(run(comp, x, g, lengths))
+        layer = build_one(case, "compiled", dims, dtype)
+        y, gi, grads = run(layer, x, g, lengths)
+        if grads:
+            layer.apply_gradients(grads, 1e-3)
+        results.append((y, gi, grads + [p for _, p in layer.named_parameters()]))
     hypermixer.set_num_threads(None)
     assert bit_identical(*results), "the thread count changed the result"
