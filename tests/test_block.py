@@ -1,4 +1,6 @@
-"""HyperMixerBlock: compiled vs reference, gradients, causality, sizes, sharing, threads."""
+"""HyperMixerBlock beyond the conformance suite (hypermixer/tests/test_conformance.py:
+parity, padding, batch vs one by one, finite differences, threads, both modes): sizes,
+names, defaults, sharing, causality."""
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import hypermixer
 from hypermixer import reference
 from hypermixer._blueprints import token_mixing_output_dim
 from hypermixer._layer import Layer
-from helpers import assert_close, check_parity, finite_difference_check, check_padding_isolated
+from helpers import assert_close
 
 DTYPES = [np.float32, np.float64]
 # A small configuration used by most tests: E, H, S, Hh, Ht.
@@ -19,92 +21,9 @@ SMALL = dict(embedding_dim=8, hidden_dim=12, max_seq_len=7, hypernetwork_hidden_
 F32_FACTOR = 2.0
 
 
-def blocks(dtype, causal, seed=0, **overrides):
-    config = dict(SMALL, **overrides)
-    compiled = hypermixer.HyperMixerBlock(causal=causal, seed=seed, dtype=dtype, **config)
-    ref = reference.HyperMixerBlock(causal=causal, seed=seed, dtype=dtype, **config)
-    return compiled, ref
-
-
 def inputs(seed, batch, seq_len, width=SMALL["embedding_dim"]):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(batch, seq_len, width)), rng.normal(size=(batch, seq_len, width))
-
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("seq_len, lengths", [
-    (1, None), (2, None), (5, None), (7, None), (7, [7, 1, 4, 2]), (3, [3, 3]),
-])
-def test_parity_with_reference(dtype, causal, seq_len, lengths):
-    batch = 1 if lengths is None else len(lengths)
-    x, g = inputs(seq_len * 10 + batch, batch, seq_len)
-    compiled, ref = blocks(dtype, causal)
-    factor = F32_FACTOR if dtype == np.float32 else 1.0
-    check_parity(compiled, ref, x, g, None if lengths is None else np.array(lengths),
-                 factor=factor)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", [False, True])
-def test_parity_with_perturbed_parameters(dtype, causal):
-    # Non-zero biases and gains away from 1 exercise every term of the backward pass.
-    # (Comparing parameters after Adam steps would be ill-conditioned: Adam divides by
-    # sqrt(v), so rounding noise in near-zero gradients becomes steps of size lr.)
-    x, g = inputs(1, 3, 6)
-    lengths = np.array([6, 2, 5])
-    compiled, ref = blocks(dtype, causal)
-    rng = np.random.default_rng(21)
-    for (_, a), (_, b) in zip(compiled.named_parameters(), ref.named_parameters()):
-        a[...] = a + rng.normal(0.0, 0.2, size=a.shape)
-        b[...] = a
-    factor = F32_FACTOR if dtype == np.float32 else 1.0
-    check_parity(compiled, ref, x, g, lengths, factor=factor)
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_finite_differences_of_reference(causal):
-    x, g = inputs(2, 2, 4)
-    layer = reference.HyperMixerBlock(causal=causal, seed=3, dtype=np.float64, **SMALL)
-    finite_difference_check(layer, x, g, np.array([4, 3]), samples=3)
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_finite_differences_of_compiled(causal):
-    x, g = inputs(4, 2, 4)
-    layer = hypermixer.HyperMixerBlock(causal=causal, seed=5, dtype=np.float64, **SMALL)
-    # eps 1e-5: at 1e-6 the difference quotient's rounding noise (~5e-9) came within reach of
-    # the 1e-6 tolerance in the -O1 sanitizer build; the truncation error at 1e-5 is ~1e-10.
-    finite_difference_check(layer, x, g, np.array([2, 4]), samples=3, eps=1e-5)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", [False, True])
-def test_mixed_lengths_equal_one_by_one(dtype, causal):
-    x, g = inputs(6, 3, 7)
-    lengths = np.array([7, 3, 1])
-    layer = hypermixer.HyperMixerBlock(causal=causal, seed=1, dtype=dtype, **SMALL)
-    y, (gi, grads) = layer.forward(x, lengths), layer.compute_gradients(x, g, lengths)
-    mask = np.arange(7)[None, :] >= lengths[:, None]
-    assert np.all(y[mask] == 0) and np.all(gi[mask] == 0)
-    totals = [np.zeros_like(p) for p in grads]
-    factor = F32_FACTOR if dtype == np.float32 else 1.0
-    for b, n in enumerate(lengths):
-        assert_close(y[b, :n], layer.forward(x[b, :n]), dtype, f"output {b}", factor)
-        gi_b, grads_b = layer.compute_gradients(x[b, :n], g[b, :n])
-        assert_close(gi[b, :n], gi_b, dtype, f"input gradient {b}", factor)
-        for t, gb in zip(totals, grads_b):
-            t += gb
-    for (name, _), got, want in zip(layer.named_parameters(), grads, totals):
-        assert_close(got, want, dtype, f"batched gradient of {name}", factor)
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_garbage_in_padding_does_not_leak(causal):
-    x, g = inputs(12, 3, 6)
-    layer = hypermixer.HyperMixerBlock(causal=causal, seed=3, dtype=np.float64, **SMALL)
-    check_padding_isolated(layer, x, g, np.array([6, 2, 4]))
 
 
 def seeds_parameter_count(E, H, S, Hh, Ht):
@@ -241,22 +160,3 @@ def test_bidirectional_rows_see_the_future(module):
     y2 = block.forward(changed)
     for t in range(S - 1):
         assert not np.allclose(y2[:, t], y[:, t]), f"row {t} did not react to the last row"
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", [False, True])
-def test_one_and_two_threads_bit_identical(dtype, causal, restore_threads):
-    config = dict(embedding_dim=32, hidden_dim=64, max_seq_len=40, hypernetwork_hidden_dim=8,
-                  token_mixing_hidden_dim=16)
-    x, g = inputs(11, 3, 40, width=32)
-    lengths = np.array([40, 13, 27])
-    results = []
-    for threads in (1, 2):
-        hypermixer.set_num_threads(threads)
-        block = hypermixer.HyperMixerBlock(causal=causal, seed=2, dtype=dtype, **config)
-        y = block.forward(x, lengths)
-        gi, grads = block.compute_gradients(x, g, lengths)
-        block.apply_gradients(grads, 1e-3)
-        results.append([y, gi] + grads + [p for _, p in block.named_parameters()])
-    for a, b in zip(*results):
-        assert np.array_equal(a, b)

@@ -1,4 +1,6 @@
-"""Compiled TokenMixingMLP (bidirectional and causal) against the NumPy reference."""
+"""TokenMixingMLP beyond the conformance suite (hypermixer/tests/test_conformance.py:
+parity, padding, batch vs one by one, finite differences, threads, both modes): causality,
+the two modes' relation, a shared hypernetwork, the binding."""
 
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import pytest
 import hypermixer
 from hypermixer import _kernels, reference
 from hypermixer._layer import Layer
-from helpers import assert_close, check_parity, finite_difference_check, check_padding_isolated
+from helpers import assert_close, check_parity, finite_difference_check
 
 DTYPES = [np.float32, np.float64]
 MODES = [False, True]
@@ -31,7 +33,6 @@ def make_pair(dtype, causal, width=E, max_len=S, ht=HT, hh=HH, seed=0):
     ref = reference.TokenMixingMLP(width, max_len, **kw)
     randomize_biases([compiled, ref], seed)
     return compiled, ref
-
 
 
 class Stack(Layer):
@@ -62,111 +63,6 @@ def test_parameters_are_the_hypernetworks():
     out = 2 * S * HT + HT + S
     assert compiled.hypernetwork.w2.shape == (HH, out)
     assert compiled.parameters() == ref.parameters() == E * HH + HH + HH * out + out
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", MODES)
-@pytest.mark.parametrize("seq_len, lengths", [
-    (1, None), (2, None), (5, None), (S, None), (S, [S, 1, 2, 5]), (6, [3, 6]),
-])
-def test_parity_with_reference(dtype, causal, seq_len, lengths):
-    rng = np.random.default_rng(seq_len)
-    batch = 2 if lengths is None else len(lengths)
-    x = rng.normal(size=(batch, seq_len, E))
-    g = rng.normal(size=(batch, seq_len, E))
-    compiled, ref = make_pair(dtype, causal)
-    check_parity(compiled, ref, x, g, None if lengths is None else np.array(lengths),
-                 factor=2.0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", MODES)
-def test_parity_on_larger_shapes(dtype, causal):
-    # E and Ht past the dot-product lane width, with tails; several causal chunks.
-    rng = np.random.default_rng(21)
-    compiled, ref = make_pair(dtype, causal, width=21, max_len=24, ht=11, hh=6, seed=3)
-    lengths = np.array([24, 13, 1])
-    x = rng.normal(size=(3, 24, 21))
-    g = rng.normal(size=(3, 24, 21))
-    check_parity(compiled, ref, x, g, lengths, factor=4.0)
-
-
-@pytest.mark.parametrize("causal", MODES)
-def test_parity_at_benchmark_shape(causal):
-    # The default-sized model's shape (E=128, S=80, Ht=64, Hh=32), float32, mixed lengths.
-    rng = np.random.default_rng(31)
-    compiled, ref = make_pair(np.float32, causal, width=128, max_len=80, ht=64, hh=32, seed=9)
-    x = rng.normal(size=(2, 80, 128))
-    g = rng.normal(size=(2, 80, 128))
-    check_parity(compiled, ref, x, g, np.array([80, 37]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", MODES)
-def test_padding_is_zero_and_garbage_does_not_leak(dtype, causal):
-    rng = np.random.default_rng(22)
-    compiled, _ = make_pair(dtype, causal)
-    check_padding_isolated(compiled, rng.normal(size=(3, 6, E)), rng.normal(size=(3, 6, E)),
-                           np.array([6, 1, 4]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", MODES)
-def test_batch_equals_one_by_one(dtype, causal):
-    rng = np.random.default_rng(23)
-    lengths = np.array([7, 2, 1, 5])
-    x = rng.normal(size=(4, 7, E))
-    g = rng.normal(size=(4, 7, E))
-    compiled, _ = make_pair(dtype, causal)
-    y = compiled.forward(x, lengths)
-    gi, grads = compiled.compute_gradients(x, g, lengths)
-    summed = [np.zeros_like(p) for _, p in compiled.named_parameters()]
-    for b, n in enumerate(lengths):
-        y_b = compiled.forward(x[b, :n])
-        gi_b, grads_b = compiled.compute_gradients(x[b, :n], g[b, :n])
-        assert_close(y[b, :n], y_b, dtype, "output")
-        assert_close(gi[b, :n], gi_b, dtype, "input gradient")
-        for s, gb in zip(summed, grads_b):
-            s += gb
-    for grad, s in zip(grads, summed):
-        assert_close(grad, s, dtype, "summed parameter gradient", factor=2.0)
-
-
-@pytest.mark.parametrize("causal", MODES)
-def test_finite_differences_reference(causal):
-    rng = np.random.default_rng(24)
-    _, ref = make_pair(np.float64, causal)
-    x = rng.normal(size=(2, 5, E))
-    g = rng.normal(size=(2, 5, E))
-    finite_difference_check(ref, x, g, np.array([5, 3]), samples=6)
-
-
-@pytest.mark.parametrize("causal", MODES)
-def test_finite_differences_compiled(causal):
-    rng = np.random.default_rng(25)
-    compiled, _ = make_pair(np.float64, causal)
-    x = rng.normal(size=(2, 6, E))
-    g = rng.normal(size=(2, 6, E))
-    finite_difference_check(compiled, x, g, np.array([6, 4]), samples=6)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("causal", MODES)
-@pytest.mark.parametrize("batch, lengths", [(1, None), (3, [40, 17, 1])])
-def test_one_and_two_threads_bit_identical(dtype, causal, batch, lengths, restore_threads):
-    rng = np.random.default_rng(26)
-    compiled, _ = make_pair(dtype, causal, width=24, max_len=40, ht=12, hh=6, seed=5)
-    x = rng.normal(size=(batch, 40, 24))
-    g = rng.normal(size=(batch, 40, 24))
-    lengths = None if lengths is None else np.array(lengths)
-    results = []
-    for threads in (1, 2):
-        hypermixer.set_num_threads(threads)
-        y = compiled.forward(x, lengths)
-        gi, grads = compiled.compute_gradients(x, g, lengths)
-        results.append([y, gi] + grads)
-    for a, b in zip(*results):
-        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
