@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -143,10 +144,16 @@ def _gradient_buffer(network):
     return buffer
 
 
-def train_step(comm, network, token_ids, targets, lengths, lr=1e-3, clip_norm=1.0):
+def train_step(comm, network, token_ids, targets, lengths, lr=1e-3, clip_norm=1.0,
+               timings=None):
     """:meth:`LanguageModel.train_step` on the global batch ``(B, L)``, the work shared by the
     ranks of ``comm`` (every rank passes the same batch). Without a communicator, or with one
-    rank, it is exactly ``network.train_step``."""
+    rank, it is exactly ``network.train_step``.
+
+    ``timings``, a dict, accumulates the seconds spent in "gradients" (this rank's shard),
+    "wait" (for the slowest rank, at a barrier that only timing adds), "allreduce" and
+    "update" (norm, clipping, Adam); the benchmark reads it.
+    """
     if size_of(comm) == 1:
         return network.train_step(token_ids, targets, lengths, lr=lr, clip_norm=clip_norm)
     from mpi4py import MPI
@@ -161,6 +168,7 @@ def train_step(comm, network, token_ids, targets, lengths, lr=1e-3, clip_norm=1.
     bounds = shard_bounds(batch, comm.Get_size())
     lo, hi = bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1]
     buffer = _gradient_buffer(network)
+    started = time.perf_counter()
     if hi > lo:
         width = int(lengths[lo:hi].max())   # pad the shard to its own longest sequence only
         loss, grads = network.loss_and_gradients(ids[lo:hi, :width], targets[lo:hi, :width],
@@ -168,7 +176,12 @@ def train_step(comm, network, token_ids, targets, lengths, lr=1e-3, clip_norm=1.
         buffer.fill(grads, loss, (hi - lo) / batch)
     else:
         buffer.clear()
+    computed = waited = time.perf_counter()
+    if timings is not None:   # separate load imbalance from the cost of the reduction
+        comm.Barrier()
+        waited = time.perf_counter()
     comm.Allreduce(MPI.IN_PLACE, buffer.flat, op=MPI.SUM)
+    reduced = time.perf_counter()
     grads = buffer.views
     loss = buffer.loss
     norm = global_norm(grads)
@@ -180,6 +193,11 @@ def train_step(comm, network, token_ids, targets, lengths, lr=1e-3, clip_norm=1.
         for grad in grads:
             grad *= scale
     network.apply_gradients(grads, lr)
+    if timings is not None:
+        for key, seconds in (("gradients", computed - started), ("wait", waited - computed),
+                             ("allreduce", reduced - waited),
+                             ("update", time.perf_counter() - reduced)):
+            timings[key] = timings.get(key, 0.0) + seconds
     return StepResult(loss, norm, tokens, applied=True)
 
 
