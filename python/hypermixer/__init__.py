@@ -62,6 +62,5 @@ from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ += ["LanguageModel", "ModelConfig", "build_network", "Tokenizer"]
 
-# Compiled vs reference on this machine (``hypermixer check``); binds the function over the
-# submodule's name, as numpy.test does: use ``from hypermixer.check import ...`` for the rest.
-from .check import check  # noqa: E402,F811
+# Compiled vs reference on this machine: ``hypermixer.check()`` (a callable module).
+from . import check  # noqa: E402

@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -485,8 +486,16 @@ def check(quick=False, cases=None, out=None):
     """
     from . import get_num_threads, set_num_threads
     out = sys.stdout if out is None else out
+    before = get_num_threads()
     set_num_threads(None)
     all_threads = get_num_threads()
+    try:
+        return _check(quick, cases, out, all_threads)
+    finally:   # the caller's thread setting, if it was not the default
+        set_num_threads(None if before == all_threads else before)
+
+
+def _check(quick, cases, out, all_threads):
     thread_counts = [1] if all_threads == 1 else [1, all_threads]
     sizes = ["small"] if quick else list(SHAPES)
     cases = CASES if cases is None else cases
@@ -516,10 +525,10 @@ def check(quick=False, cases=None, out=None):
             print(f"FAIL: {r.label} {r.dtype} {r.size} threads={r.threads}: {r.problem}",
                   file=out)
         names = list(dict.fromkeys(r.label for r in failed))
-        print(f"{len(failed)} of {len(rows)} checks failed ({seconds:.1f} s); failing layers: "
+        print(f"{len(failed)} of {len(rows)} checks failed ({seconds:.2f} s); failing layers: "
               + ", ".join(names), file=out)
         return False
-    print(f"all {len(rows)} checks passed ({seconds:.1f} s)", file=out)
+    print(f"all {len(rows)} checks passed ({seconds:.2f} s)", file=out)
     return True
 
 
@@ -542,6 +551,16 @@ def main(argv=None):
                          + ", ".join(c.label for c in CASES))
     return 0 if check(quick=args.quick, cases=cases) else 1
 
+
+class _CallableModule(types.ModuleType):
+    """``hypermixer.check()`` calls :func:`check` while ``hypermixer.check`` stays this
+    module (``hypermixer.check.CASES``, ``import hypermixer.check as hc`` keep working)."""
+
+    def __call__(self, quick=False, cases=None, out=None):
+        return check(quick=quick, cases=cases, out=out)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

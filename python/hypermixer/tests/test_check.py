@@ -80,3 +80,49 @@ def test_unknown_layer_is_a_usage_error(capsys):
         main(["--layer", "NoSuchLayer"])
     assert exc.value.code == 2
     assert "unknown layer NoSuchLayer" in capsys.readouterr().err
+
+
+def test_check_is_a_callable_module():
+    import hypermixer.check as module
+    assert module is hypermixer.check and module.CASES is CASES
+    ok, text = run_check(quick=True, cases=CASES[:1])
+    assert ok and text.rstrip().endswith("s)")
+
+
+def _rows(check, dtype, problems):
+    return [check.Row("Fake", np.dtype(dtype).name, "small", t, (1.0, None, None), 0.5, None,
+                      p) for t, p in zip((1, 2), problems)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_second_input_only_for_float32_tolerance_misses(monkeypatch, dtype):
+    """A float32 miss on the first input that passes on the second is "pass*"; float64 misses
+    and any miss on both inputs stay failures."""
+    from hypermixer import check
+    miss = f"output {check.TOLERANCE_MISS}"
+    seen = []
+
+    def once(case, dt, size, threads, seed):
+        seen.append(seed)
+        return _rows(check, dt, [miss, ""] if seed == 0 else ["", ""])
+
+    monkeypatch.setattr(check, "_check_case_once", once)
+    rows = check.check_case(CASES[0], np.dtype(dtype), "small", [1, 2])
+    if dtype == np.float32:
+        assert seen == [0, 1] and all(r.passed and r.retried for r in rows)
+        assert "pass*" in check.format_table(rows)
+    else:
+        assert seen == [0] and not rows[0].passed
+
+    seen.clear()
+    monkeypatch.setattr(check, "_check_case_once",
+                        lambda case, dt, size, threads, seed: seen.append(seed) or
+                        _rows(check, dt, [miss, miss]))
+    rows = check.check_case(CASES[0], np.dtype(np.float32), "small", [1, 2])
+    assert seen == [0, 1] and not any(r.passed for r in rows)
+
+
+def test_check_leaves_the_callers_thread_setting():
+    hypermixer.set_num_threads(1)
+    ok, text = run_check(quick=True, cases=CASES[:1])
+    assert ok and hypermixer.get_num_threads() == 1
