@@ -22,12 +22,6 @@ def assert_close(actual, expected, dtype, what, factor=1.0):
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
-def random_batch(rng, batch, seq_len, width, lengths=None, dtype=np.float64):
-    x = rng.normal(size=(batch, seq_len, width)).astype(dtype)
-    g = rng.normal(size=(batch, seq_len, width)).astype(dtype)
-    return x, g
-
-
 def check_parity(compiled, reference, x, grad_output, lengths=None, factor=1.0):
     """Forward output, input gradient and every parameter gradient must agree."""
     dtype = compiled.dtype
@@ -77,25 +71,3 @@ def finite_difference_check(layer, x, grad_output, lengths=None, samples=6, eps=
     check(x, grad_input, "input")
     for (name, param), g in zip(layer.named_parameters(), grads):
         check(param, g, name)
-
-
-def check_padding_isolated(layer, x, grad_output, lengths, garbage=np.nan):
-    """Padding rows output 0 and get a zero input gradient, and ``garbage`` (NaN, Inf) written
-    into the padding rows of the input and of grad_output changes no bit of any valid result
-    or parameter gradient: padding must never enter a product."""
-    x = np.array(x, dtype=layer.dtype)
-    grad_output = np.array(grad_output, dtype=layer.dtype)
-    y_clean = layer.forward(x, lengths)
-    gi_clean, grads_clean = layer.compute_gradients(x, grad_output, lengths)
-    padding = np.arange(x.shape[1])[None, :] >= np.asarray(lengths)[:, None]   # (B, L)
-    x[padding] = garbage
-    grad_output[padding] = garbage
-    y = layer.forward(x, lengths)
-    gi, grads = layer.compute_gradients(x, grad_output, lengths)
-    assert np.all(y[padding] == 0), "padding rows of the output are not 0"
-    assert np.all(gi[padding] == 0), "padding rows of the input gradient are not 0"
-    assert np.array_equal(y, y_clean), "padding content changed a valid output"
-    assert np.array_equal(gi, gi_clean), "padding content changed a valid input gradient"
-    for (name, _), a, b in zip(layer.named_parameters(), grads, grads_clean):
-        assert np.all(np.isfinite(a)) and np.array_equal(a, b), \
-            f"padding content changed the gradient of {name}"

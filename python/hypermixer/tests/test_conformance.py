@@ -136,13 +136,17 @@ def test_gradients_match_finite_differences(case, impl):
                          f"by {worst:.2f}x the allowed error"
 
 
+@pytest.mark.parametrize("batch", ["mixed", "one"])
 @dtypes
 @cases
-def test_one_and_all_threads_bit_identical(case, dtype):
+def test_one_and_all_threads_bit_identical(case, dtype, batch):
     """At the medium size (past the parallel thresholds): 1 thread and at least 2 give the
-    same bits, for the results and for the parameters after one Adam step."""
+    same bits, for the results and for the parameters after one Adam step. A batch of one
+    sequence too: with fewer sequences than threads, kernels split each sequence instead."""
     dims, seq_len, lengths = SHAPES["medium"]
     x, g, lengths = make_inputs(case, dims, seq_len, lengths, seed=6)
+    if batch == "one":
+        x, g, lengths = x[:1], g[:1], lengths[:1]
     results = []
     for threads in (1, max(2, hypermixer.get_num_threads())):
         hypermixer.set_num_threads(threads)
