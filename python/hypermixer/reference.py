@@ -367,3 +367,6 @@ def softmax_cross_entropy(logits, targets, lengths=None):
 
 __all__ += ["Embeddings", "SelfAttention", "FeedForward", "TransformerBlock",
             "OutputProjection", "softmax_cross_entropy"]
+
+from ._hypermixing_reference import HyperMixing, HyperMixingBlock  # noqa: E402  (SPEC 8)
+__all__ += ["HyperMixing", "HyperMixingBlock"]

@@ -1,0 +1,262 @@
+"""Constructors of HyperMixing and HyperMixingBlock (SPEC section 8), shared by both
+implementations: parameter names, shapes, initial values, the position table, the state_dict
+exchange with the official PyTorch module, and the block's chaining.
+
+HyperMixing mixes tokens with a two-layer MLP whose weights are generated per token: for head
+j, ``W1 = G1_j(Z_j)`` and ``W2 = G2_j(Z_j)`` (one row per token, k_h columns), where Z is the
+token information (the input scaled plus a sinusoidal position code) and
+``G(z) = gelu(z @ A^T + a) @ C^T + c``. The head's values V_j (its d_h columns of the input)
+are mixed as ``Y_j = W2 @ gelu(W1^T @ V_j)``; heads side by side, then an optional LayerNorm.
+In causal mode the sum over tokens inside ``W1^T @ V_j`` runs over the prefix 0..t only.
+"""
+
+import numpy as np
+
+from ._layer import Layer, check_allocation, make_rng
+from ._blueprints import _positive_int
+
+#: The two ways of computing token information that trained weights expect.
+#: "official": Z = X * sqrt(d) + P[1 : L+1] with the official table (its exponent uses the
+#:             column index itself, 2i/d for column i).
+#: "speechbrain": Z = X + P'[0 : L] with the standard sinusoid (exponent 2*floor(i/2)/d).
+TOKEN_INFORMATION = ("official", "speechbrain")
+NORMALIZE = ("sum", "mean")
+
+
+def position_table(rows, dim, flavour="official"):
+    """``(rows, dim)`` sinusoidal table, positions 0..rows-1, in float64.
+
+    The values are rounded to float32 first: both PyTorch modules build their table as a
+    float32 buffer, and a model converted to float64 keeps those rounded values; weights are
+    only interchangeable if we use the same numbers.
+    """
+    pos = np.arange(rows, dtype=np.float64)[:, None]
+    col = np.arange(dim, dtype=np.float64)[None, :]
+    if flavour == "official":
+        angle = pos / 10000.0 ** (2.0 * col / dim)
+    else:
+        angle = pos / 10000.0 ** (2.0 * np.floor(col / 2) / dim)
+    table = np.where(np.arange(dim)[None, :] % 2 == 0, np.sin(angle), np.cos(angle))
+    return table.astype(np.float32).astype(np.float64)
+
+
+class HyperMixingBase(Layer):
+    """Multi-head HyperMixing (SPEC section 8) on ``(L, d)`` or ``(B, L, d)`` input.
+
+    Parameters use the official module's names and shapes, so ``state_dict()`` and
+    ``load_state_dict()`` exchange weights with it: ``hyper.w1_gen.fc1_weights`` (h, d_h, d_h),
+    ``hyper.w1_gen.fc1_biases`` (h, d_h), ``hyper.w1_gen.fc2_weights`` (h, k_h, d_h),
+    ``hyper.w1_gen.fc2_biases`` (h, k_h), the same for ``hyper.w2_gen`` unless tied, and
+    ``layer_norm.weight`` / ``layer_norm.bias`` (d,). Biases only with
+    ``hypernetwork_bias=True``; the LayerNorm only with ``layer_norm=True``.
+
+    ``normalize="sum"`` sums the outer products over tokens (the official code); "mean"
+    divides by the number of tokens summed (all of them, or t+1 in causal mode).
+    There is no maximum length: the position table grows on demand.
+    """
+
+    def __init__(self, embedding_dim, token_mixing_hidden_dim=None, heads=1, tied=False,
+                 causal=False, normalize="sum", layer_norm=True, hypernetwork_bias=False,
+                 token_information="official", seed=0, dtype=np.float32):
+        super().__init__(dtype)
+        d = self.embedding_dim = self.in_features = _positive_int("embedding_dim",
+                                                                  embedding_dim)
+        if token_mixing_hidden_dim is None:
+            token_mixing_hidden_dim = 2 * d
+        k = self.token_mixing_hidden_dim = _positive_int("token_mixing_hidden_dim",
+                                                         token_mixing_hidden_dim)
+        h = self.heads = _positive_int("heads", heads)
+        if d % h:
+            raise ValueError(f"heads={h} must divide embedding_dim={d}")
+        if k % h:
+            raise ValueError(f"heads={h} must divide token_mixing_hidden_dim={k}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if token_information not in TOKEN_INFORMATION:
+            raise ValueError(
+                f"token_information must be one of {TOKEN_INFORMATION}, got "
+                f"{token_information!r}")
+        self.tied = bool(tied)
+        self.causal = bool(causal)
+        self.normalize = normalize
+        self.layer_norm = bool(layer_norm)
+        self.hypernetwork_bias = bool(hypernetwork_bias)
+        self.token_information = token_information
+        self.head_dim = dh = d // h
+        self.head_hidden = kh = k // h
+        # the scale of the input inside the token information
+        self.info_scale = float(np.sqrt(d)) if token_information == "official" else 1.0
+        self.info_offset = 1 if token_information == "official" else 0
+        check_allocation("HyperMixing weights", [(h, kh, dh)] * 6, np.float64)
+        rng = make_rng(seed)
+        self.generators = ["w1_gen"] if self.tied else ["w1_gen", "w2_gen"]
+        for gen in self.generators:
+            # He initialisation (SPEC section 1): both layers of a generator have fan-in d_h
+            self._add_parameter(f"hyper.{gen}.fc1_weights", rng.normal(
+                0.0, np.sqrt(2.0 / dh), size=(h, dh, dh)).astype(self.dtype))
+            if self.hypernetwork_bias:
+                self._add_parameter(f"hyper.{gen}.fc1_biases", np.zeros((h, dh), self.dtype))
+            self._add_parameter(f"hyper.{gen}.fc2_weights", rng.normal(
+                0.0, np.sqrt(2.0 / dh), size=(h, kh, dh)).astype(self.dtype))
+            if self.hypernetwork_bias:
+                self._add_parameter(f"hyper.{gen}.fc2_biases", np.zeros((h, kh), self.dtype))
+        if self.layer_norm:
+            self._add_parameter("layer_norm.weight", np.ones(d, self.dtype))
+            self._add_parameter("layer_norm.bias", np.zeros(d, self.dtype))
+        self._positions = np.zeros((0, d), self.dtype)
+
+    # ------------------------------------------------------------------ helpers
+    def _param(self, name):
+        for n, arr in self._own_parameters:
+            if n == name:
+                return arr
+        return None
+
+    def generator(self, gen):
+        """``(A, a, C, c)`` of generator ``gen`` ("w1_gen" or "w2_gen"); a, c are None
+        without biases. Tied layers answer "w2_gen" with the first generator."""
+        if self.tied:
+            gen = "w1_gen"
+        p = f"hyper.{gen}."
+        return (self._param(p + "fc1_weights"), self._param(p + "fc1_biases"),
+                self._param(p + "fc2_weights"), self._param(p + "fc2_biases"))
+
+    def positions(self, seq_len):
+        """The ``(seq_len, d)`` table rows added to the first seq_len tokens (already offset
+        by the flavour: rows 1..L of the official table, 0..L-1 of SpeechBrain's)."""
+        if self._positions.shape[0] < seq_len:
+            grow = max(seq_len, 2 * self._positions.shape[0], 64)
+            self._positions = position_table(grow + self.info_offset, self.embedding_dim,
+                                             self.token_information)[
+                self.info_offset:].astype(self.dtype)
+        return self._positions[:seq_len]
+
+    def _buffer_shapes(self, batch, seq_len):
+        rows, d, k = batch * seq_len, self.embedding_dim, self.token_mixing_hidden_dim
+        n_gen = len(self.generators)
+        # token information, per generator pre-activations, activations, weights and their
+        # gradients, the mixed output and the LayerNorm's cache
+        return [(rows, d)] * (2 + 4 * n_gen + 4) + [(rows, k)] * (2 + 2 * n_gen)
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self):
+        """``{official name: NumPy array}``, copies in the official shapes (no torch)."""
+        return {name: np.array(arr, copy=True) for name, arr in self._own_parameters}
+
+    def load_state_dict(self, mapping, strict=True):
+        """Load weights named as the official module's state_dict (NumPy arrays, or anything
+        with ``.detach().cpu().numpy()`` / ``__array__``). Every entry is checked first;
+        a missing, unknown or misshapen entry raises ValueError and changes nothing.
+
+        Position buffers (``token_information.pe``, ``positional_encoding.pe``) are constants
+        and are ignored. A tied layer accepts ``hyper.w2_gen.*`` entries (PyTorch writes the
+        shared generator twice) only when they equal the ``w1_gen`` ones.
+        """
+        if not hasattr(mapping, "items"):
+            raise TypeError(f"state dict must be a mapping, got {type(mapping).__name__}")
+        expected = dict(self._own_parameters)
+        ignored = ("token_information.pe", "positional_encoding.pe")
+        given = {}
+        for name, value in mapping.items():
+            if not isinstance(name, str):
+                raise TypeError(f"state dict keys must be str, got {name!r}")
+            if name in ignored:
+                continue
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(f"state dict entry {name} has dtype {arr.dtype}, expected "
+                                "real numbers")
+            given[name] = arr
+        duplicates = {}
+        if self.tied:
+            for name in list(given):
+                if name.startswith("hyper.w2_gen."):
+                    duplicates[name] = given.pop(name)
+        unknown = sorted(set(given) - set(expected))
+        missing = sorted(set(expected) - set(given))
+        if unknown and strict:
+            raise ValueError(f"state dict has unexpected entries {unknown}; this layer has "
+                             f"{sorted(expected)}")
+        if missing:
+            raise ValueError(f"state dict lacks {missing}")
+        for name, arr in expected.items():
+            if given[name].shape != arr.shape:
+                raise ValueError(f"state dict entry {name} has shape {given[name].shape}, "
+                                 f"expected {arr.shape}")
+            if not np.all(np.isfinite(given[name])):
+                raise ValueError(f"state dict entry {name} has non-finite values")
+        for name, arr in duplicates.items():
+            twin = "hyper.w1_gen." + name[len("hyper.w2_gen."):]
+            if twin not in given or arr.shape != given[twin].shape or \
+                    not np.array_equal(arr, given[twin]):
+                raise ValueError(
+                    f"this layer is tied, but state dict entry {name} differs from {twin}")
+        for name, arr in expected.items():
+            arr[...] = given[name].astype(self.dtype)
+        # Adam moments describe the old weights; start them afresh
+        self._adam_moments = None
+        self._adam_step = 0
+
+
+def _valid_mask(lengths, seq_len):
+    return (np.arange(seq_len)[None, :] < lengths[:, None])[:, :, None]
+
+
+class HyperMixingBlockBase(Layer):
+    """Pre-norm block: ``y = x + HyperMixing(norm1(x)); out = y + FF(norm2(y))`` where FF is
+    the position-wise MLP ``relu(c @ w1 + b1) @ w2 + b2`` (the FeedForward layer without
+    its own residual). Canonical order: norm1, hypermixing, norm2, feed_forward.
+
+    Subclasses set ``LayerNorm``, ``HyperMixing`` and ``FeedForward``.
+    """
+
+    LayerNorm = None
+    HyperMixing = None
+    FeedForward = None
+
+    def __init__(self, embedding_dim, hidden_dim, token_mixing_hidden_dim=None, heads=1,
+                 tied=False, causal=False, normalize="sum", layer_norm=True,
+                 hypernetwork_bias=False, token_information="official", seed=0,
+                 dtype=np.float32):
+        super().__init__(dtype)
+        rng = make_rng(seed)
+        self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.norm1 = self._add_child("norm1", self.LayerNorm(embedding_dim, dtype=self.dtype))
+        self.hypermixing = self._add_child("hypermixing", self.HyperMixing(
+            embedding_dim, token_mixing_hidden_dim, heads=heads, tied=tied, causal=causal,
+            normalize=normalize, layer_norm=layer_norm, hypernetwork_bias=hypernetwork_bias,
+            token_information=token_information, seed=rng, dtype=self.dtype))
+        self.norm2 = self._add_child("norm2", self.LayerNorm(embedding_dim, dtype=self.dtype))
+        self.feed_forward = self._add_child("feed_forward", self.FeedForward(
+            embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
+        self.causal = self.hypermixing.causal
+
+    def _forward(self, x, lengths):
+        valid = _valid_mask(lengths, x.shape[1])
+        mixed = self.hypermixing._forward(self.norm1._forward(x, lengths), lengths)
+        y = np.where(valid, x + mixed, 0).astype(self.dtype)
+        c = self.norm2._forward(y, lengths)
+        # FeedForward adds its own input back; this block's residual is y, not c
+        out = y + (self.feed_forward._forward(c, lengths) - c)
+        self._valid = valid
+        return out
+
+    def _backward(self, grad_output):
+        valid = self._valid
+        g = np.where(valid, grad_output, 0).astype(self.dtype)
+        gc, ff_grads = self.feed_forward._backward(g)
+        gy, n2_grads = self.norm2._backward(gc - g)
+        gy = g + gy
+        ga, hm_grads = self.hypermixing._backward(gy)
+        gx, n1_grads = self.norm1._backward(ga)
+        gx = np.where(valid, gy + gx, 0).astype(self.dtype)
+        return gx, self._merge_gradients([(self.norm1, n1_grads), (self.hypermixing, hm_grads),
+                                          (self.norm2, n2_grads),
+                                          (self.feed_forward, ff_grads)])
+
+    def _buffer_shapes(self, batch, seq_len):
+        return super()._buffer_shapes(batch, seq_len) + [(batch, seq_len,
+                                                          self.embedding_dim)] * 4
