@@ -1,4 +1,4 @@
-"""Check that hypermixer.torch_peer (the benchmark's PyTorch peer) computes what hypermixer.reference computes (float64):
+"""Check that benchmarks/torch_peer.py (the benchmarks' PyTorch peer) computes what hypermixer.reference computes (float64):
 forward outputs, input gradients and every parameter gradient of the HyperMixerBlock
 (bidirectional and causal), the TransformerBlock and both language models, on a padded batch.
 
@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import torch
 
-from hypermixer import reference, torch_peer
+import torch_peer  # benchmarks/torch_peer.py, beside this script
+from hypermixer import reference
 from hypermixer.model import ModelConfig, build_network
 
 TOL = 1e-10   # max |difference| / max |reference value|, per array
@@ -31,7 +32,8 @@ def report(what, errors):
     return ok
 
 
-def check_block(what, layer, module, rng, batch, seq_len, width, lengths):
+def check_block(what, layer, module, rng, batch, seq_len, width, lengths, unmasked=False):
+    """``unmasked``: every sequence full and the peer run with mask=None (its fast path)."""
     x = rng.standard_normal((batch, seq_len, width))
     g = rng.standard_normal((batch, seq_len, width))
     for b, n in enumerate(lengths):
@@ -42,7 +44,7 @@ def check_block(what, layer, module, rng, batch, seq_len, width, lengths):
     module.zero_grad(set_to_none=True)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     lt = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
-    mask = torch_peer.padding_mask(lt, seq_len, torch.float64)
+    mask = None if unmasked else torch_peer.padding_mask(lt, seq_len, torch.float64)
     y = module(xt, mask)
     (y * torch.from_numpy(g)).sum().backward()
     errors = {"forward": rel(y.detach().numpy(), y_ref), "input grad": rel(xt.grad, gx_ref)}
@@ -52,7 +54,7 @@ def check_block(what, layer, module, rng, batch, seq_len, width, lengths):
     return report(what, errors)
 
 
-def check_lm(what, config, rng, batch, vocab, lengths):
+def check_lm(what, config, rng, batch, vocab, lengths, unmasked=False):
     net = build_network(config, vocab, seed=3, dtype=np.float64, backend="reference")
     seq_len = config.max_seq_len
     ids = rng.integers(0, vocab, size=(batch, seq_len))
@@ -63,8 +65,8 @@ def check_lm(what, config, rng, batch, vocab, lengths):
         config.num_layers, seq_len, config.resolved_hypernetwork_hidden_dim,
         config.resolved_token_mixing_hidden_dim, config.causal)
     torch_peer.load_parameters(module, net)
-    loss = module.loss(torch.from_numpy(ids), torch.from_numpy(targets),
-                       torch.from_numpy(np.asarray(lengths, dtype=np.int64)))
+    lt = None if unmasked else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+    loss = module.loss(torch.from_numpy(ids), torch.from_numpy(targets), lt)
     loss.backward()
     errors = {"loss": rel(loss.item(), loss_ref)}
     params = dict(module.named_parameters())
@@ -88,14 +90,49 @@ def main():
         ok &= check_block(name, layer, module, rng, 3, s, e, lengths)
         # A batch padded to fewer rows than max_seq_len uses only the first L generated rows.
         ok &= check_block(name + " (L < S)", layer, module, rng, 3, s - 2, e, [7, 3, 5])
+        ok &= check_block(name + " (full, no mask)", layer, module, rng, 3, s, e, [s] * 3,
+                          unmasked=True)
     layer = reference.TransformerBlock(e, h, s, seed=2, dtype=np.float64)
     ok &= check_block("TransformerBlock", layer, torch_peer.TransformerBlock(e, h, s), rng, 3,
                       s, e, lengths)
+    ok &= check_block("TransformerBlock (full, no mask)", layer,
+                      torch_peer.TransformerBlock(e, h, s), rng, 3, s, e, [s] * 3, unmasked=True)
     for arch in ("hypermixer", "transformer"):
         config = ModelConfig(architecture=arch, embedding_dim=e, hidden_dim=h, num_layers=2,
                              max_seq_len=s)
         ok &= check_lm(f"{arch} LM loss and gradients", config, rng, 3, 11, lengths)
+        ok &= check_lm(f"{arch} LM (full, no mask)", config, rng, 3, 11, [s] * 3,
+                       unmasked=True)
+    ok &= check_hypermixing(rng)
     return 0 if ok else 1
+
+
+def check_hypermixing(rng):
+    """The official-design HyperMixing peer against hypermixer.reference, weights moved with
+    the official state_dict names; only once hypermixer has HyperMixing."""
+    if not hasattr(reference, "HyperMixing"):
+        print("skip HyperMixing: hypermixer.reference has no HyperMixing")
+        return True
+    ok = True
+    d, k, seq_len = 16, 12, 7
+    for heads, tied in ((1, False), (2, True), (4, False)):
+        layer = reference.HyperMixing(embedding_dim=d, token_mixing_hidden_dim=k, heads=heads,
+                                      tied=tied, causal=False, normalize="sum",
+                                      layer_norm=True, hypernetwork_bias=False, seed=4,
+                                      dtype=np.float64)
+        module = torch_peer.HyperMixing(d, k, heads, tied=tied)
+        module.load_state_dict({name: torch.from_numpy(np.array(value))
+                                for name, value in layer.state_dict().items()})
+        x = rng.standard_normal((2, seq_len, d))
+        g = rng.standard_normal((2, seq_len, d))
+        y_ref = layer.forward(x)
+        gx_ref, grads_ref = layer.compute_gradients(x, g)
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        y = module(xt)
+        (y * torch.from_numpy(g)).sum().backward()
+        errors = {"forward": rel(y.detach().numpy(), y_ref), "input grad": rel(xt.grad, gx_ref)}
+        ok &= report(f"HyperMixing heads={heads} tied={tied}", errors)
+    return ok
 
 
 if __name__ == "__main__":

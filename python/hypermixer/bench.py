@@ -1,5 +1,6 @@
-"""``hypermixer bench``: training-step speed of the compiled layers, the NumPy reference and a
-PyTorch peer, at 1 and 2 threads (or --threads ...).
+"""``hypermixer bench``: training-step speed of the compiled layers against the NumPy
+reference, at 1 and 2 threads (or --threads ...). The comparison with PyTorch (eager and
+torch.compile, each in its own process) lives outside the package: benchmarks/vs_pytorch.py.
 
 One "step" is what training does per batch: forward, backward, one Adam update (for a block:
 ``forward(x)`` then ``backward(g, lr)``; for a language model: ``train_step``, which adds the
@@ -7,15 +8,11 @@ loss, global-norm clipping and the update of every parameter). Inputs are float3
 sequence full length.
 
 Each thread count runs in a child process whose OMP/OpenBLAS/MKL thread variables are set
-before NumPy or PyTorch load, so all three implementations and the peak reference get the same
-number of threads. Reported per cell: the median over >= 5 timed samples (a sample repeats
+before NumPy loads, so both implementations and the peak reference get the same number of
+threads. Reported per cell: the median over >= 5 timed samples (a sample repeats
 the step until it lasts >= 50 ms, then divides), GFLOP/s from the analytic matmul FLOP count
 printed with the table, that rate as a fraction of the same process's NumPy float32
 2048^3 matmul rate ("peak"), and the 1 -> 2 thread speedup.
-
-The PyTorch column needs ``torch`` (``pip install torch``; never a dependency of hypermixer):
-the peer implementation ships as ``hypermixer.torch_peer`` and is imported only here.
-Without torch the column is left out.
 """
 
 import argparse
@@ -28,7 +25,7 @@ import time
 SMALL = dict(E=128, H=256, S=80, L=80, Ht=64, Hh=32)
 BIG = dict(E=512, H=2048, S=512, L=512, Ht=256, Hh=128)
 VOCAB = 533
-IMPLS = ("compiled", "reference", "pytorch")
+IMPLS = ("compiled", "reference")
 
 FORMULAS = [
     "Only matmul FLOPs count (elementwise work, LayerNorm, softmax and Adam are left out);",
@@ -89,15 +86,6 @@ def forward_flops(case):
 
 # ---------------------------------------------------------------------------- the steps
 
-def _load_torch_peer():
-    """The peer module, or None (with the reason) when torch is missing."""
-    try:
-        from . import torch_peer
-    except ImportError as exc:
-        return None, f"PyTorch peer unavailable ({exc})"
-    return torch_peer, "hypermixer.torch_peer"
-
-
 def _lm_config(case):
     from .model import ModelConfig
     d = SMALL
@@ -110,7 +98,7 @@ def _lm_config(case):
                        num_layers=3, max_seq_len=d["S"], **extra)
 
 
-def make_step(case, impl, peer, lr=1e-7):
+def make_step(case, impl, lr=1e-7):
     """A zero-argument callable running one training step of ``case`` with ``impl``."""
     import numpy as np
 
@@ -128,26 +116,7 @@ def make_step(case, impl, peer, lr=1e-7):
         net = build_network(config, VOCAB, seed=0, dtype=np.float32, backend=backend)
         ids = rng.integers(0, VOCAB, size=(batch, seq))
         targets = rng.integers(0, VOCAB, size=(batch, seq))
-        if impl != "pytorch":
-            return lambda: net.train_step(ids, targets, lengths, lr=lr, clip_norm=1.0)
-        import torch
-        module = peer.LanguageModel(config.architecture, VOCAB, config.embedding_dim,
-                                    config.hidden_dim, config.num_layers, config.max_seq_len,
-                                    config.resolved_hypernetwork_hidden_dim,
-                                    config.resolved_token_mixing_hidden_dim, config.causal)
-        peer.load_parameters(module, net)
-        opt = peer.make_adam(module, lr)
-        params = list(module.parameters())
-        ids_t, targets_t = torch.from_numpy(ids), torch.from_numpy(targets)
-        lengths_t = torch.from_numpy(lengths)
-
-        def torch_lm_step():
-            loss = module.loss(ids_t, targets_t, lengths_t)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return torch_lm_step
+        return lambda: net.train_step(ids, targets, lengths, lr=lr, clip_norm=1.0)
 
     e, h, s = d["E"], d["H"], d["S"]
     lib = reference if impl == "reference" else hypermixer
@@ -159,29 +128,11 @@ def make_step(case, impl, peer, lr=1e-7):
         layer = lib.TransformerBlock(e, h, s, seed=0, dtype=np.float32)
     x = rng.standard_normal((batch, seq, e)).astype(np.float32)
     g = rng.standard_normal((batch, seq, e)).astype(np.float32)
-    if impl != "pytorch":
-        def block_step():
-            layer.forward(x, lengths)
-            layer.backward(g, lr)
-        return block_step
-    import torch
-    if case["model"] == "hypermixer":
-        module = peer.HyperMixerBlock(e, h, s, d["Hh"], d["Ht"], case["causal"])
-    else:
-        module = peer.TransformerBlock(e, h, s)
-    peer.load_parameters(module, layer)
-    opt = peer.make_adam(module, lr)
-    x_t = torch.from_numpy(x).requires_grad_(True)
-    g_t = torch.from_numpy(g)
-    mask = peer.padding_mask(torch.from_numpy(lengths), seq, torch.float32)
 
-    def torch_block_step():
-        y = module(x_t, mask)
-        y.backward(g_t)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        x_t.grad = None
-    return torch_block_step
+    def block_step():
+        layer.forward(x, lengths)
+        layer.backward(g, lr)
+    return block_step
 
 
 def median_seconds(fn, repeats, min_sample=0.05):
@@ -215,20 +166,12 @@ def numpy_peak(repeats):
 def worker(threads, quick, repeats, impls):
     import hypermixer
     hypermixer.set_num_threads(threads)
-    peer, peer_note = (None, "not requested")
-    if "pytorch" in impls:
-        peer, peer_note = _load_torch_peer()
-        if peer is not None:
-            import torch
-            torch.set_num_threads(threads)
-    result = {"threads": threads, "peak_gflops": numpy_peak(repeats), "torch_peer": peer_note,
+    result = {"threads": threads, "peak_gflops": numpy_peak(repeats),
               "load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),
               "rows": []}
     for case in cases(quick):
         for impl in impls:
-            if impl == "pytorch" and peer is None:
-                continue
-            step = make_step(case, impl, peer)
+            step = make_step(case, impl)
             seconds = median_seconds(step, repeats)
             flops = 3 * forward_flops(case)
             result["rows"].append(dict(case, impl=impl, threads=threads, ms=seconds * 1e3,
@@ -333,7 +276,8 @@ def plot(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="hypermixer bench",
-        description="Training-step speed: compiled vs NumPy reference vs PyTorch.")
+        description="Training-step speed: compiled vs NumPy reference "
+                    "(PyTorch peers: benchmarks/vs_pytorch.py in the source tree).")
     parser.add_argument("--quick", action="store_true",
                         help="B=8 small blocks and the HyperMixer LM only, 5 samples")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -364,14 +308,12 @@ def main(argv=None):
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print()
     print("\n".join(FORMULAS))
-    if results and "pytorch" in args.impl:
-        print(f"PyTorch peer: {results[0]['torch_peer']}")
     print(format_table(results))
     loads = ", ".join(f"{r['load_average_at_start']:.1f}" for r in results)
     print(f"{results[0]['cpus']} CPUs; 1-minute load average when each run started: {loads}")
     if any(r["load_average_at_start"] + r["threads"] > r["cpus"] + 0.5 for r in results):
         print("warning: other work was running, so timings are noisy; when fewer cores are "
-              "free than threads, OpenMP and PyTorch threads also wait at every barrier and "
+              "free than threads, OpenMP threads also wait at every barrier and "
               "multi-thread times mean little")
     if args.json:
         with open(args.json, "w") as fh:

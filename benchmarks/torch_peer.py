@@ -1,13 +1,15 @@
-"""The HyperMixer and Transformer blocks and language model written as a PyTorch user would:
-batched matmuls over the whole (B, L, E) batch, padding handled by masks, gradients by
-autograd, Adam from torch.optim. Same math as SPEC.md; a benchmark peer only, never a
-dependency of hypermixer: only ``hypermixer bench`` imports it, and only when torch is
-installed (benchmarks/check_torch_peer.py checks it against hypermixer.reference in float64).
+"""The HyperMixer and Transformer blocks and language model written as a careful PyTorch user
+would: batched matmuls over the whole (B, L, E) batch, gradients by autograd, Adam from
+torch.optim. Same math as docs/SPEC.md. A benchmark peer only, never a dependency of
+hypermixer and not part of the installed package: benchmarks/vs_pytorch.py imports it
+(benchmarks/check_torch_peer.py checks it against hypermixer.reference in float64).
 
 Parameters keep hypermixer's names and shapes (biases and gains (1, n)), so
 ``load_parameters(module, layer)`` can copy them from any hypermixer layer or network.
-Every module's forward takes ``(x, mask)`` where mask is (B, L, 1), 1 on real rows and 0 on
-padding; padding rows of every output are 0, as SPEC section 3 asks.
+Every module's forward takes ``(x, mask)``: mask is (B, L, 1), 1 on real rows and 0 on
+padding (padding rows of every output are then 0, as SPEC section 3 asks), or None when every
+sequence is full, which skips every mask multiplication (what a user with unpadded batches
+writes).
 """
 
 import math
@@ -30,6 +32,10 @@ def _param(*shape):
     return nn.Parameter(torch.zeros(*shape))
 
 
+def _masked(x, mask):
+    return x if mask is None else x * mask
+
+
 class LayerNorm(nn.Module):
     def __init__(self, e):
         super().__init__()
@@ -38,7 +44,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x, mask):
         y = F.layer_norm(x, x.shape[-1:], self.gamma.view(-1), self.beta.view(-1), LN_EPS)
-        return y * mask
+        return _masked(y, mask)
 
 
 class Hypernetwork(nn.Module):
@@ -68,14 +74,14 @@ class TokenMixingMLP(nn.Module):
         return w1, c1, w2, c2
 
     def forward(self, x, mask):
-        xm = x * mask
+        xm = _masked(x, mask)
         seq_len = x.shape[1]
         if not self.causal:
-            mean = xm.sum(dim=1) / mask.sum(dim=1)                        # (B, E)
+            mean = xm.mean(dim=1) if mask is None else xm.sum(dim=1) / mask.sum(dim=1)  # (B, E)
             w1, c1, w2, c2 = self._split(self.hypernetwork(mean))
             hidden = torch.relu(xm.transpose(1, 2) @ w1[:, :seq_len] + c1)  # (B, E, Ht)
             mixed = hidden @ w2[:, :, :seq_len] + c2[:, :, :seq_len]       # (B, E, L)
-            return (xm + mixed.transpose(1, 2)) * mask
+            return _masked(xm + mixed.transpose(1, 2), mask)
         # Causal: position t has its own weights from the mean of rows 0..t.
         counts = torch.arange(1, seq_len + 1, dtype=x.dtype).view(1, -1, 1)
         means = xm.cumsum(dim=1) / counts                                   # (B, L, E)
@@ -87,7 +93,7 @@ class TokenMixingMLP(nn.Module):
         w2_t = torch.diagonal(w2[..., :seq_len], dim1=1, dim2=3)            # (B, Ht, L)
         mixed = (hidden @ w2_t.transpose(1, 2).unsqueeze(-1)).squeeze(-1)   # (B, L, E)
         c2_t = torch.diagonal(c2[..., 0, :seq_len], dim1=1, dim2=2)         # (B, L)
-        return (xm + mixed + c2_t.unsqueeze(-1)) * mask
+        return _masked(xm + mixed + c2_t.unsqueeze(-1), mask)
 
 
 class ChannelMixingMLP(nn.Module):
@@ -97,7 +103,7 @@ class ChannelMixingMLP(nn.Module):
         self.w2, self.b2 = _param(h, e), _param(1, e)
 
     def forward(self, x, mask):
-        return (x + torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2) * mask
+        return _masked(x + torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2, mask)
 
 
 class HyperMixerBlock(nn.Module):
@@ -123,13 +129,17 @@ class SelfAttention(nn.Module):
         self.wq, self.wk, self.wv = _param(e, e), _param(e, e), _param(e, e)
 
     def forward(self, x, mask):
+        scale = 1.0 / math.sqrt(x.shape[-1])
+        if mask is None:   # all full: the causal flag alone, no mask tensor
+            out = F.scaled_dot_product_attention(x @ self.wq, x @ self.wk, x @ self.wv,
+                                                 is_causal=True, scale=scale)
+            return out + x
         xm = x * mask
         seq_len = x.shape[1]
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
         allowed = causal[None] & (mask.transpose(1, 2) > 0)        # (B, L, L): j <= i, j real
         out = F.scaled_dot_product_attention(xm @ self.wq, xm @ self.wk, xm @ self.wv,
-                                             attn_mask=allowed,
-                                             scale=1.0 / math.sqrt(x.shape[-1]))
+                                             attn_mask=allowed, scale=scale)
         return (out + xm) * mask
 
 
@@ -169,12 +179,16 @@ class LanguageModel(nn.Module):
 
     def logits(self, ids, mask):
         seq_len = ids.shape[1]
-        x = (self.embeddings.token[ids] + self.embeddings.position[:seq_len]) * mask
+        x = _masked(self.embeddings.token[ids] + self.embeddings.position[:seq_len], mask)
         for block in self.blocks:
             x = block(x, mask)
-        return (x @ self.output.w + self.output.b) * mask
+        return _masked(x @ self.output.w + self.output.b, mask)
 
-    def loss(self, ids, targets, lengths):
+    def loss(self, ids, targets, lengths=None):
+        """``lengths=None``: every sequence full, so the SPEC mean is the plain token mean."""
+        if lengths is None:
+            logits = self.logits(ids, None)
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         mask = padding_mask(lengths, ids.shape[1], self.output.w.dtype)
         logits = self.logits(ids, mask)
         per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
@@ -202,3 +216,62 @@ def load_parameters(module, layer):
 def make_adam(module, lr):
     """torch.optim.Adam with SPEC's constants."""
     return torch.optim.Adam(module.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+# ---- HyperMixing (SPEC section 8): the official module's design, written from its facts ----
+
+def hypermixing_positions(seq_len, d, dtype):
+    """Rows 1..L of the official sinusoidal table: column i even gets sin(p / 10000^(2i/d)),
+    column i+1 gets cos(p / 10000^(2(i+1)/d)) (the exponent uses the column index itself)."""
+    p = torch.arange(1, seq_len + 1, dtype=torch.float64)[:, None]
+    cols = torch.arange(d, dtype=torch.float64)[None, :]
+    angle = p / torch.pow(10000.0, 2 * cols / d)
+    table = torch.where(cols.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(dtype)
+
+
+class _Generator(nn.Module):
+    """One small MLP per head: gelu(z A^T + a) C^T + c, weights stacked over heads."""
+
+    def __init__(self, heads, d_head, k_head, bias):
+        super().__init__()
+        self.fc1_weights = nn.Parameter(torch.randn(heads, d_head, d_head) / math.sqrt(d_head))
+        self.fc2_weights = nn.Parameter(torch.randn(heads, k_head, d_head) / math.sqrt(d_head))
+        if bias:
+            self.fc1_biases = nn.Parameter(torch.zeros(heads, d_head))
+            self.fc2_biases = nn.Parameter(torch.zeros(heads, k_head))
+        self.bias = bias
+
+    def forward(self, z):                                   # z (B, L, h, d_h)
+        hidden = torch.einsum("blhd,hed->blhe", z, self.fc1_weights)
+        if self.bias:
+            hidden = hidden + self.fc1_biases
+        out = torch.einsum("blhe,hke->blhk", F.gelu(hidden), self.fc2_weights)
+        return out + self.fc2_biases if self.bias else out   # (B, L, h, k_h)
+
+
+class HyperMixing(nn.Module):
+    """Bidirectional HyperMixing with sum normalisation, as the official module computes it;
+    parameter names are the official state_dict's (``hyper.w1_gen.fc1_weights``, ...)."""
+
+    def __init__(self, d, k, heads, tied=False, bias=False, layer_norm=True):
+        super().__init__()
+        self.d, self.heads = d, heads
+        self.hyper = nn.Module()
+        self.hyper.w1_gen = _Generator(heads, d // heads, k // heads, bias)
+        if not tied:
+            self.hyper.w2_gen = _Generator(heads, d // heads, k // heads, bias)
+        self.tied = tied
+        self.layer_norm = nn.LayerNorm(d, eps=LN_EPS) if layer_norm else None
+
+    def forward(self, x):                                   # x (B, L, d), every row real
+        batch, seq_len, d = x.shape
+        h = self.heads
+        z = (x * math.sqrt(d) + hypermixing_positions(seq_len, d, x.dtype)).view(
+            batch, seq_len, h, d // h)
+        w1 = self.hyper.w1_gen(z)
+        w2 = w1 if self.tied else self.hyper.w2_gen(z)
+        v = x.view(batch, seq_len, h, d // h)
+        mixed = F.gelu(torch.einsum("blhk,blhd->bhkd", w1, v))
+        y = torch.einsum("blhk,bhkd->blhd", w2, mixed).reshape(batch, seq_len, d)
+        return self.layer_norm(y) if self.layer_norm is not None else y
