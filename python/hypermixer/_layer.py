@@ -113,7 +113,8 @@ def as_float_array(name, value, dtype):
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     # a broadcast or strided view can be far larger once copied
     check_allocation(name, arr.shape, dtype)
-    return np.ascontiguousarray(arr, dtype=dtype)
+    # not ascontiguousarray: it turns a 0-d array into shape (1,), and errors then misreport it
+    return np.asarray(arr, dtype=dtype, order="C")
 
 
 def check_lengths(lengths, batch, seq_len):

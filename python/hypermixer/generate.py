@@ -9,32 +9,63 @@ longer, the model is given the last ``max_seq_len`` tokens only (a sliding windo
 text is forgotten rather than refused. The whole window is recomputed for every new token.
 """
 
+import operator
+
 import numpy as np
 
 
 def _next_token(logits, temperature, top_k, rng):
     if temperature == 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
+    logits = logits.astype(np.float64)
+    if not np.isfinite(logits).all():
+        raise ValueError("the model produced non-finite logits (NaN or infinite "
+                                 "parameters or activations); cannot sample from them")
+    # Shift before dividing: the largest value becomes exactly 0, the others <= 0, so a tiny
+    # temperature (1e-320) overflows them to -inf (probability 0) instead of giving inf - inf.
+    with np.errstate(over="ignore"):
+        scaled = (logits - logits.max()) / temperature
     if top_k is not None and top_k < scaled.size:
         cutoff = np.partition(scaled, -top_k)[-top_k]
         scaled = np.where(scaled >= cutoff, scaled, -np.inf)
-    probs = np.exp(scaled - scaled.max())
+    probs = np.exp(scaled)
     probs /= probs.sum()
     return int(rng.choice(probs.size, p=probs))
+
+
+def _count(name, value, minimum):
+    """``value`` as a Python int >= minimum; NumPy integers are accepted, bools and floats not."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer >= {minimum}, got "
+                        f"{type(value).__name__} {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {number}")
+    return number
+
+
+def _temperature(value):
+    """``value`` as a finite float >= 0; strings and other non-numbers are refused by name."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                       np.floating)):
+        raise TypeError(f"temperature must be a number >= 0, got {type(value).__name__} "
+                        f"{value!r}")
+    number = float(value)
+    if not (np.isfinite(number) and number >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0, top_k=None,
                  seed=None):
     """New token ids after ``prompt_ids`` (the ``</s>`` that ends them is included)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not (np.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                              or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    max_new_tokens = _count("max_new_tokens", max_new_tokens, 0)
+    temperature = _temperature(temperature)
+    if top_k is not None:
+        top_k = _count("top_k", top_k, 1)
     context = list(prompt_ids)
     if not context:
         raise ValueError("the prompt is empty: give at least one word")
