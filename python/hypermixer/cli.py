@@ -5,6 +5,8 @@ stderr and exit with status 2, without a traceback.
 """
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -126,6 +128,16 @@ def build_parser():
 
 
 def _model_config(args, architecture=None):
+    if architecture is None and args.architecture == "transformer":
+        ignored = [flag for flag, given in (
+            ("--share-hypernetwork", args.share_hypernetwork),
+            ("--hypernetwork-hidden-dim", args.hypernetwork_hidden_dim is not None),
+            ("--token-mixing-hidden-dim", args.token_mixing_hidden_dim is not None),
+            ("--non-causal", args.non_causal)) if given]
+        if ignored:   # refused rather than silently dropped
+            raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
+                             " only to --architecture hypermixer; the transformer has no "
+                             "hypernetwork and is always causal")
     architecture = architecture or args.architecture
     fields = dict(architecture=architecture, embedding_dim=args.embedding_dim,
                   hidden_dim=args.hidden_dim, num_layers=args.num_layers,
@@ -322,6 +334,19 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "inf
             "compare": cmd_compare, "bench": cmd_bench}
 
 
+def _reader_went_away():
+    """stdout's reader closed the pipe (``hypermixer info | head -1``): stop quietly with the
+    status of a process ended by SIGPIPE, as other command-line tools do. stdout is pointed
+    at /dev/null so that Python's final flush does not report the pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -336,10 +361,20 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .train import TrainingDiverged
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()   # a closed pipe shows here, not at exit as "Exception ignored"
+        return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except (UsageError, DataError, CheckpointError, TrainingDiverged, ValueError,
             RuntimeError, OSError) as exc:
         print(f"hypermixer {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except (MemoryError, OverflowError, RecursionError) as exc:
+        # sizes the machine cannot hold (--embedding-dim 1000000): one line, not a traceback
+        kind = {MemoryError: "out of memory"}.get(type(exc), "too large")
+        print(f"hypermixer {args.command}: error: {kind}: {exc or 'no details'}",
+              file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print(f"hypermixer {args.command}: interrupted", file=sys.stderr, flush=True)

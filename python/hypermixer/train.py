@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed
+from . import distributed, runlock
 from .checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from .datasets import bundled_data_path, load_texts, make_sequences
 from .model import NonCausalTrainingError, build_network
@@ -271,6 +271,7 @@ class Trainer:
 
 
 @distributed.abort_on_error
+@runlock.holds_run_lock   # one run per output folder (runlock.py)
 def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype=np.float32,
           resume=False, log=None, plot=True, comm=None):
     """Train a model of ``config`` and leave ``checkpoint.npz`` (and a loss plot) in out_dir.
@@ -284,7 +285,7 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
     """
     out_dir = Path(out_dir)
     if resume:
-        checkpoint = load_checkpoint(out_dir, backend=backend)
+        checkpoint = load_checkpoint(out_dir, backend=backend, resume=True)
         state = checkpoint.training_state
         if not state:
             raise ValueError(f"{checkpoint.path}: this checkpoint has no training state to "
