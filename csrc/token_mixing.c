@@ -19,6 +19,7 @@
 #ifndef REAL
 #include "token_mixing.h"
 #include "gemm.h"
+#include "hypernetwork.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -348,16 +349,18 @@ static void F(tm_causal_act)(REAL* A, const REAL* X, const REAL* th, size_t t, s
     }
 }
 
-/* y, x (B, L, E); theta (B, L, O): the weights generated for every position (rows past
- * lengths[b] unused); work (n_slots, Ht*E) scratch. Parallel over (sequence, position)
- * pairs, dealt round-robin because position t costs O(t). */
+/* y, x (B, L, E); theta (B, L, P): per position the record of hypernetwork_theta_forward's
+ * causal layout, P = hypernetwork_prefix_record(S_, Ht) with S_ = L: W1 rows 0..t (of S_
+ * slots), c1, column t of W2 (Ht contiguous values), c2[t]; records past lengths[b] unused.
+ * work (n_slots, Ht*E) scratch. Parallel over (sequence, position) pairs, dealt round-robin
+ * because position t costs O(t). */
 HM_SIMD
 void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL* x,
                                     const REAL* theta, const int64_t* lengths, int B, int L,
                                     int E, int S_, int Ht)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
-    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const size_t o_n = hypernetwork_prefix_record(s_n, h_n);
     const size_t items = (size_t)B * l_n;
     #pragma omp parallel for schedule(static, 1) num_threads(tm_threads(n_slots))
     for (size_t item = 0; item < items; item++) {
@@ -369,23 +372,24 @@ void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL
         }
         const REAL* X = x + b * l_n * e_n;
         const REAL* th = theta + item * o_n;
-        const REAL* W2 = th + s_n * h_n + h_n;
-        const REAL* c2 = W2 + h_n * s_n;
+        const REAL* w2t = th + s_n * h_n + h_n;       /* column t of W2, then c2[t] */
         REAL* A = work + (size_t)tm_slot() * h_n * e_n;
         F(tm_causal_act)(A, X, th, t, e_n, s_n, h_n);
         /* yr = column t of W2 (as a 1 x Ht row) @ A */
-        F(gemm_serial)(1, 0, 1, e_n, h_n, W2 + t, s_n, A, e_n, 0, yr, e_n);
+        F(gemm_serial)(0, 0, 1, e_n, h_n, w2t, h_n, A, e_n, 0, yr, e_n);
         const REAL* restrict xr = X + t * e_n;
-        const REAL bias = c2[t];
+        const REAL bias = w2t[h_n];
         for (size_t e = 0; e < e_n; e++) {
             yr[e] = (xr[e] + yr[e]) + bias;
         }
     }
 }
 
-/* grad_input (B, L, E) and dtheta (B, L, O) are written in full; partial (B, P) with
- * P = token_mixing_causal_partial_size(L, E, chunk) and work (n_slots, Ht*E) are scratch;
- * grad_output, x (B, L, E); theta (B, L, O) from the forward. The activations of each
+/* grad_input (B, L, E) is written in full; dtheta (B, L, record) in the layout of theta (see
+ * F(token_mixing_causal_forward)): for each valid position t every value it uses, and W1 rows
+ * past t up to the end of t's HM_PREFIX_TILE tile set to 0; records of padding positions are
+ * not written. partial (B, token_mixing_causal_partial_size(L, E, chunk)) and work
+ * (n_slots, Ht*E) are scratch; grad_output, x (B, L, E); theta from the forward. The activations of each
  * position are recomputed rather than cached (they would take B*L*Ht*E values).
  *
  * Phase 1, parallel over (sequence, chunk of `chunk` positions): dtheta rows, and the
@@ -398,7 +402,7 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
                                      int E, int S_, int Ht, int chunk)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
-    const size_t o_n = 2 * s_n * h_n + h_n + s_n;
+    const size_t o_n = hypernetwork_prefix_record(s_n, h_n);
     const size_t tc = (size_t)chunk;
     const size_t chunks = (l_n + tc - 1) / tc;
     const size_t per_seq = token_mixing_causal_partial_size(L, E, chunk);
@@ -415,23 +419,25 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
         const REAL* X = x + b * l_n * e_n;
         REAL* D = work + (size_t)tm_slot() * h_n * e_n;   /* (Ht, E) */
         for (size_t t = t0; t < t1; t++) {
-            REAL* dW1 = dtheta + (b * l_n + t) * o_n;
-            F(tm_zero)(dW1, o_n);
             if (t >= n) {
-                continue;
+                break;
             }
+            REAL* dW1 = dtheta + (b * l_n + t) * o_n;
+            /* W1 rows past t up to the end of t's tile: 0 (see hypernetwork.h) */
+            const size_t tile_end = (t / HM_PREFIX_TILE + 1) * HM_PREFIX_TILE;
+            const size_t zero_end = tile_end < s_n ? tile_end : s_n;
+            F(tm_zero)(dW1 + (t + 1) * h_n, (zero_end - t - 1) * h_n);
             REAL* dc1 = dW1 + s_n * h_n;
-            REAL* dW2 = dc1 + h_n;
-            REAL* dc2 = dW2 + h_n * s_n;
+            REAL* dw2t = dc1 + h_n;                   /* column t of W2, then c2[t] */
             const REAL* th = theta + (b * l_n + t) * o_n;
-            const REAL* W2 = th + s_n * h_n + h_n;
+            const REAL* w2t = th + s_n * h_n + h_n;
             const REAL* g = grad_output + (b * l_n + t) * e_n;
             F(tm_causal_act)(D, X, th, t, e_n, s_n, h_n);
-            dc2[t] = F(tm_sum)(g, e_n);
+            dw2t[h_n] = F(tm_sum)(g, e_n);
             for (size_t h = 0; h < h_n; h++) {
                 REAL* restrict d = D + h * e_n;
-                const REAL w = W2[h * s_n + t];
-                dW2[h * s_n + t] = F(tm_dot)(d, g, e_n);
+                const REAL w = w2t[h];
+                dw2t[h] = F(tm_dot)(d, g, e_n);
                 /* act -> gradient of the pre-activation, in place */
                 for (size_t e = 0; e < e_n; e++) {
                     d[e] = HM_RELU_GRAD(g[e] * w, d[e]);

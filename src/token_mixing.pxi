@@ -79,6 +79,11 @@ cdef Py_ssize_t _tm_theta_size(Py_ssize_t L, Py_ssize_t S, Py_ssize_t Ht) except
     return 2 * S * Ht + Ht + S
 
 
+cdef Py_ssize_t _tm_record_size(Py_ssize_t L, Py_ssize_t S, Py_ssize_t Ht) except -1:
+    _tm_theta_size(L, S, Ht)
+    return S * Ht + 2 * Ht + 1
+
+
 cdef int _tm_check_work(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t need) except -1:
     if rows < 1 or rows > 2147483647 or cols != need:
         raise ValueError(f"work has shape ({rows}, {cols}), expected (n_slots >= 1, {need})")
@@ -203,10 +208,11 @@ def token_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dthet
 def token_mixing_causal_forward(floating[:, :, ::1] y, floating[:, ::1] work,
                                 const floating[:, :, ::1] x, const floating[:, :, ::1] theta,
                                 const int64_t[::1] lengths, int S, int Ht):
-    """Causal mixing: y (B, L, E); theta (B, L, O) per position; work (n_slots, Ht*E)."""
+    """Causal mixing: y (B, L, E); theta (B, L, P) one record per position (the causal layout of
+    hypernetwork_theta_forward, P = hypernetwork_prefix_record(S, Ht)); work (n_slots, Ht*E)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
     _tm_check_batch(B, L, E, lengths)
-    cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
+    cdef Py_ssize_t O = _tm_record_size(L, S, Ht)
     _tm_check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
     _tm_check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
@@ -225,11 +231,12 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
                                  const floating[:, :, ::1] grad_output,
                                  const floating[:, :, ::1] x, const floating[:, :, ::1] theta,
                                  const int64_t[::1] lengths, int S, int Ht, int chunk):
-    """Causal backward: grad_input (B, L, E), dtheta (B, L, O) written in full; partial
+    """Causal backward: grad_input (B, L, E) written, dtheta (B, L, P) as the records the
+    hypernetwork reads (see token_mixing.c); partial
     (B, token_mixing_causal_partial_size(L, E, chunk)) and work (n_slots, Ht*E) scratch."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
     _tm_check_batch(B, L, E, lengths)
-    cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
+    cdef Py_ssize_t O = _tm_record_size(L, S, Ht)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     cdef Py_ssize_t per_seq = token_mixing_causal_partial_size_c(<int>L, <int>E, chunk)

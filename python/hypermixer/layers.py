@@ -111,40 +111,59 @@ __all__ += ["ChannelMixingMLP"]
 class Hypernetwork(CompiledAdam, bp.HypernetworkBase):
     __doc__ = bp.HypernetworkBase.__doc__
 
-    def _forward(self, x, lengths, columns=None):
-        """``columns``: generate only these output features (an index array into the O
-        outputs), as the token mixing does for inputs shorter than max_seq_len."""
-        batch, rows, _ = x.shape
-        w2, b2 = self.w2, self.b2
-        if columns is not None:
-            w2, b2 = np.take(w2, columns, axis=1), np.take(b2, columns, axis=1)
-        out = np.empty((batch, rows, w2.shape[1]), self.dtype)
+    def _forward(self, x, lengths):
+        out = np.empty(x.shape[:2] + (self.output_dim,), self.dtype)
         # pre/hidden are cache, not workspace: a shared hypernetwork runs several forwards
         # before their backwards (see TokenMixingMLP), so each forward keeps its own.
-        pre = np.empty((batch, rows, self.hidden_dim), self.dtype)
+        pre = np.empty(x.shape[:2] + (self.hidden_dim,), self.dtype)
         hidden = np.empty_like(pre)
         _kernels.hypernetwork_forward(out, pre, hidden, x, lengths, self.w1,
-                                      self.b1.reshape(-1), w2, b2.reshape(-1))
-        self._saved = (x, lengths, pre, hidden, columns, w2)
+                                      self.b1.reshape(-1), self.w2, self.b2.reshape(-1))
+        self._saved = (x, lengths, pre, hidden, None)
         return out
 
+    def _forward_theta(self, x, lengths, max_seq_len, tm_hidden, seq_len, causal):
+        """Only the token-mixing weights an input of ``seq_len`` rows uses, in the layout the
+        token-mixing kernels read (csrc/hypernetwork.c): (B, 1, 2*L*Ht+Ht+L) from one mean
+        per sequence, or causal (B, L, L*Ht+2*Ht+1), one record per prefix. The index
+        arithmetic is in C: no per-length index arrays."""
+        batch, rows, _ = x.shape
+        size = _kernels.hypernetwork_theta_size(seq_len, tm_hidden, causal)
+        theta = np.empty((batch, rows, size), self.dtype)
+        pre = np.empty((batch, rows, self.hidden_dim), self.dtype)
+        hidden = np.empty_like(pre)
+        layout = (max_seq_len, tm_hidden, seq_len, causal)
+        _kernels.hypernetwork_theta_forward(theta, pre, hidden, self._wcol(layout), x, lengths,
+                                            self.w1, self.b1.reshape(-1), self.w2,
+                                            self.b2.reshape(-1), *layout)
+        self._saved = (x, lengths, pre, hidden, layout)
+        return theta
+
+    def _wcol(self, layout):
+        """Scratch of the theta kernels (W2 columns gathered for the causal records; recomputed
+        by each call)."""
+        _, tm_hidden, seq_len, causal = layout
+        rows = _kernels.hypernetwork_theta_scratch_rows(seq_len, tm_hidden, causal)
+        return _keep_buffer(self, "_ws_wcol", (rows, self.hidden_dim))
+
     def _backward(self, grad_output):
-        x, lengths, pre, hidden, columns, w2 = self._saved
+        x, lengths, pre, hidden, layout = self._saved
         grad_input = np.empty(x.shape, self.dtype)
-        dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
-        dw2, db2 = np.zeros_like(w2), np.zeros((1, w2.shape[1]), self.dtype)
         dpre = _keep_buffer(self, "_ws_dpre", pre.shape)
-        _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2, db2.reshape(-1),
-                                       dpre, grad_output, x, pre, hidden, lengths, self.w1, w2)
-        if columns is not None:
-            # Outputs that were not generated had no effect: their gradient is hidden^T @ 0,
-            # exactly 0, or NaN where a hidden unit is NaN/inf (as the reference computes it).
-            dw2_full = np.empty_like(self.w2)
-            dw2_full[...] = (hidden.sum(axis=(0, 1)) * 0)[:, None]
-            db2_full = np.zeros_like(self.b2)
-            dw2_full[:, columns] = dw2
-            db2_full[:, columns] = db2
-            dw2, db2 = dw2_full, db2_full
+        if layout is None:
+            # this kernel accumulates: the gradients start at 0
+            dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
+            dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+            _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2,
+                                           db2.reshape(-1), dpre, grad_output, x, pre, hidden,
+                                           lengths, self.w1, self.w2)
+        else:
+            dw1, db1 = np.empty_like(self.w1), np.empty_like(self.b1)
+            dw2, db2 = np.empty_like(self.w2), np.empty_like(self.b2)
+            _kernels.hypernetwork_theta_backward(grad_input, dw1, db1.reshape(-1), dw2,
+                                                 db2.reshape(-1), dpre, self._wcol(layout),
+                                                 grad_output, x, pre, hidden, lengths, self.w1,
+                                                 self.w2, *layout)
         return grad_input, [dw1, db1, dw2, db2]
 
 
@@ -169,45 +188,25 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
         slots = max(1, _kernels.get_num_threads())
         return _keep_buffer(self, "_ws_work", (slots, width))
 
-    def _theta_columns(self, seq_len):
-        """Indices of the theta entries an input of ``seq_len`` rows can use.
-
-        Rows >= L of W1 and columns >= L of W2 and c2 never touch a valid row, so for a
-        shorter input the hypernetwork generates only (W1[:L], c1, W2[:, :L], c2[:L]): the
-        layout of a token mixing with max_seq_len = L. That divides the hypernetwork's work
-        and theta's memory by about S / L (language-model batches are often far below S).
-        None when L == S (nothing to drop)."""
-        s, h = self.max_seq_len, self.token_mixing_hidden_dim
-        if seq_len == s:
-            return None
-        cache = self.__dict__.setdefault("_columns_by_length", {})
-        if seq_len not in cache:
-            n = seq_len
-            cache[seq_len] = np.concatenate([
-                np.arange(n * h),                                          # W1[:n]
-                s * h + np.arange(h),                                      # c1
-                (s * h + h + np.arange(h)[:, None] * s + np.arange(n)).ravel(),  # W2[:, :n]
-                2 * s * h + h + np.arange(n),                              # c2[:n]
-            ])
-        return cache[seq_len]
-
     def _forward(self, x, lengths):
         batch, seq_len, width = x.shape
-        # The kernels see theta in the compact layout of max_seq_len = L (see _theta_columns).
+        # The hypernetwork generates only what an input of L rows uses, in the layout of a
+        # token mixing with max_seq_len = L (causal: per position, only what prefix t uses).
         s, h = seq_len, self.token_mixing_hidden_dim
-        columns = self._theta_columns(seq_len)
+        layout = (self.max_seq_len, h, seq_len)
         y = np.empty_like(x)
         if self.causal:
             means = np.empty_like(x)
             _kernels.token_mixing_prefix_pool_forward(means, x, lengths)
-            theta = self.hypernetwork._forward(means, lengths, columns)
+            theta = self.hypernetwork._forward_theta(means, lengths, *layout, True)
             _kernels.token_mixing_causal_forward(y, self._work(h * width), x, theta, lengths,
                                                  s, h)
             act = None
         else:
             means = np.empty((batch, 1, width), self.dtype)
             _kernels.token_mixing_pool_forward(means.reshape(batch, width), x, lengths)
-            theta = self.hypernetwork._forward(means, np.ones(batch, np.int64), columns)
+            theta = self.hypernetwork._forward_theta(means, np.ones(batch, np.int64), *layout,
+                                                     False)
             act = np.empty((batch, h, width), self.dtype)
             _kernels.token_mixing_forward(y, act, x, theta.reshape(batch, -1), lengths, s, h)
         # The hypernetwork's own cache is kept with ours and put back before its backward:
