@@ -7,6 +7,7 @@
  * of HM_TILE_ROWS query rows, one tile per task, with gemm_serial inside the parallel region.
  * Every output element is written by one task in a fixed order. */
 #ifndef REAL
+#include "attention.h"
 #define HM_TEMPLATE_FILE "attention.c"
 #include "template.h"
 #else

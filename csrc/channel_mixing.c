@@ -16,16 +16,12 @@
 #include "template.h"
 #else
 
-/* Elementwise passes over fewer elements than this run on the calling thread: a parallel
- * region would cost more than it saves. */
-#define CM_PARALLEL_MIN 16384
-
 /* Copy the valid rows of src (B, L, E) into the packed dst (N, E). */
 static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int B, int L,
                          int E)
 {
     const size_t width = (size_t)E;
-    const int big = (size_t)B * (size_t)L * width > CM_PARALLEL_MIN;
+    const int big = (size_t)B * (size_t)L * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)(offsets[b + 1] - offsets[b]);
@@ -47,7 +43,7 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
                                const REAL* w2, const REAL* b2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
-    const int big = (size_t)B * (size_t)L * (width + hid) > CM_PARALLEL_MIN;
+    const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(xp, x, offsets, B, L, E);
     F(gemm)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid);
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
@@ -91,7 +87,7 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
                                 const REAL* w1, const REAL* w2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
-    const int big = (size_t)B * (size_t)L * (width + hid) > CM_PARALLEL_MIN;
+    const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(gp, grad_output, offsets, B, L, E);
     /* dw2 = hidden^T @ g, db2 = column sums of g */
     F(gemm)(1, 0, hid, width, N, hidden, hid, gp, width, 0, dw2, width);
@@ -130,6 +126,4 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     }
 }
 
-#undef CM_SUM_COLS
-#undef CM_PARALLEL_MIN
 #endif

@@ -36,6 +36,23 @@ int hm_max_threads(void);
  * bit-identical for any number of threads. */
 #define HM_TILE_ROWS 32
 
+/* Elementwise passes and reductions over fewer elements than this run on the calling thread
+ * (an OpenMP if() clause): a parallel region would cost more than it saves. One value for
+ * every kernel; it changes no result, only who computes it. */
+#define HM_PARALLEL_MIN 32768
+
+/* Kernel conventions (every csrc/ file):
+ *   - one C file per concern, with its own header, which it includes; kernels are named
+ *     <layer>_forward / <layer>_backward with a _f32 / _f64 suffix (template.h);
+ *   - the caller allocates every output and workspace; no allocation inside a kernel;
+ *   - padding: lengths (B,) with 1 <= lengths[b] <= L (channel mixing takes the equivalent
+ *     offsets (B+1,)); padding rows are never read and get 0 outputs / input gradients;
+ *   - every backward OVERWRITES its input gradient and its parameter gradients (it never
+ *     accumulates), so the caller may pass uninitialised memory. One exception by design:
+ *     token_mixing_(prefix_)pool_backward ADD the pooling path into the input gradient the
+ *     token-mixing backward has just written (they are its second half);
+ *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS). */
+
 /* ReLU with the reference's semantics (NumPy's maximum(v, 0)): NaN stays NaN, so a NaN
  * anywhere upstream reaches the output instead of silently becoming 0. */
 #define HM_RELU(v) ((v) < 0 ? 0 : (v))

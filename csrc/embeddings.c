@@ -1,8 +1,11 @@
 /* Token + position embeddings (SPEC section 2): X[t] = token[id_t] + position[t]. */
 #ifndef REAL
+#include "embeddings.h"
 #define HM_TEMPLATE_FILE "embeddings.c"
 #include "template.h"
 #else
+
+#include <string.h>
 
 /* Columns of the embedding handled by one task of the backward pass. Fixed, so the split of
  * the work does not depend on the thread count. */
@@ -16,7 +19,7 @@ void F(embeddings_forward)(REAL* out, const int64_t* ids, const int64_t* lengths
                            size_t E)
 {
     const size_t rows = B * L;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * E > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * E > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / L, t = r % L;
         REAL* restrict y = out + r * E;
@@ -34,17 +37,19 @@ void F(embeddings_forward)(REAL* out, const int64_t* ids, const int64_t* lengths
     }
 }
 
-/* Accumulates (+=) into dtoken (V,E) and dposition (S,E), which the caller zeroes.
+/* Overwrites dtoken (V,E) and dposition (S,E) (rows no token reached are 0).
  * grad (B,L,E); ids, lengths as in the forward. Work is split over fixed blocks of
  * EMB_TILE_COLS columns: one thread owns a block and adds the tokens in (b, t) order, so
  * repeated ids accumulate in the same order for any thread count. */
 HM_SIMD
 void F(embeddings_backward)(REAL* dtoken, REAL* dposition, const REAL* grad,
                             const int64_t* ids, const int64_t* lengths, size_t B, size_t L,
-                            size_t E)
+                            size_t E, size_t V, size_t S)
 {
+    memset(dtoken, 0, V * E * sizeof(REAL));
+    memset(dposition, 0, S * E * sizeof(REAL));
     const size_t tiles = (E + EMB_TILE_COLS - 1) / EMB_TILE_COLS;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (B * L * E > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (B * L * E > HM_PARALLEL_MIN)
     for (size_t tile = 0; tile < tiles; tile++) {
         const size_t e0 = tile * EMB_TILE_COLS;
         const size_t e1 = e0 + EMB_TILE_COLS < E ? e0 + EMB_TILE_COLS : E;

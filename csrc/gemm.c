@@ -15,6 +15,7 @@
  * call (no malloc/free, no page faults after the first use) and is released at thread exit.
  * Its size is fixed by the block sizes below, not by the problem. */
 #ifndef REAL
+#include "gemm.h"
 #define HM_TEMPLATE_FILE "gemm.c"
 #include "template.h"
 #else

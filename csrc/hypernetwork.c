@@ -65,7 +65,7 @@ static void F(hn_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M
                                 const REAL* w1, const REAL* b1, size_t E, size_t H)
 {
     F(gemm)(0, 0, M, H, E, x, E, w1, H, 0, pre, H);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * H > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * H > HM_PARALLEL_MIN)
     for (size_t i = 0; i < M; i++) {
         REAL* restrict p = pre + i * H;
         REAL* restrict h = hidden + i * H;
@@ -85,7 +85,7 @@ static void F(hn_rows_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x
 {
     F(hn_first_forward)(pre, hidden, x, M, w1, b1, E, H);
     F(gemm)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * O > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * O > HM_PARALLEL_MIN)
     for (size_t i = 0; i < M; i++) {
         REAL* restrict o = out + i * O;
         for (size_t j = 0; j < O; j++) {
@@ -117,7 +117,7 @@ static void F(hn_rows_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     F(column_sums_add)(db2, g, M, O);
     F(gemm)(0, 1, M, H, O, g, O, w2, O, 0, dpre, H);          /* dpre = g @ w2^T ... */
     const size_t count = M * H;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > HM_PARALLEL_MIN)
     for (size_t idx = 0; idx < count; idx++) {
         dpre[idx] = HM_RELU_GRAD(dpre[idx], pre[idx]);             /* ... * (pre > 0) */
     }
@@ -165,7 +165,7 @@ void F(hypernetwork_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x,
 }
 
 /* grad_input (B, rows, E) is written (padding rows 0); dw1 (E, H), db1 (H,), dw2 (H, O),
- * db2 (O,) are accumulated into (+=, the caller zeroes them); dpre (B, rows, H) is a
+ * db2 (O,) are overwritten; dpre (B, rows, H) is a
  * workspace; grad_output (B, rows, O), whose padding rows are never read; x, pre, hidden and
  * lengths as given to / produced by the forward; w1 (E, H); w2 (H, O). */
 void F(hypernetwork_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2,
@@ -175,6 +175,10 @@ void F(hypernetwork_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2,
                               int O)
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
+    F(hn_zero)(dw1, e * h);   /* the row runs below accumulate into them */
+    F(hn_zero)(db1, h);
+    F(hn_zero)(dw2, h * o);
+    F(hn_zero)(db2, o);
     if (F(hn_all_full)(lengths, B, rows)) {
         F(hn_rows_backward)(grad_input, dw1, db1, dw2, db2, dpre, grad_output, x, pre, hidden,
                             (size_t)B * R, w1, w2, e, h, o);

@@ -18,8 +18,6 @@ size_t layernorm_partial_tiles(size_t rows)
 #else
 
 #define LN_EPS 1e-5
-/* Below this many elements a parallel region costs more than it saves. */
-#define LN_PARALLEL_MIN 16384
 
 /* Statistics of one row, in double whatever REAL is (float32 rows lose nothing that way:
  * their squares and sums cannot overflow or cancel in double).
@@ -84,7 +82,7 @@ void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REA
                           int L, int E)
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
-    const int parallel = rows * width > LN_PARALLEL_MIN;
+    const int parallel = rows * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
@@ -121,7 +119,7 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
     const size_t tiles = layernorm_partial_tiles(rows);
-    const int parallel = rows * width > LN_PARALLEL_MIN;
+    const int parallel = rows * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t k = 0; k < tiles; k++) {
         REAL* restrict pg = partial + k * 2 * width;
@@ -158,7 +156,7 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
             }
         }
     }
-    const int parallel_sum = width * tiles > 65536;
+    const int parallel_sum = width * tiles > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel_sum)
     for (size_t e = 0; e < width; e++) {
         REAL sg = 0, sb = 0;
@@ -173,5 +171,4 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 
 #undef LN_EPS
 #undef LN_HUGE
-#undef LN_PARALLEL_MIN
 #endif

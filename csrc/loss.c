@@ -1,6 +1,7 @@
 /* Softmax cross-entropy (SPEC section 2): mean over the real positions of a sequence, then
  * mean over the sequences. Rows are independent, so both kernels run one row per task. */
 #ifndef REAL
+#include "loss.h"
 #define HM_TEMPLATE_FILE "loss.c"
 #include "template.h"
 
@@ -91,7 +92,7 @@ void F(cross_entropy_forward)(double* loss, double* row_loss, REAL* probs, const
 {
     const size_t rows = B * L;
     const size_t body = V - V % XENT_LANES;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > 32768)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         REAL* restrict p = probs + r * V;
         if ((int64_t)(r % L) >= lengths[r / L]) {
@@ -161,7 +162,7 @@ void F(cross_entropy_backward)(REAL* grad, const REAL* probs, const int64_t* tar
                                const int64_t* lengths, size_t B, size_t L, size_t V)
 {
     const size_t rows = B * L;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > 32768)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         REAL* g = grad + r * V;
         const REAL* p = probs + r * V;

@@ -1,5 +1,6 @@
 /* Output projection to the vocabulary (SPEC section 2): logits = X w + b. */
 #ifndef REAL
+#include "output.h"
 #define HM_TEMPLATE_FILE "output.c"
 #include "template.h"
 #else
@@ -18,7 +19,7 @@ void F(output_forward)(REAL* logits, const REAL* x, const REAL* w, const REAL* b
 {
     const size_t rows = B * L;
     F(gemm)(0, 0, rows, V, E, x, E, w, V, 0, logits, V);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > 65536)
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         REAL* restrict y = logits + r * V;
         if ((int64_t)(r % L) >= lengths[r / L]) {

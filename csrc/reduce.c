@@ -12,7 +12,7 @@ HM_SIMD
 void F(column_sums_add)(REAL* out, const REAL* a, size_t rows, size_t cols)
 {
     const size_t blocks = (cols + REDUCE_BLOCK_COLS - 1) / REDUCE_BLOCK_COLS;
-    const int parallel = rows * cols > 65536;
+    const int parallel = rows * cols > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t c = 0; c < blocks; c++) {
         const size_t j0 = c * REDUCE_BLOCK_COLS;

@@ -102,7 +102,7 @@ void F(token_mixing_pool_forward)(REAL* means, const REAL* x, const int64_t* len
                                   int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
-    const int parallel = (size_t)B * l_n * e_n > 65536;
+    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
@@ -129,7 +129,7 @@ void F(token_mixing_pool_backward)(REAL* grad_input, const REAL* dmeans,
                                    const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
-    const int parallel = (size_t)B * l_n * e_n > 65536;
+    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (int b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
@@ -153,7 +153,7 @@ void F(token_mixing_prefix_pool_forward)(REAL* means, const REAL* x, const int64
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
     const size_t items = (size_t)B * blocks;
-    const int parallel = (size_t)B * l_n * e_n > 65536;
+    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
@@ -185,7 +185,7 @@ void F(token_mixing_prefix_pool_backward)(REAL* grad_input, const REAL* dmeans,
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
     const size_t items = (size_t)B * blocks;
-    const int parallel = (size_t)B * l_n * e_n > 65536;
+    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;

@@ -10,10 +10,10 @@ cdef extern from "embeddings.h" nogil:
                                 size_t L, size_t E)
     void embeddings_backward_f32(float* dtoken, float* dposition, const float* grad,
                                  const int64_t* ids, const int64_t* lengths, size_t B, size_t L,
-                                 size_t E)
+                                 size_t E, size_t V, size_t S)
     void embeddings_backward_f64(double* dtoken, double* dposition, const double* grad,
                                  const int64_t* ids, const int64_t* lengths, size_t B,
-                                 size_t L, size_t E)
+                                 size_t L, size_t E, size_t V, size_t S)
 
 
 cdef int _lm_check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t L) except -1:
@@ -63,7 +63,7 @@ def embeddings_forward(floating[:, :, ::1] out, const int64_t[:, ::1] ids,
 def embeddings_backward(floating[:, ::1] dtoken, floating[:, ::1] dposition,
                         const floating[:, :, ::1] grad, const int64_t[:, ::1] ids,
                         const int64_t[::1] lengths):
-    """Adds (+=) the gradients into dtoken (V, E) and dposition (S, E); zero them first."""
+    """Writes the gradients dtoken (V, E) and dposition (S, E) (overwritten)."""
     cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1], E = dtoken.shape[1]
     _lm_check_lengths(lengths, B, L)
     if grad.shape[0] != B or grad.shape[1] != L or grad.shape[2] != E:
@@ -74,7 +74,9 @@ def embeddings_backward(floating[:, ::1] dtoken, floating[:, ::1] dposition,
     with nogil:
         if floating is float:
             embeddings_backward_f32(&dtoken[0, 0], &dposition[0, 0], &grad[0, 0, 0],
-                                    &ids[0, 0], &lengths[0], B, L, E)
+                                    &ids[0, 0], &lengths[0], B, L, E,
+                                    dtoken.shape[0], dposition.shape[0])
         else:
             embeddings_backward_f64(&dtoken[0, 0], &dposition[0, 0], &grad[0, 0, 0],
-                                    &ids[0, 0], &lengths[0], B, L, E)
+                                    &ids[0, 0], &lengths[0], B, L, E,
+                                    dtoken.shape[0], dposition.shape[0])

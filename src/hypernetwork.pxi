@@ -108,7 +108,7 @@ def hypernetwork_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dw1,
                           const floating[:, :, ::1] x, const floating[:, :, ::1] pre,
                           const floating[:, :, ::1] hidden, const int64_t[::1] lengths,
                           const floating[:, ::1] w1, const floating[:, ::1] w2):
-    """grad_input written; dw1, db1, dw2, db2 accumulated (+=); dpre (B,R,H) scratch."""
+    """grad_input written; dw1, db1, dw2, db2 overwritten; dpre (B,R,H) scratch."""
     cdef Py_ssize_t B = x.shape[0], R = x.shape[1], E = x.shape[2]
     cdef Py_ssize_t H = w1.shape[1], O = w2.shape[1]
     _hn_check_dims(B, R, E, H, O)

@@ -151,9 +151,8 @@ class Hypernetwork(CompiledAdam, bp.HypernetworkBase):
         grad_input = np.empty(x.shape, self.dtype)
         dpre = _keep_buffer(self, "_ws_dpre", pre.shape)
         if layout is None:
-            # this kernel accumulates: the gradients start at 0
-            dw1, db1 = np.zeros_like(self.w1), np.zeros_like(self.b1)
-            dw2, db2 = np.zeros_like(self.w2), np.zeros_like(self.b2)
+            dw1, db1 = np.empty_like(self.w1), np.empty_like(self.b1)
+            dw2, db2 = np.empty_like(self.w2), np.empty_like(self.b2)
             _kernels.hypernetwork_backward(grad_input, dw1, db1.reshape(-1), dw2,
                                            db2.reshape(-1), dpre, grad_output, x, pre, hidden,
                                            lengths, self.w1, self.w2)
@@ -272,8 +271,8 @@ class Embeddings(CompiledAdam, bp.EmbeddingsBase):
 
     def _backward(self, grad_output):
         ids, lengths = self._saved
-        dtoken = np.zeros_like(self.token)
-        dposition = np.zeros_like(self.position)
+        dtoken = np.empty_like(self.token)
+        dposition = np.empty_like(self.position)
         _kernels.embeddings_backward(dtoken, dposition, grad_output, ids, lengths)
         return None, [dtoken, dposition]
 
