@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import hypermixer
 from hypermixer import reference
 from hypermixer.model import ModelConfig, build_network
 
@@ -74,3 +75,14 @@ def test_canonical_order_table_matches_named_parameters(spec_text, label, block)
     documented = expand(table_row(spec_text, label)[1])
     assert documented == [name for name, _ in block.named_parameters()]
     assert f"({len(documented)} arrays)" in label
+
+
+def test_hypermixing_example_count_matches_built_layer(spec_text):
+    if not hasattr(hypermixer, "HyperMixing"):
+        pytest.skip("hypermixer.HyperMixing is not built in this tree")
+    stated = re.search(r"at d = (\d+), k = (\d+),\s+h = (\d+) an untied mixer with LayerNorm "
+                       r"and no biases has [^=]*= ([\d,]+) parameters", spec_text)
+    assert stated, "docs/SPEC.md section 8 lost its HyperMixing parameter example"
+    d, k, h = (int(g) for g in stated.groups()[:3])
+    layer = hypermixer.HyperMixing(embedding_dim=d, token_mixing_hidden_dim=k, heads=h)
+    assert layer.parameters() == int(stated.group(4).replace(",", ""))
