@@ -128,6 +128,29 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
                                                  self.info_scale)
         return grad_input, [grads[name] for name, _ in self._own_parameters]
 
+    def _step(self, x, state, positions):
+        """Streaming (causal layers): one new token per sequence. x (B, d) at ``positions``
+        (B,); state (B, h, k_h, d_h) holds the running sums of the earlier tokens and is
+        updated in place. Returns the output rows (B, d), those a full forward gives."""
+        batch, d = x.shape
+        k = self.token_mixing_hidden_dim
+        table = self.positions(int(positions.max()) + 1)
+        z = x * self.dtype.type(self.info_scale) + table[positions]
+        ws = []
+        for gen in self.generators:
+            A, a, C, c = self.generator(gen)
+            w = np.empty((batch, k), self.dtype)
+            pre, act = np.empty_like(z), np.empty_like(z)
+            _kernels.hypermixing_generator_forward(w, pre, act, z, A, self._or_none(a), C,
+                                                   self._or_none(c))
+            ws.append(w)
+        y = np.empty_like(x)
+        _kernels.hypermixing_step(y, state, x, ws[0], ws[-1], positions,
+                                  self.normalize == "mean")
+        if self.layer_norm:
+            y = self._ln._forward(y[:, None, :], np.ones(batch, np.int64))[:, 0]
+        return y
+
 
 class HyperMixingBlock(hb.HyperMixingBlockBase):
     __doc__ = hb.HyperMixingBlockBase.__doc__

@@ -137,6 +137,24 @@ class HyperMixing(ReferenceAdam, hb.HyperMixingBase):
             grad_input[b, :n] = dx
         return grad_input, [grads[name] for name, _ in self._own_parameters]
 
+    def _step(self, x, state, positions):
+        """Streaming: the output of one new token per sequence from the running sums
+        ``state`` (B, h, k_h, d_h) of the earlier ones, which it updates in place."""
+        dh = self.head_dim
+        y = np.zeros_like(x)
+        for b, t in enumerate(positions):
+            z = x[b] * self.info_scale + self.positions(t + 1)[t]
+            for j in range(self.heads):
+                cols = slice(j * dh, (j + 1) * dh)
+                w1, _ = self._generate("w1_gen", j, z[None, cols])
+                w2, _ = self._generate("w2_gen", j, z[None, cols])
+                state[b, j] += np.outer(w1[0], x[b, cols])
+                s = state[b, j] / (t + 1) if self.normalize == "mean" else state[b, j]
+                y[b, cols] = w2[0] @ gelu(s)
+        if self.layer_norm:
+            y = self._norm()._forward(y[:, None, :], np.ones(len(y), np.int64))[:, 0]
+        return y
+
 
 class HyperMixingBlock(hb.HyperMixingBlockBase):
     __doc__ = hb.HyperMixingBlockBase.__doc__

@@ -36,7 +36,7 @@ def _resolve_backend(name):
 # ---------------------------------------------------------------------------------- options
 def _add_model_options(parser):
     group = parser.add_argument_group("model")
-    group.add_argument("--architecture", choices=("hypermixer", "transformer"),
+    group.add_argument("--architecture", choices=("hypermixer", "transformer", "hypermixing"),
                        default="hypermixer")
     defaults = ModelConfig()
     group.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
@@ -47,6 +47,8 @@ def _add_model_options(parser):
                        help="default: embedding-dim / 4 (hypermixer only)")
     group.add_argument("--token-mixing-hidden-dim", type=int, default=None,
                        help="default: embedding-dim / 2 (hypermixer only)")
+    group.add_argument("--heads", type=int, default=None,
+                       help="HyperMixing heads (hypermixing only; default 8)")
     group.add_argument("--share-hypernetwork", action="store_true",
                        help="one hypernetwork for all blocks (hypermixer only)")
     group.add_argument("--non-causal", action="store_true",
@@ -146,6 +148,9 @@ def _model_config(args, architecture=None):
         fields.update(hypernetwork_hidden_dim=args.hypernetwork_hidden_dim,
                       token_mixing_hidden_dim=args.token_mixing_hidden_dim,
                       share_hypernetwork=args.share_hypernetwork, causal=not args.non_causal)
+    if architecture == "hypermixing":
+        fields.update(token_mixing_hidden_dim=args.token_mixing_hidden_dim,
+                      heads=getattr(args, "heads", None), causal=not args.non_causal)
     try:
         return ModelConfig(**fields)
     except TypeError as exc:
@@ -291,7 +296,7 @@ def cmd_compare(args):
     backend = _resolve_backend(args.backend)
     out = Path(args.out)
     results = {}
-    for architecture in ("hypermixer", "transformer"):
+    for architecture in ("hypermixer", "transformer", "hypermixing"):
         _say(f"== training the {architecture} ==")
         results[architecture] = train(_model_config(args, architecture), out / architecture,
                                       stages=_stages(args), settings=settings,

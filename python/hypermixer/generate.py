@@ -71,9 +71,17 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
         raise ValueError("the prompt is empty: give at least one word")
     rng = np.random.default_rng(seed)
     new_ids = []
+    # a streaming network (hypermixing) keeps fixed-size running sums: no window, constant cost
+    stream = network.stream() if hasattr(network, "stream") else None
+    if stream is not None:
+        for token in context[:-1]:
+            stream.feed(token)
     for _ in range(max_new_tokens):
-        window = np.array(context[-network.max_seq_len:], dtype=np.int64)
-        logits = network.forward(window)[-1]
+        if stream is not None:
+            logits = stream.feed(context[-1])
+        else:
+            window = np.array(context[-network.max_seq_len:], dtype=np.int64)
+            logits = network.forward(window)[-1]
         token = _next_token(logits, temperature, top_k, rng)
         new_ids.append(token)
         context.append(token)

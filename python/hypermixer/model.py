@@ -15,8 +15,9 @@ import numpy as np
 
 from ._blueprints import check_token_ids, token_mixing_output_dim
 from ._layer import Sequential, check_allocation, make_rng
+from . import _hypermixing_lm
 
-ARCHITECTURES = ("hypermixer", "transformer")
+ARCHITECTURES = ("hypermixer", "transformer", "hypermixing")
 BACKENDS = ("compiled", "reference")
 _BACKEND_MODULES = {"compiled": "hypermixer.layers", "reference": "hypermixer.reference"}
 _NEEDED_NAMES = ("Embeddings", "OutputProjection", "TransformerBlock", "HyperMixerBlock",
@@ -54,6 +55,8 @@ class ModelConfig:
     token_mixing_hidden_dim: int = None
     share_hypernetwork: bool = False
     causal: bool = True
+    #: hypermixing only: HyperMixing heads (default 8; see resolved_heads)
+    heads: int = None
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -61,12 +64,16 @@ class ModelConfig:
                              f"{self.architecture!r}")
         for name in ("embedding_dim", "hidden_dim", "num_layers", "max_seq_len"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("hypernetwork_hidden_dim", "token_mixing_hidden_dim"):
+        for name in ("hypernetwork_hidden_dim", "token_mixing_hidden_dim", "heads"):
             _check_positive_int(name, getattr(self, name), allow_none=True)
         for name in ("share_hypernetwork", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"ModelConfig.{name} must be True or False, got "
                                 f"{getattr(self, name)!r}")
+        if self.heads is not None and self.architecture != "hypermixing":
+            raise ValueError("heads only applies to the hypermixing architecture")
+        if self.architecture == "hypermixing":
+            _check_hypermixing_config(self)
         if self.architecture == "transformer":
             hypermixer_only = [name for name in ("hypernetwork_hidden_dim",
                                                  "token_mixing_hidden_dim")
@@ -94,7 +101,17 @@ class ModelConfig:
 
     @property
     def resolved_token_mixing_hidden_dim(self):
+        if self.architecture == "hypermixing":
+            return self.token_mixing_hidden_dim or self.embedding_dim
         return self.token_mixing_hidden_dim or max(1, self.embedding_dim // 2)
+
+    @property
+    def resolved_heads(self):
+        """hypermixing: 8 heads by default (fewer when E or k is not divisible by 8)."""
+        if self.heads is not None:
+            return self.heads
+        k = self.resolved_token_mixing_hidden_dim
+        return max(h for h in (8, 4, 2, 1) if self.embedding_dim % h == 0 and k % h == 0)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -122,6 +139,17 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+def _check_hypermixing_config(config):
+    if config.hypernetwork_hidden_dim is not None or config.share_hypernetwork:
+        raise ValueError("hypernetwork_hidden_dim and share_hypernetwork apply to the "
+                         "hypermixer architecture only; hypermixing generates its weights "
+                         "per token and head")
+    h, k = config.resolved_heads, config.resolved_token_mixing_hidden_dim
+    if config.embedding_dim % h or k % h:
+        raise ValueError(f"ModelConfig.heads={h} must divide embedding_dim="
+                         f"{config.embedding_dim} and token_mixing_hidden_dim={k}")
+
+
 def layer_module(backend):
     """The module holding one implementation's layers, checked to have the LM layers."""
     if backend not in BACKENDS:
@@ -143,6 +171,8 @@ def backend_available(backend):
 
 def expected_parameter_count(config, vocab_size):
     """Parameter count from the SPEC formulas, without building anything (for ``info``)."""
+    if config.architecture == "hypermixing":
+        return _hypermixing_lm.parameter_count(config, vocab_size)
     e, h, s, v = config.embedding_dim, config.hidden_dim, config.max_seq_len, vocab_size
     embeddings = v * e + s * e
     output = e * v + v
@@ -195,8 +225,12 @@ class LanguageModel(Sequential):
                          [(count,)] * 3, np.float64, check_index=False)
         rng = make_rng(seed)   # one generator, drawn in canonical order
         e, s = config.embedding_dim, config.max_seq_len
-        self.embeddings = self._add_child(
-            "embeddings", impl.Embeddings(self.vocab_size, s, e, seed=rng, dtype=self.dtype))
+        if config.architecture == "hypermixing":   # positions come from the token information
+            embeddings = _hypermixing_lm.token_embeddings_class(impl)(
+                self.vocab_size, e, seed=rng, dtype=self.dtype)
+        else:
+            embeddings = impl.Embeddings(self.vocab_size, s, e, seed=rng, dtype=self.dtype)
+        self.embeddings = self._add_child("embeddings", embeddings)
         self.shared_hypernetwork = None
         if config.architecture == "hypermixer" and config.share_hypernetwork:
             # Created right before block 0, whose first random parameters it holds, so the
@@ -206,8 +240,12 @@ class LanguageModel(Sequential):
                 token_mixing_output_dim(s, config.resolved_token_mixing_hidden_dim),
                 seed=rng, dtype=self.dtype)
         self.blocks = []
+        hm_blocks = (_hypermixing_lm.build_blocks(impl, config, rng, self.dtype)
+                     if config.architecture == "hypermixing" else None)
         for index in range(config.num_layers):
-            if config.architecture == "hypermixer":
+            if hm_blocks:
+                block = hm_blocks[index]
+            elif config.architecture == "hypermixer":
                 block = impl.HyperMixerBlock(
                     e, config.hidden_dim, s,
                     hypernetwork_hidden_dim=config.resolved_hypernetwork_hidden_dim,
@@ -223,8 +261,16 @@ class LanguageModel(Sequential):
 
     # ------------------------------------------------------------------ protocol
     def _check_input(self, token_ids, lengths):
-        return check_token_ids("token ids", token_ids, lengths, self.vocab_size,
-                               self.max_seq_len)
+        # hypermixing has no position table: max_seq_len is its training window only
+        limit = None if self.config.architecture == "hypermixing" else self.max_seq_len
+        return check_token_ids("token ids", token_ids, lengths, self.vocab_size, limit)
+
+    def stream(self):
+        """A :class:`~hypermixer._hypermixing_lm.Stream` feeding this network one token at a
+        time at constant cost, or None for architectures that recompute a window."""
+        if self.config.architecture == "hypermixing" and self.config.causal:
+            return _hypermixing_lm.Stream(self)
+        return None
 
     # ------------------------------------------------------------------ training
     def _prepare(self, token_ids, targets, lengths):

@@ -1,0 +1,87 @@
+"""The ``hypermixing`` language model's own pieces (issue 8): token embeddings without a
+position table, the blocks, and streaming generation with a fixed-size state.
+
+Positions enter through each HyperMixing layer's token information (SPEC section 8), so the
+network has no learned position table and accepts inputs of any length. ``max_seq_len`` is
+only the length of the training windows; generation streams past it.
+"""
+
+import numpy as np
+
+
+def token_embeddings_class(impl):
+    """``impl.Embeddings`` without its position table: ``X[t] = token[id_t]``."""
+
+    class TokenEmbeddings(impl.Embeddings):
+        __doc__ = """Token embeddings only, token (V, E) ~ N(0, 0.02); input of any length."""
+
+        def __init__(self, vocab_size, embedding_dim, seed=0, dtype=np.float32):
+            super().__init__(vocab_size, 1, embedding_dim, seed=seed, dtype=dtype)
+            self._own_parameters = [(n, a) for n, a in self._own_parameters if n == "token"]
+            self.max_seq_len = None
+            self.position = np.zeros((0, embedding_dim), self.dtype)
+
+        def _forward(self, ids, lengths):
+            # the kernels add a position row: hand them zeros as long as the input
+            if self.position.shape[0] < ids.shape[1]:
+                self.position = np.zeros((ids.shape[1], self.embedding_dim), self.dtype)
+            return super()._forward(ids, lengths)
+
+        def _backward(self, grad_output):
+            _, grads = super()._backward(grad_output)
+            return None, grads[:1]
+
+    return TokenEmbeddings
+
+
+def build_blocks(impl, config, rng, dtype):
+    return [impl.HyperMixingBlock(
+        config.embedding_dim, config.hidden_dim, config.resolved_token_mixing_hidden_dim,
+        heads=config.resolved_heads, causal=config.causal, normalize="mean", seed=rng,
+        dtype=dtype) for _ in range(config.num_layers)]
+
+
+def parameter_count(config, vocab_size):
+    e, h, v = config.embedding_dim, config.hidden_dim, vocab_size
+    k, heads = config.resolved_token_mixing_hidden_dim, config.resolved_heads
+    dh = e // heads
+    mixing = 2 * (e * dh + k * dh) + 2 * e
+    block = 4 * e + mixing + (e * h + h + h * e + e)
+    return v * e + config.num_layers * block + e * v + v
+
+
+class Stream:
+    """Feeds a causal ``hypermixing`` network one token at a time. Per layer and head it keeps
+    the running sum (k_h, d_h) of the tokens so far, so a new token costs the same at any
+    position; the logits equal those of a full forward over the same prefix."""
+
+    def __init__(self, network):
+        if not network.config.causal:
+            raise ValueError("streaming needs a causal network")
+        self.network = network
+        self.position = 0
+        self.states = []
+        for block in network.blocks:
+            hm = block.hypermixing
+            self.states.append(np.zeros((1, hm.heads, hm.head_hidden, hm.head_dim),
+                                        network.dtype))
+
+    def feed(self, token_id):
+        """Logits (V,) for the next token after ``token_id``."""
+        net = self.network
+        ids, _, _ = net._check_input(np.array([token_id]), None)
+        one = np.ones(1, np.int64)
+        taken = net._enter()
+        try:
+            x = net.embeddings._forward(ids, one)
+            for block, state in zip(net.blocks, self.states):
+                a = block.norm1._forward(x, one)
+                y = x + block.hypermixing._step(a[:, 0], state,
+                                                np.array([self.position]))[:, None]
+                c = block.norm2._forward(y, one)
+                x = y + (block.feed_forward._forward(c, one) - c)
+            logits = net.output._forward(x, one)
+        finally:
+            net._leave(taken)
+        self.position += 1
+        return logits[0, 0]
