@@ -418,8 +418,12 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
                     REAL acc2 = 0, acc1 = 0;
                     for (size_t f = 0; f < dh; f++) {
                         const REAL sv = se[f] / count;
-                        acc2 += F(gelu)(sv) * g[f];
-                        const REAL dsv = c2 * g[f] * F(gelu_grad)(sv);
+                        /* gelu and its derivative share Phi(sv): one erf per element */
+                        const REAL cdf = (REAL)0.5 * ((REAL)1 + ERF(sv * (REAL)HMX_SQRT1_2));
+                        acc2 += sv * cdf * g[f];
+                        const REAL grad = cdf + sv * (REAL)HMX_INV_SQRT_2PI
+                                                    * EXP((REAL)-0.5 * sv * sv);
+                        const REAL dsv = c2 * g[f] * grad;
                         re[f] += dsv / count;
                         acc1 += re[f] * v[f];
                         dv[f] += re[f] * c1;

@@ -120,9 +120,11 @@ def test_compare_prints_both_models(tmp_path, data_file, capsys):
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert lines[0].split("|")[1].strip() == "model"
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["hypermixer", "transformer"]
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["hypermixer", "transformer",
+                                                                  "hypermixing"]
     assert list((tmp_path / "cmp").glob("compare.*"))
     assert (tmp_path / "cmp" / "transformer" / "checkpoint.npz").is_file()
+    assert (tmp_path / "cmp" / "hypermixing" / "checkpoint.npz").is_file()
 
 
 def test_bench_is_delegated_or_explained(capsys, monkeypatch):
