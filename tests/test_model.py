@@ -63,8 +63,9 @@ def test_config_validation_says_what_is_wrong(fields, error, message):
 
 
 def test_config_from_dict_refuses_unknown_keys():
-    with pytest.raises(ValueError, match="unknown model configuration keys: heads"):
-        ModelConfig.from_dict({"heads": 4})
+    # ("heads" is a real key now, of the hypermixing architecture)
+    with pytest.raises(ValueError, match="unknown model configuration keys: dropout"):
+        ModelConfig.from_dict({"dropout": 0.1})
 
 
 # ------------------------------------------------------------------------ parameter counts
