@@ -192,6 +192,8 @@ def test_two_ranks_train_to_the_parameters_of_one_process(tmp_path, dtype):
         # validation losses are reduced in batch order: the very numbers of one process
         history, expected = rank_history(out, 0), reference.history
         assert drop_seconds(rank_history(out, 1)) == drop_seconds(history)
+        # before any step the models are equal, and so, bit for bit, is the validation loss
+        assert history[0]["val_loss"] == expected[0]["val_loss"]
         assert [p["val_loss"] for p in history] == pytest.approx([p["val_loss"] for p in expected], rel=TOLERANCE[dtype])
         assert [p["step"] for p in history] == [p["step"] for p in expected]
         for got, want in zip(history, expected):
@@ -252,6 +254,19 @@ def test_a_rank_killed_by_a_signal_ends_the_job(tmp_path):
     assert load_checkpoint(out, backend=BACKEND).training_state["position"]["epoch"] == 1
 
 
+def test_a_launcher_without_mpi4py_is_refused_not_run_as_independent_trainings(monkeypatch):
+    from hypermixer import distributed
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("PMI_SIZE", raising=False)
+    assert distributed.launched_size() == 1
+    assert distributed.world_from_environment() is None
+    monkeypatch.setenv("PMI_SIZE", "3")
+    assert distributed.launched_size() == 3
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py now fails
+    with pytest.raises(RuntimeError, match=r"one of 3 ranks, but mpi4py is not installed"):
+        distributed.world_from_environment()
+
+
 def test_the_command_line_under_mpiexec_prints_once_and_saves(tmp_path):
     hypermixer_cmd = Path(sys.executable).with_name("hypermixer")
     out = tmp_path / "cli"
@@ -265,3 +280,13 @@ def test_the_command_line_under_mpiexec_prints_once_and_saves(tmp_path):
     assert proc.stderr.count("now; model saved to") == 1, proc.stderr
     assert proc.stderr.count("model: hypermixer") == 1, proc.stderr
     assert load_checkpoint(out, backend=BACKEND).training_state["position"]["epoch"] == 1
+    # compare trains both architectures data-parallel and prints its table once
+    proc = subprocess.run(
+        [mpiexec(), "-n", "2", str(hypermixer_cmd), "compare", "--data",
+         stage(tmp_path).data_path, "--epochs", "1", "--embedding-dim", "8",
+         "--hidden-dim", "12", "--num-layers", "1", "--max-seq-len", "24", "--batch-size",
+         "3", "--out", str(tmp_path / "compare")], env=env, capture_output=True, text=True,
+        timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("| hypermixer ") == 1 and proc.stdout.count("| transformer") == 1
+    assert proc.stderr.count("== training the transformer ==") == 1, proc.stderr
