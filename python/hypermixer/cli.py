@@ -290,17 +290,22 @@ def cmd_info(args):
 
 
 def cmd_compare(args):
+    from .distributed import rank_of, world_from_environment
     from .plot import plot_history
     from .train import train
+    comm = world_from_environment()   # under mpiexec: both trainings data-parallel
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
     out = Path(args.out)
     results = {}
     for architecture in ("hypermixer", "transformer", "hypermixing"):
-        _say(f"== training the {architecture} ==")
+        if rank_of(comm) == 0:
+            _say(f"== training the {architecture} ==")
         results[architecture] = train(_model_config(args, architecture), out / architecture,
                                       stages=_stages(args), settings=settings,
-                                      backend=backend, plot=False)
+                                      backend=backend, plot=False, comm=comm)
+    if rank_of(comm) != 0:
+        return 0
     plot_path = plot_history({name: r.history for name, r in results.items()},
                              out / "compare")
     header = ("model", "parameters", "final train loss", "final val loss",
