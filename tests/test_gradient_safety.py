@@ -171,3 +171,12 @@ def test_train_step_without_clipping_and_with_infinite_threshold_agree():
     rb = b.train_step(ids, ids, lr=1e-2, clip_norm=float("inf"))
     assert ra.applied and rb.applied and ra.grad_norm == rb.grad_norm > 0
     assert_same(params(a), params(b))
+
+
+@pytest.mark.parametrize("clip", ["nan", "-1"])
+def test_cli_refuses_a_bad_clip_norm(clip, tmp_path, capsys):
+    from hypermixer.cli import main
+    code = main(["train", f"--clip-norm={clip}", "--epochs", "1", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code != 0 and "clip norm" in err
+    assert not (tmp_path / "m").exists()
