@@ -247,9 +247,6 @@ class FlatStore:
             old = leaf._home
             old_offset = old.offsets[id(leaf)] if old is not None else None
             for index, (name, arr) in enumerate(leaf._own_parameters):
-                if getattr(leaf, name, None) is not arr:
-                    raise RuntimeError(f"{type(leaf).__name__}.{name} is not the registered "
-                                       "parameter array; a parameter must be its attribute")
                 end = offset + arr.size
                 view = self.params[offset:end].reshape(arr.shape)
                 view[...] = arr
@@ -258,13 +255,17 @@ class FlatStore:
                     self.v[offset:end] = old.v[old_offset:old_offset + arr.size]
                 if old_offset is not None:
                     old_offset += arr.size
-                setattr(leaf, name, view)
+                # A leaf reads a parameter either from the attribute of its name or from
+                # _own_parameters (names with dots); both are rebound to the view.
+                if getattr(leaf, name, None) is arr:
+                    setattr(leaf, name, view)
                 leaf._own_parameters[index] = (name, view)
                 offset = end
         for store in old_stores.values():
             store.stale = True   # some of its leaves now live here
         for leaf in leaves:
             leaf._home = self
+            leaf._parameters_moved()
         self.named = root._unique_named_parameters()
         # the named views, in order, tile params exactly (checked once, here)
         if sum(arr.size for _, arr in self.named) != self.size:
@@ -702,6 +703,10 @@ class Layer:
         return out
 
     # ------------------------------------------------------------------ subclass hooks
+    def _parameters_moved(self):
+        """Called after the flat store rebound this leaf's parameters to new views; a layer
+        that keeps other views of its parameters refreshes them here."""
+
     def _forward(self, x, lengths):
         raise NotImplementedError
 
