@@ -242,3 +242,35 @@ def test_sublayer_used_directly_after_gathering(impl):
     assert_tiles_buffer(block)
     for (n1, a), (_, b) in zip(block.named_parameters(), twin.named_parameters()):
         assert np.array_equal(a, b), n1
+
+
+def test_checkpoint_round_trip_keeps_the_flat_adam_state(tmp_path):
+    from hypermixer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    import io
+    import json
+    import zipfile
+    from hypermixer.tokenizer import SPECIAL_TOKENS, Tokenizer
+    net = tiny_lm("compiled")
+    tokenizer = Tokenizer(list(SPECIAL_TOKENS) + [f"w{i}" for i in range(11 - 2)])
+    for step in (1, 2):
+        net.train_step(*batch(step), lr=1e-2)
+    path = save_checkpoint(tmp_path / "c.npz", net, tokenizer)
+    loaded = load_checkpoint(path).network
+    assert loaded._adam_step == 2
+    for name in ("params", "m", "v"):
+        assert np.array_equal(getattr(loaded._root_store(), name),
+                              getattr(net._root_store(), name))
+    # a file whose layers disagree on the step count cannot map onto one counter: refused
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(np.load(path)["meta"].item())
+    meta["adam_steps"][0] = 1
+    buf = io.BytesIO()
+    np.save(buf, np.array(json.dumps(meta)))
+    members["meta.npy"] = buf.getvalue()
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(CheckpointError, match="step counts differ"):
+        load_checkpoint(bad)
