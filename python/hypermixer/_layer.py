@@ -123,8 +123,10 @@ def as_float_array(name, value, dtype, copy=False):
     arr = np.asarray(value)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    # a broadcast or strided view can be far larger once copied
-    check_allocation(name, arr.shape, dtype)
+    # a broadcast or strided view can be far larger once copied; below 2**24 entries no
+    # dimension can pass the index limit nor the copy exhaust memory (the common, hot case)
+    if not 0 < arr.size < 2**24:
+        check_allocation(name, arr.shape, dtype)
     if copy:
         return np.array(arr, dtype=dtype, order="C", copy=True)
     # not ascontiguousarray: it turns a 0-d array into shape (1,), and errors then misreport it
