@@ -14,7 +14,7 @@ from cython cimport floating
 
 include "threads.pxi"
 include "gemm.pxi"
-include "adam.pxi"
+include "optimizer.pxi"
 include "layernorm.pxi"
 include "hypernetwork.pxi"
 include "token_mixing.pxi"

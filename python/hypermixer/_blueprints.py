@@ -63,6 +63,9 @@ class HypernetworkBase(Layer):
     def _buffer_shapes(self, batch, rows):
         return [(batch, rows, self.output_dim)] * 2 + [(batch, rows, self.hidden_dim)] * 3
 
+    def _output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
 
 class ChannelMixingMLPBase(Layer):
     """``Y = X + relu(X @ w1 + b1) @ w2 + b2`` per token (also the Transformer's FeedForward)."""
@@ -221,7 +224,8 @@ def check_token_ids(name, ids, lengths, vocab_size, max_seq_len=None):
         where = f"position {t}" if unbatched else f"sequence {b}, position {t}"
         raise ValueError(
             f"{name} must lie in [0, {vocab_size}): got {int(arr[b, t])} at {where}")
-    return np.ascontiguousarray(arr, dtype=np.int64), lengths, unbatched
+    # a copy: the embeddings keep the ids until the backward, the caller may reuse its array
+    return np.array(arr, dtype=np.int64, order="C", copy=True), lengths, unbatched
 
 
 def check_cross_entropy_args(logits, targets, lengths):
@@ -278,6 +282,9 @@ class EmbeddingsBase(Layer):
 
     def _check_input(self, x, lengths):
         return check_token_ids("token ids", x, lengths, self.vocab_size, self.max_seq_len)
+
+    def _output_shape(self, input_shape):
+        return tuple(input_shape) + (self.embedding_dim,)
 
 
 class SelfAttentionBase(Layer):
@@ -340,3 +347,6 @@ class OutputProjectionBase(Layer):
 
     def _buffer_shapes(self, batch, seq_len):
         return [(batch, seq_len, self.vocab_size)] * 2   # logits and their gradient
+
+    def _output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.vocab_size,)

@@ -32,6 +32,11 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
         if self.layer_norm:
             # a private LayerNorm working on views of our (d,) parameters
             self._ln = LayerNorm(self.embedding_dim, dtype=self.dtype)
+            self._parameters_moved()
+
+    def _parameters_moved(self):
+        """Called by the flat store after it rebinds our parameters (views move)."""
+        if self.layer_norm:
             self._ln.gamma = self._param("layer_norm.weight").reshape(1, -1)
             self._ln.beta = self._param("layer_norm.bias").reshape(1, -1)
 

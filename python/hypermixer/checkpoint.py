@@ -458,6 +458,10 @@ def _load(path, archive, backend, resume):
     if len(adam_steps) != len(leaves):
         raise CheckpointError(f"{path}: Adam state for {len(adam_steps)} layers, the network "
                               f"has {len(leaves)}")
+    if len(set(adam_steps)) > 1:
+        # one step counter per model (flat store); every writer stepped all layers together
+        raise CheckpointError(f"{path}: Adam step counts differ between layers "
+                              f"({sorted(set(adam_steps))}); a model takes every step at once")
     names = {id(arr): name for name, arr in network.named_parameters()}
     for name, arr in network.named_parameters():
         archive.read_into(f"param/{name}", arr)

@@ -160,7 +160,7 @@ def _model_config(args, architecture=None):
 def _settings(args):
     from .train import TrainSettings
     fields = dict(batch_size=args.batch_size, lr=args.lr,
-                  clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+                  clip_norm=None if args.clip_norm == 0 else args.clip_norm,   # -1, nan refused
                   validation_fraction=args.validation_fraction, seed=args.seed,
                   allow_noncausal=args.allow_noncausal)
     if args.epochs is not None:

@@ -16,11 +16,17 @@ __all__ = []
 
 
 class CompiledAdam:
-    """Adam through the C kernel, mixed into every compiled leaf layer."""
+    """The optimizer through csrc/optimizer.c, mixed into every compiled leaf layer: the flat
+    store of a compiled root makes one fused call (global-norm clipping + Adam) per step."""
 
-    def _adam_update(self, param, grad, m, v, lr, step):
-        _kernels.adam_update(param.reshape(-1), m.reshape(-1), v.reshape(-1),
-                             grad.reshape(-1), lr, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, step)
+    @staticmethod
+    def _fused_adam_step(params, m, v, grad, partial, lr, step, max_norm):
+        return _kernels.adam_step(params, m, v, grad, partial, lr, ADAM_BETA1, ADAM_BETA2,
+                                  ADAM_EPS, step, max_norm)
+
+    @staticmethod
+    def _gradient_norm(grad, partial):
+        return _kernels.gradient_norm(grad, partial)
 
 
 # ---- LayerNorm (csrc/layernorm.c) ----

@@ -14,7 +14,8 @@ import json
 import numpy as np
 
 from ._blueprints import check_token_ids, token_mixing_output_dim
-from ._layer import Sequential, check_allocation, make_rng
+from ._layer import (Sequential, check_allocation, check_clip_norm, check_learning_rate,
+                     make_rng)
 from . import _hypermixing_lm
 
 ARCHITECTURES = ("hypermixer", "transformer", "hypermixing")
@@ -258,6 +259,8 @@ class LanguageModel(Sequential):
             self.blocks.append(self._add_child(f"blocks.{index}", block))
         self.output = self._add_child(
             "output", impl.OutputProjection(e, self.vocab_size, seed=rng, dtype=self.dtype))
+        # every parameter into one flat buffer now, so named_parameters() are its views
+        self._root_store()
 
     # ------------------------------------------------------------------ protocol
     def _check_input(self, token_ids, lengths):
@@ -272,6 +275,9 @@ class LanguageModel(Sequential):
             return _hypermixing_lm.Stream(self)
         return None
 
+    def _output_shape(self, input_shape):
+        return tuple(input_shape) + (self.vocab_size,)
+
     # ------------------------------------------------------------------ training
     def _prepare(self, token_ids, targets, lengths):
         """Batched ids, targets and lengths, checked; targets past a length are ignored."""
@@ -285,18 +291,28 @@ class LanguageModel(Sequential):
         targets, _, _ = check_token_ids("targets", targets, lengths, self.vocab_size)
         return ids, targets, lengths
 
+    def _loss_locked(self, token_ids, targets, lengths, with_gradients):
+        """Loss and, if asked, gradients; the caller holds the network (``_enter``).
+
+        With gradients the forward cache is consumed; without, the forward stays pending
+        (a ``backward`` with the logits' gradient may follow, as after ``forward``).
+        """
+        ids, targets, lengths = self._prepare(token_ids, targets, lengths)
+        self._check_buffers(ids)   # logits (B, L, V) etc. must fit before any is made
+        self._cache = None
+        logits = self._forward(ids, lengths)
+        loss, grad_logits = self._cross_entropy(logits, targets, lengths)
+        grads = None
+        if with_gradients:
+            grads = self._backward(grad_logits)[1]
+        else:
+            self._cache = (logits.shape, False)
+        return float(loss), grads, lengths
+
     def _loss(self, token_ids, targets, lengths, with_gradients):
-        """Loss (and gradients), holding the whole network against other threads."""
         taken = self._enter()
         try:
-            ids, targets, lengths = self._prepare(token_ids, targets, lengths)
-            self._check_buffers(ids)   # logits (B, L, V) etc. must fit before any is made
-            self._cache = None
-            logits = self._forward(ids, lengths)
-            self._cache = (logits.shape, False)
-            loss, grad_logits = self._cross_entropy(logits, targets, lengths)
-            grads = self._gradients_from_cache(grad_logits)[1] if with_gradients else None
-            return float(loss), grads, lengths
+            return self._loss_locked(token_ids, targets, lengths, with_gradients)
         finally:
             self._leave(taken)
 
@@ -305,12 +321,26 @@ class LanguageModel(Sequential):
         return self._loss(token_ids, targets, lengths, with_gradients=False)[0]
 
     def loss_and_gradients(self, token_ids, targets, lengths=None):
-        """``(loss, param_grads)`` with the gradients in ``named_parameters()`` order."""
+        """``(loss, param_grads)`` with the gradients in ``named_parameters()`` order (arrays
+        the caller owns)."""
         loss, grads, _ = self._loss(token_ids, targets, lengths, with_gradients=True)
         return loss, grads
 
+    def loss_and_gradient_buffer(self, token_ids, targets, lengths=None):
+        """``(loss, flat)``: the gradients written into the flat gradient buffer
+        (:meth:`gradient_buffer`, live, overwritten by the next call). A data-parallel step
+        all-reduces ``flat`` in place, then calls :meth:`step_from_gradient_buffer`."""
+        taken = self._enter()
+        try:
+            loss, grads, _ = self._loss_locked(token_ids, targets, lengths, True)
+            return loss, self._root_store().write_gradients(grads)
+        finally:
+            self._leave(taken)
+
     def train_step(self, token_ids, targets, lengths=None, lr=1e-3, clip_norm=1.0):
-        """One update: loss, all gradients, global-norm clipping, one Adam step.
+        """One update: loss, all gradients, then one fused optimizer call over the flat
+        buffer (global-norm clipping to ``clip_norm`` and Adam). ``clip_norm`` is a number
+        > 0, ``inf`` or None (no clipping); anything else is refused before any work.
 
         A non-finite loss or gradient changes nothing and returns ``applied=False``; the
         caller decides what to do (the trainer stops with a message).
@@ -321,16 +351,22 @@ class LanguageModel(Sequential):
                 "tokens after t, so next-token training would learn from its own labels. "
                 "Use causal=True, or set allow_noncausal_training (CLI: --allow-noncausal) "
                 "if this is really intended")
+        lr = check_learning_rate(lr)
+        clip = check_clip_norm(clip_norm)
         loss, grads, lengths = self._loss(token_ids, targets, lengths, with_gradients=True)
-        norm = global_norm(grads)
-        tokens = int(lengths.sum())
-        if not (np.isfinite(loss) and np.isfinite(norm)):
-            return StepResult(loss, norm, tokens, applied=False)
-        if clip_norm is not None and norm > clip_norm:
-            scale = clip_norm / norm
-            grads = [g * np.asarray(scale, g.dtype) for g in grads]
-        self.apply_gradients(grads, lr)
-        return StepResult(loss, norm, tokens, applied=True)
+        taken = self._enter()
+        try:
+            store = self._root_store()
+            store.write_gradients(grads)
+            tokens = int(lengths.sum())
+            if not np.isfinite(loss):
+                return StepResult(loss, store.norm(), tokens, applied=False)
+            # the norm is always computed (it is reported); inf never clips
+            norm, applied = store.step_from_gradients(
+                lr, float("inf") if clip is None else clip)
+            return StepResult(loss, norm, tokens, applied=applied)
+        finally:
+            self._leave(taken)
 
     def __repr__(self):
         return (f"LanguageModel({self.config.architecture}, layers={self.config.num_layers}, "

@@ -8,20 +8,16 @@ section 2. The classes take the same constructor arguments as the compiled ones 
 import numpy as np
 
 from . import _blueprints as bp
-from ._layer import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
+from ._layer import numpy_adam_step, numpy_gradient_norm
 
 
 class ReferenceAdam:
-    """Adam in NumPy (SPEC section 2), mixed into every reference leaf layer."""
+    """The optimizer in NumPy, mixed into every reference leaf layer: the flat store of a
+    reference root runs ``_layer.numpy_adam_step`` (global-norm clipping + Adam, SPEC
+    section 2) over its whole buffer."""
 
-    def _adam_update(self, param, grad, m, v, lr, step):
-        m *= ADAM_BETA1
-        m += (1 - ADAM_BETA1) * grad
-        v *= ADAM_BETA2
-        v += (1 - ADAM_BETA2) * grad * grad
-        m_hat = m / (1 - ADAM_BETA1 ** step)
-        v_hat = v / (1 - ADAM_BETA2 ** step)
-        param -= lr * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+    _fused_adam_step = staticmethod(numpy_adam_step)
+    _gradient_norm = staticmethod(numpy_gradient_norm)
 
 
 def relu(z):
