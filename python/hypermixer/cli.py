@@ -373,7 +373,7 @@ def main(argv=None):
     except (MemoryError, OverflowError, RecursionError) as exc:
         # sizes the machine cannot hold (--embedding-dim 1000000): one line, not a traceback
         kind = {MemoryError: "out of memory"}.get(type(exc), "too large")
-        print(f"hypermixer {args.command}: error: {kind}: {exc or 'no details'}",
+        print(f"hypermixer {args.command}: error: {kind}: {str(exc) or 'no details'}",
               file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
