@@ -352,7 +352,12 @@ def main(argv=None):
     parser = build_parser()
     if argv[:1] == ["check"]:
         from .check import main as check_main
-        return check_main(argv[1:])
+        try:
+            status = check_main(argv[1:])
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:   # hypermixer check | head -1
+            return _reader_went_away()
     if argv[:1] == ["bench"]:
         # everything after "bench" belongs to the benchmark's own parser
         args = argparse.Namespace(command="bench", bench_args=argv[1:])
