@@ -53,9 +53,10 @@ def test_sizes_beyond_the_machine_give_one_line(capsys, tmp_path, argv, fragment
     assert not out.exists(), "a refused run left its folder behind"
 
 
-def test_closed_stdout_is_not_an_error():
+@pytest.mark.parametrize("command", [["info"], ["check", "--quick"]])
+def test_closed_stdout_is_not_an_error(command):
     """``hypermixer info | head -1``: the reader goes away; no message, SIGPIPE's status."""
-    child = subprocess.Popen([sys.executable, "-m", "hypermixer", "info"],
+    child = subprocess.Popen([sys.executable, "-m", "hypermixer", *command],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     child.stdout.close()   # before the child has written anything
     err = child.stderr.read().decode()
@@ -160,7 +161,8 @@ def test_numpy_integers_are_accepted(model):
                          temperature=np.float32(1.0), top_k=np.uint8(2), seed=1)
     assert plain == numpy
     for name, value in (("max_new_tokens", 2.0), ("max_new_tokens", np.bool_(True)),
-                        ("top_k", 0), ("max_new_tokens", -1)):
+                        ("top_k", 0), ("max_new_tokens", -1), ("seed", -5),
+                        ("seed", "x")):
         with pytest.raises((TypeError, ValueError), match=name):
             generate_ids(network, [2], tokenizer.end_id, **{name: value})
 

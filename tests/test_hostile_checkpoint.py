@@ -237,6 +237,8 @@ def state_change(mutate):
     (lambda s: s.update(stages=[{"name": 3}]), "stage"),
     (lambda s: s.update(history={"a": 1}), "history"),
     (lambda s: s["history"].append({"stage": "s", "step": "x"}), "history"),
+    (lambda s: s["history"].append({"stage": "s", "val_loss": [1]}), "history"),
+    (lambda s: s["position"].update(batch=-1), "batch"),
     (lambda s: s.update(untrained_val_loss={"s": "low"}), "untrained"),
 ])
 def test_training_state_checked_before_building(tmp_path, good, mutate, match):

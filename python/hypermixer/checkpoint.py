@@ -388,11 +388,11 @@ def check_training_state(path, state):
                 and isinstance(stage.get("data_path"), str)):
             raise bad(f"a stage must have a name and a data_path, got {_short(stage)}")
     position = state["position"]
-    if not isinstance(position, dict) or set(position) != {"stage", "epoch", "step"}:
+    if not isinstance(position, dict) or not {"stage", "epoch", "step"} <= set(position):
         raise bad(f"position must have stage, epoch and step, got {_short(position)}")
     _check_int(path, "the training position's stage", position["stage"], 0, len(stages) - 1)
-    _check_int(path, "the training position's epoch", position["epoch"], 0, MAX_COUNT)
-    _check_int(path, "the training position's step", position["step"], 0, MAX_COUNT)
+    for key, value in position.items():   # epoch, step and any finer counter (batch)
+        _check_int(path, f"the training position's {key}", value, 0, MAX_COUNT)
     settings = state["settings"]
     if not isinstance(settings, dict):
         raise bad("settings must be a JSON object")
@@ -410,16 +410,18 @@ def check_training_state(path, state):
     for point in history:
         if not isinstance(point, dict) or not isinstance(point.get("stage"), str):
             raise bad(f"a history point must be an object with a stage, got {_short(point)}")
-        for key, value in point.items():
-            if key == "stage":
-                continue
-            if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+        for key in ("epoch", "step", "tokens"):
+            if key in point:
+                _check_int(path, f"history {key}", point[key], 0, MAX_COUNT)
+        for key in ("train_loss", "val_loss", "seconds"):
+            value = point.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
                 raise bad(f"history {key} must be a number, got {_short(value)}")
-            if isinstance(value, int) and not 0 <= value <= MAX_COUNT:
-                raise bad(f"history {key} out of range: {_short(value)}")
     losses = state["untrained_val_loss"]
     if not isinstance(losses, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses.values()):
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+            for v in losses.values()):
         raise bad("untrained_val_loss must map stage names to numbers")
 
 

@@ -362,7 +362,12 @@ def main(argv=None):
     parser = build_parser()
     if argv[:1] == ["check"]:
         from .check import main as check_main
-        return check_main(argv[1:])
+        try:
+            status = check_main(argv[1:])
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:   # hypermixer check | head -1
+            return _reader_went_away()
     if argv[:1] == ["bench"]:
         # everything after "bench" belongs to the benchmark's own parser
         args = argparse.Namespace(command="bench", bench_args=argv[1:])
@@ -383,7 +388,7 @@ def main(argv=None):
     except (MemoryError, OverflowError, RecursionError) as exc:
         # sizes the machine cannot hold (--embedding-dim 1000000): one line, not a traceback
         kind = {MemoryError: "out of memory"}.get(type(exc), "too large")
-        print(f"hypermixer {args.command}: error: {kind}: {exc or 'no details'}",
+        print(f"hypermixer {args.command}: error: {kind}: {str(exc) or 'no details'}",
               file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -66,6 +66,8 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
     temperature = _temperature(temperature)
     if top_k is not None:
         top_k = _count("top_k", top_k, 1)
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = _count("seed", seed, 0)   # NumPy's own message does not name the seed
     context = list(prompt_ids)
     if not context:
         raise ValueError("the prompt is empty: give at least one word")
