@@ -34,10 +34,13 @@ def _resolve_backend(name):
 
 
 # ---------------------------------------------------------------------------------- options
-def _add_model_options(parser):
+def _add_model_options(parser, architecture=True):
     group = parser.add_argument_group("model")
-    group.add_argument("--architecture", choices=("hypermixer", "transformer"),
-                       default="hypermixer")
+    if architecture:
+        group.add_argument("--architecture", choices=("hypermixer", "transformer"),
+                           default="hypermixer")
+    else:   # compare trains both: accepted only to refuse it with a clear message
+        group.add_argument("--architecture", default=None, help=argparse.SUPPRESS)
     defaults = ModelConfig()
     group.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
     group.add_argument("--hidden-dim", type=int, default=defaults.hidden_dim)
@@ -77,6 +80,20 @@ def _add_training_options(parser, default_out):
     parser.add_argument("--validation-fraction", type=float,
                         default=defaults.validation_fraction,
                         help="share of each stage's examples held out (default %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
+                        help="learning rate rises linearly over these optimizer steps "
+                             "(default %(default)s)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                        default=defaults.lr_schedule,
+                        help="after the warmup: constant, or a cosine down to 0 at the last "
+                             "step (default %(default)s)")
+    parser.add_argument("--grad-accumulation", type=int, default=defaults.grad_accumulation,
+                        metavar="N", help="sum the gradients of N batches into one Adam step "
+                                          "(default %(default)s)")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help="end a stage after N epochs without a better validation loss")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished or interrupted run in --out")
     parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
     parser.add_argument("--allow-noncausal", action="store_true",
                         help="train a --non-causal model anyway")
@@ -117,7 +134,7 @@ def build_parser():
 
     compare = commands.add_parser(
         "compare", help="train both architectures on the same data and seed")
-    _add_model_options(compare)
+    _add_model_options(compare, architecture=False)
     _add_training_options(compare, "hypermixer-compare")
 
     # "bench" is dispatched in main() before parsing; listed here for --help
@@ -157,7 +174,9 @@ def _settings(args):
     fields = dict(batch_size=args.batch_size, lr=args.lr,
                   clip_norm=args.clip_norm if args.clip_norm > 0 else None,
                   validation_fraction=args.validation_fraction, seed=args.seed,
-                  allow_noncausal=args.allow_noncausal)
+                  allow_noncausal=args.allow_noncausal, warmup_steps=args.warmup_steps,
+                  lr_schedule=args.lr_schedule, grad_accumulation=args.grad_accumulation,
+                  patience=args.patience)
     if args.epochs is not None:
         fields["epochs"] = args.epochs
     return TrainSettings(**fields)
@@ -185,7 +204,8 @@ def cmd_train(args):
         fixed = ("data", "seed", "batch_size", "lr", "clip_norm", "validation_fraction",
                  "architecture", "embedding_dim", "hidden_dim", "num_layers", "max_seq_len",
                  "hypernetwork_hidden_dim", "token_mixing_hidden_dim", "share_hypernetwork",
-                 "non_causal")
+                 "non_causal", "warmup_steps", "lr_schedule", "grad_accumulation",
+                 "patience", "overwrite")
         changed = ["--" + name.replace("_", "-") for name in fixed
                    if getattr(args, name) != defaults[name]]
         if changed:
@@ -194,6 +214,7 @@ def cmd_train(args):
         result = train(None, args.out, settings=settings if args.epochs else None,
                        backend=backend, resume=True, comm=comm)
     else:
+        _refuse_to_replace(Path(args.out), args.overwrite)
         result = train(_model_config(args), args.out, stages=_stages(args), settings=settings,
                        backend=backend, comm=comm)
     if rank_of(comm) == 0:
@@ -201,12 +222,29 @@ def cmd_train(args):
     return 0
 
 
+def _refuse_to_replace(out, overwrite):
+    """A run folder with a checkpoint is somebody's finished (or interrupted) run."""
+    from .checkpoint import CHECKPOINT_FILENAME
+    for directory in (out, out / "hypermixer", out / "transformer"):
+        if (directory / CHECKPOINT_FILENAME).exists() and not overwrite:
+            raise UsageError(f"{directory} already holds a trained model "
+                             f"({CHECKPOINT_FILENAME}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+
+
 def _report_run(result):
     last = result.history[-1]
+    where = (f"model saved to {result.checkpoint_path}"
+             + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
+    if last["val_loss"] is None:
+        trained = [p for p in result.history if p["train_loss"] is not None]
+        _say(f"no validation data, so no validation loss; training loss on the "
+             f"'{last['stage']}' data {trained[-1]['train_loss']:.4f} in the last epoch; "
+             + where)
+        return
     _say(f"validation loss on the '{last['stage']}' data: "
          f"{result.untrained_val_loss[last['stage']]:.4f} untrained, {last['val_loss']:.4f} "
-         f"now; model saved to {result.checkpoint_path}"
-         + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
+         f"now; " + where)
 
 
 def _load_model(args):
@@ -222,8 +260,14 @@ def _generation_options(args):
 def cmd_generate(args):
     from .generate import generate
     checkpoint = _load_model(args)
-    print(generate(checkpoint.network, checkpoint.tokenizer, args.prompt,
-                   **_generation_options(args)))
+    text = generate(checkpoint.network, checkpoint.tokenizer, args.prompt,
+                    **_generation_options(args))
+    if not text:
+        # an empty line with status 0 looks like success; say what happened instead
+        _say("nothing was generated: the model ended the text right after the prompt "
+             "(its first token was </s>); try sampling with --temperature")
+        return 1
+    print(text)
     return 0
 
 
@@ -287,9 +331,14 @@ def cmd_info(args):
 def cmd_compare(args):
     from .plot import plot_history
     from .train import train
+    if args.architecture is not None:
+        raise UsageError("compare always trains both architectures (hypermixer and "
+                         "transformer); drop --architecture, or use 'hypermixer train "
+                         f"--architecture {args.architecture}' for one")
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
     out = Path(args.out)
+    _refuse_to_replace(out, args.overwrite)
     results = {}
     for architecture in ("hypermixer", "transformer"):
         _say(f"== training the {architecture} ==")
@@ -305,7 +354,9 @@ def cmd_compare(args):
         trained = [p for p in result.history if p["train_loss"] is not None]
         speed = sum(p["tokens"] for p in trained) / sum(p["seconds"] for p in trained)
         rows.append((name, f"{result.network.parameters():,}",
-                     f"{trained[-1]['train_loss']:.4f}", f"{result.history[-1]['val_loss']:.4f}",
+                     f"{trained[-1]['train_loss']:.4f}",
+                     "-" if result.history[-1]["val_loss"] is None
+                     else f"{result.history[-1]['val_loss']:.4f}",
                      f"{speed:,.0f}"))
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
@@ -359,13 +410,20 @@ def main(argv=None):
     else:
         args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
+    from .train import Terminated, TrainingDiverged, TrainingInterrupted
+    previous = _terminate_like_interrupt(Terminated)
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()   # a closed pipe shows here, not at exit as "Exception ignored"
         return status
     except BrokenPipeError:
         return _reader_went_away()
+    except TrainingInterrupted as exc:
+        print(f"hypermixer {args.command}: {exc}", file=sys.stderr, flush=True)
+        return exc.status
+    except Terminated:
+        print(f"hypermixer {args.command}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return 143
     except (UsageError, DataError, CheckpointError, TrainingDiverged, ValueError,
             RuntimeError, OSError) as exc:
         print(f"hypermixer {args.command}: error: {exc}", file=sys.stderr, flush=True)
@@ -379,6 +437,21 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"hypermixer {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_interrupt(exception):
+    """SIGTERM (what batch schedulers send) raises ``exception``, a KeyboardInterrupt, so
+    training saves and says where it stopped; returns the previous handler (None when this
+    is not the main thread, where handlers cannot be set)."""
+    def handler(signum, frame):
+        raise exception()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":
