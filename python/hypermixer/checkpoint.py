@@ -26,7 +26,7 @@ from numpy.lib import format as npy_format
 
 from ._layer import INDEX_LIMIT
 from .model import ModelConfig, build_network, expected_parameter_count
-from .tokenizer import Tokenizer
+from .tokenizer import tokenizer_from_meta
 
 FORMAT_NAME = "hypermixer-checkpoint"
 FORMAT_VERSION = 1
@@ -84,6 +84,8 @@ def save_checkpoint(path, network, tokenizer, training_state=None):
         "format_version": FORMAT_VERSION,
         "config": network.config.to_dict(),
         "vocabulary": tokenizer.vocabulary,
+        # a BPE tokenizer is saved whole (its merges); the word tokenizer is its vocabulary
+        "tokenizer": tokenizer.to_json() if hasattr(tokenizer, "_backend") else None,
         "dtype": network.dtype.name,
         "adam_steps": [leaf._adam_step for leaf in leaves],
         "training_state": training_state,
@@ -344,7 +346,7 @@ def _check_meta(path, meta, archive):
         _check_int(path, "an Adam step count", step, 0, MAX_COUNT)
     try:
         config = ModelConfig.from_dict(raw)
-        tokenizer = Tokenizer(vocabulary)
+        tokenizer = tokenizer_from_meta(meta)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's metadata is invalid: {exc}") from None
     dtype = np.dtype(meta["dtype"])

@@ -80,6 +80,16 @@ def _add_training_options(parser, default_out):
     parser.add_argument("--validation-fraction", type=float,
                         default=defaults.validation_fraction,
                         help="share of each stage's examples held out (default %(default)s)")
+    parser.add_argument("--tokenizer", choices=("word", "bpe"), default="word",
+                        help="word: one token per lower-cased word (default); bpe: byte-level "
+                             "BPE learnt on the data, exact for any text (pip install "
+                             "'hypermixer[bpe]')")
+    parser.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                        help="BPE vocabulary size (default 4096)")
+    parser.add_argument("--max-vocab", type=int, default=None, metavar="N",
+                        help="word tokenizer: keep the N most frequent words")
+    parser.add_argument("--min-count", type=int, default=1, metavar="N",
+                        help="word tokenizer: leave out words seen fewer than N times")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
                         help="learning rate rises linearly over these optimizer steps "
                              "(default %(default)s)")
@@ -205,7 +215,8 @@ def cmd_train(args):
                  "architecture", "embedding_dim", "hidden_dim", "num_layers", "max_seq_len",
                  "hypernetwork_hidden_dim", "token_mixing_hidden_dim", "share_hypernetwork",
                  "non_causal", "warmup_steps", "lr_schedule", "grad_accumulation",
-                 "patience", "overwrite")
+                 "patience", "overwrite", "tokenizer", "vocab_size", "max_vocab",
+                 "min_count")
         changed = ["--" + name.replace("_", "-") for name in fixed
                    if getattr(args, name) != defaults[name]]
         if changed:
@@ -216,10 +227,15 @@ def cmd_train(args):
     else:
         _refuse_to_replace(Path(args.out), args.overwrite)
         result = train(_model_config(args), args.out, stages=_stages(args), settings=settings,
-                       backend=backend, comm=comm)
+                       backend=backend, comm=comm, tokenizer=_tokenizer_options(args))
     if rank_of(comm) == 0:
         _report_run(result)
     return 0
+
+
+def _tokenizer_options(args):
+    return dict(kind=args.tokenizer, vocab_size=args.vocab_size, max_vocab=args.max_vocab,
+                min_count=args.min_count)
 
 
 def _refuse_to_replace(out, overwrite):
@@ -344,7 +360,8 @@ def cmd_compare(args):
         _say(f"== training the {architecture} ==")
         results[architecture] = train(_model_config(args, architecture), out / architecture,
                                       stages=_stages(args), settings=settings,
-                                      backend=backend, plot=False)
+                                      backend=backend, plot=False,
+                                      tokenizer=_tokenizer_options(args))
     plot_path = plot_history({name: r.history for name, r in results.items()},
                              out / "compare")
     header = ("model", "parameters", "final train loss", "final val loss",

@@ -47,7 +47,7 @@ from . import distributed, runlock
 from .checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from .datasets import bundled_data_path, load_texts, make_sequences
 from .model import NonCausalTrainingError, StepResult, build_network, global_norm
-from .tokenizer import Tokenizer
+from .tokenizer import BPETokenizer, Tokenizer
 
 PROGRESS_INTERVAL_S = 10.0
 # Independent random streams derived from the one seed (spawn keys, so none of them repeats
@@ -336,10 +336,10 @@ class Trainer:
         train_idx, val_idx = split_validation(len(texts), self.settings.validation_fraction,
                                               self.settings.seed, index)
         limit = self.network.max_seq_len
-        train_pairs, split_train = make_sequences(
-            [self.tokenizer.encode(texts[i]) for i in train_idx], limit)
-        val_pairs, split_val = make_sequences(
-            [self.tokenizer.encode(texts[i]) for i in val_idx], limit)
+        encode = getattr(self.tokenizer, "encode_batch", None) or (
+            lambda items: [self.tokenizer.encode(t) for t in items])
+        train_pairs, split_train = make_sequences(encode([texts[i] for i in train_idx]), limit)
+        val_pairs, split_val = make_sequences(encode([texts[i] for i in val_idx]), limit)
         if not train_pairs:
             raise ValueError(f"{stage.data_path}: no training sequences (every example is "
                              "a single token)")
@@ -567,7 +567,7 @@ def _write_text(path, text):
 @distributed.abort_on_error
 @runlock.holds_run_lock   # one run per output folder (runlock.py)
 def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype=np.float32,
-          resume=False, log=None, plot=True, comm=None):
+          resume=False, log=None, plot=True, comm=None, tokenizer=None):
     """Train a model of ``config`` and leave ``checkpoint.npz`` (and a loss plot) in out_dir.
 
     With ``resume=True`` the model, vocabulary, stages, settings and position come from the
@@ -575,7 +575,7 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
     the stages not yet finished) and ``allow_noncausal`` are taken from the caller.
     With an MPI communicator ``comm``, every rank calls this with the same arguments and
     trains on its shard of each batch (``distributed.py``); any number of ranks can resume
-    any checkpoint.
+    any checkpoint. ``tokenizer`` (a new run only): options of :func:`make_tokenizer`.
     """
     out_dir = Path(out_dir)
     if resume:
@@ -599,7 +599,7 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
             raise ValueError("no training stages given")
         _refuse_noncausal(config, settings)
         texts = [text for stage in stages for text in load_texts(stage.data_path)]
-        tokenizer = Tokenizer.from_texts(texts)
+        tokenizer = make_tokenizer(texts, **(tokenizer or {}))
         network = build_network(config, len(tokenizer), seed=settings.seed, dtype=dtype,
                                 backend=backend)
         trainer = Trainer(network, tokenizer, stages, settings, out_dir, log, comm)
@@ -616,6 +616,24 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
                                  out_dir / "loss", log=trainer.log)
     return TrainResult(trainer.network, trainer.tokenizer, history,
                        trainer.untrained_val_loss, trainer.checkpoint_path, plot_path)
+
+
+def make_tokenizer(texts, kind="word", vocab_size=None, max_vocab=None, min_count=1):
+    """The tokenizer of a new run, learnt from all its training text: ``"word"`` (optionally
+    ``max_vocab`` most frequent words seen ``min_count`` times) or ``"bpe"`` (byte-level, of
+    ``vocab_size`` tokens, default 4096)."""
+    if kind == "word":
+        if vocab_size is not None:
+            raise ValueError("--vocab-size is for --tokenizer bpe; the word tokenizer takes "
+                             "--max-vocab")
+        return Tokenizer.from_texts(texts, min_count=min_count, max_vocab=max_vocab)
+    if kind == "bpe":
+        if max_vocab is not None or min_count != 1:
+            raise ValueError("--max-vocab and --min-count are for --tokenizer word; BPE "
+                             "takes --vocab-size")
+        return BPETokenizer.from_texts(texts, vocab_size=4096 if vocab_size is None
+                                       else vocab_size)
+    raise ValueError(f"tokenizer must be 'word' or 'bpe', got {kind!r}")
 
 
 def _refuse_noncausal(config, settings):
