@@ -111,7 +111,8 @@ def _add_training_options(parser, default_out):
 
 def _add_generation_options(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a directory written by 'hypermixer train' (or its checkpoint.npz)")
+                        help="a directory written by 'hypermixer train', its checkpoint.npz or "
+                             "best.npz, or a .safetensors export")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 (the default) is greedy decoding")
@@ -146,6 +147,20 @@ def build_parser():
         "compare", help="train both architectures on the same data and seed")
     _add_model_options(compare, architecture=False)
     _add_training_options(compare, "hypermixer-compare")
+
+    evaluate = commands.add_parser("evaluate", help="loss and perplexity of a model on a "
+                                                     "data file")
+    evaluate.add_argument("--model", required=True, metavar="DIR",
+                          help="a run folder, checkpoint .npz or .safetensors export")
+    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
+
+    export = commands.add_parser("export", help="write a model's weights, configuration and "
+                                                 "tokenizer as one .safetensors file")
+    export.add_argument("--model", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="FILE.safetensors")
+    export.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
 
     # "bench" is dispatched in main() before parsing; listed here for --help
     commands.add_parser("bench", help="benchmarks (hypermixer.bench); options are its own")
@@ -264,8 +279,9 @@ def _report_run(result):
 
 
 def _load_model(args):
-    from .checkpoint import load_checkpoint
-    return load_checkpoint(args.model, backend=_resolve_backend(args.backend))
+    from .export import load_model
+    network, tokenizer = load_model(args.model, backend=_resolve_backend(args.backend))
+    return argparse.Namespace(network=network, tokenizer=tokenizer)
 
 
 def _generation_options(args):
@@ -385,6 +401,39 @@ def cmd_compare(args):
     return 0
 
 
+def cmd_evaluate(args):
+    import math
+    from .datasets import load_texts, make_sequences
+    from .train import evaluate
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = _load_model(args)
+    texts = load_texts(args.data)
+    pairs, _ = make_sequences([model.tokenizer.encode(t) for t in texts],
+                              model.network.max_seq_len)
+    if not pairs:
+        raise UsageError(f"{args.data}: no sequences to evaluate (every example is one token)")
+    loss = evaluate(model.network, pairs, args.batch_size)
+    tokens = sum(len(targets) for _, targets in pairs)
+    print(f"loss {loss:.4f} perplexity {math.exp(min(loss, 700)):.2f} "
+          f"({len(pairs)} sequences, {tokens} target tokens, {args.data})")
+    return 0
+
+
+def cmd_export(args):
+    from .export import export_safetensors
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, got {out}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name the file to write")
+    model = _load_model(args)
+    export_safetensors(model.network, model.tokenizer, out)
+    _say(f"wrote {out} ({out.stat().st_size:,} bytes: {model.network.parameters():,} "
+         f"parameters, configuration and tokenizer)")
+    return 0
+
+
 def cmd_bench(args):
     import importlib
     try:
@@ -399,7 +448,8 @@ def cmd_bench(args):
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "info": cmd_info,
-            "compare": cmd_compare, "bench": cmd_bench}
+            "compare": cmd_compare, "bench": cmd_bench, "evaluate": cmd_evaluate,
+            "export": cmd_export}
 
 
 def _reader_went_away():
