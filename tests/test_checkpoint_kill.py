@@ -1,7 +1,8 @@
 """Checkpoints under abuse: killed writers, truncated, corrupted and foreign files.
 
-* A child process saving a large checkpoint over and over is killed with SIGKILL at several
-  moments; the checkpoint on disk must always load, and be one whole save (parameters and
+* A child process is stopped at a chosen point of a save (part of the temporary file
+  written, all of it written but not yet renamed, between saves) and killed there with
+  SIGKILL; the checkpoint on disk must load and be the previous whole save (parameters and
   training state from the same save), never a mix or a torn file.
 * Truncated files, files with random bytes flipped, other format versions, inconsistent
   metadata and files that are not checkpoints at all must raise CheckpointError (a
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 
 import numpy as np
@@ -25,29 +25,54 @@ from hypermixer.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The writer saves twice, then starts a third save that stops at a chosen point (the hook
+# replaces the module's own writing or renaming step) and announces it; the parent kills it
+# there with SIGKILL. No timing is involved: every kill lands exactly where it is meant to.
 CHILD = textwrap.dedent("""
-    import sys
+    import io, os, sys, time
     import numpy as np
+    import hypermixer.checkpoint as ck
     from hypermixer import ModelConfig, Tokenizer, build_network
-    from hypermixer.checkpoint import save_checkpoint
 
-    path = sys.argv[1]
-    words = ["w%d" % i for i in range(int(sys.argv[2]))]
-    tokenizer = Tokenizer.from_texts([" ".join(words)])
-    config = ModelConfig.hypermixer(embedding_dim=64, hidden_dim=64, num_layers=1,
-                                    max_seq_len=16)
+    path, where = sys.argv[1], sys.argv[2]
+    tokenizer = Tokenizer.from_texts([" ".join("w%d" % i for i in range(300))])
+    config = ModelConfig.hypermixer(embedding_dim=16, hidden_dim=16, num_layers=1,
+                                    max_seq_len=8)
     network = build_network(config, len(tokenizer), seed=0)
     # one zero-gradient step, so that the Adam moments are saved too
     network.apply_gradients([np.zeros_like(a) for _, a in network.named_parameters()], 0.0)
-    i = 0
-    while True:
+
+    def pause(message):
+        print(message, flush=True)
+        time.sleep(600)   # the parent kills us here
+
+    real_write, real_replace = ck._write_arrays, os.replace
+
+    def write_part(fileobj, arrays):
+        whole = io.BytesIO()
+        real_write(whole, arrays)
+        data = whole.getvalue()
+        fileobj.write(data[:int(len(data) * float(where))])
+        fileobj.flush()
+        os.fsync(fileobj.fileno())
+        pause("paused in write")
+
+    def replace_later(src, dst):
+        pause("paused before rename")
+
+    for i in range(3):
+        if i == 2:
+            if where == "idle":
+                pause("paused between saves")
+            elif where == "rename":
+                os.replace = replace_later
+            else:
+                ck._write_arrays = write_part
         network.embeddings.token[0, 0] = i
         network.output.b[0, -1] = -i
-        save_checkpoint(path, network, tokenizer, {"save": i})
-        print(i, flush=True)
-        i += 1
+        ck.save_checkpoint(path, network, tokenizer, {"save": i})
+        print("saved", i, flush=True)
 """)
-
 
 def small_network(words=20, **overrides):
     tokenizer = Tokenizer.from_texts([" ".join(f"w{i}" for i in range(words))])
@@ -76,45 +101,41 @@ def assert_clear_error(path, match=None):
 
 # ---------------------------------------------------------------------------- SIGKILL
 
-def test_sigkill_during_repeated_saves_leaves_a_whole_checkpoint(tmp_path):
+@pytest.mark.parametrize("where", ["0", "0.01", "0.5", "0.99", "1", "rename", "idle"])
+def test_sigkill_during_a_save_leaves_the_previous_whole_checkpoint(tmp_path, where):
+    """Killed with 0 %, 1 %, ... of the new file written, before the rename, or between
+    saves: the file on disk is always the whole second save."""
     script = tmp_path / "writer.py"
     script.write_text(CHILD)
     path = tmp_path / "model" / "checkpoint.npz"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    # about 6 MB of parameters (12,000 x 64 twice), 18 MB with the Adam moments: a save
-    # takes long enough for the kills to land inside one
-    vocabulary = "12000"
-    last_saved = -1
-    interrupted = 0
-    for delay in (0.0, 0.03, 0.11, 0.27):
-        child = subprocess.Popen([sys.executable, str(script), str(path), vocabulary],
-                                 stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-        try:
-            first = child.stdout.readline()   # one whole save exists from here on
-            assert first.strip().isdigit(), f"writer failed to start: {first!r}"
-            time.sleep(delay)
-            os.kill(child.pid, signal.SIGKILL)
-        finally:
-            child.kill()
-            child.wait()
-        assert child.returncode == -signal.SIGKILL
-        leftovers = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-        interrupted += bool(leftovers)
-        ckpt = load_checkpoint(path)
-        save = ckpt.training_state["save"]
-        net = ckpt.network
-        # parameters and training state come from the same save
-        assert net.embeddings.token[0, 0] == save and net.output.b[0, -1] == -save
-        assert save >= 0
-        assert all(leaf._adam_moments is not None for leaf in net._leaves())
-        last_saved = save
-        for p in leftovers:   # a later writer would have left its own; start clean
-            p.unlink()
-    assert last_saved >= 0
-    # at least one kill must have landed in the middle of a write, or this tested nothing
-    assert interrupted >= 1, "no kill interrupted a save (no temporary file left behind)"
-
+    child = subprocess.Popen([sys.executable, str(script), str(path), where],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=tmp_path)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("paused")):
+            line = child.stdout.readline()
+            assert line, f"writer ended early: {lines} {child.stderr.read()}"
+            lines.append(line.strip())
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert lines[:2] == ["saved 0", "saved 1"]
+    leftovers = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    # the interrupted save really was under way (its temporary file is there), or not begun
+    assert len(leftovers) == (0 if where == "idle" else 1)
+    if where not in ("idle", "0"):
+        assert leftovers[0].stat().st_size > 0
+    ckpt = load_checkpoint(path)
+    net = ckpt.network
+    # parameters and training state both come from the last whole save
+    assert ckpt.training_state == {"save": 1}
+    assert net.embeddings.token[0, 0] == 1 and net.output.b[0, -1] == -1
+    assert all(leaf._adam_moments is not None for leaf in net._leaves())
 
 def test_exception_during_save_keeps_previous(tmp_path, good_file, monkeypatch):
     path, network = good_file

@@ -163,7 +163,7 @@ def test_training_lowers_validation_loss_and_records_history(tmp_path, stages):
     assert history[3]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["val_loss"] < history[4]["val_loss"]
     state = load_checkpoint(tmp_path, backend=BACKEND).training_state
-    assert state["position"] == {"stage": 1, "epoch": 3, "step": 9}
+    assert state["position"] == {"stage": 1, "epoch": 3, "step": 9, "batch": 0}
 
 
 def test_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path, stages, monkeypatch):
@@ -177,14 +177,15 @@ def test_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path, stages, monk
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
-        raise Interrupted   # as if the process died right after the first epoch's save
+        if os.path.basename(args[0]) == "checkpoint.npz":   # best.npz is written first
+            raise Interrupted   # as if the process died right after the first epoch's save
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupted):
         quiet_train(tmp_path / "split", stages, settings)
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "split", backend=BACKEND).training_state["position"] \
-        == {"stage": 0, "epoch": 1, "step": 2}
+        == {"stage": 0, "epoch": 1, "step": 2, "batch": 0}
     resumed = quiet_train(tmp_path / "split", None, None, config=None, resume=True)
 
     assert_same_state(resumed.network, whole.network)
@@ -214,7 +215,7 @@ def test_non_finite_loss_stops_with_the_place_and_keeps_the_last_checkpoint(
     assert "stage 'pretrain', epoch 2, step 4" in message
     assert "checkpoint.npz is kept" in message
     state = load_checkpoint(tmp_path, backend=BACKEND).training_state
-    assert state["position"] == {"stage": 0, "epoch": 1, "step": 2}
+    assert state["position"] == {"stage": 0, "epoch": 1, "step": 2, "batch": 0}
 
 
 def test_noncausal_model_trains_only_with_the_override(tmp_path, stages):

@@ -26,7 +26,7 @@ from numpy.lib import format as npy_format
 
 from ._layer import INDEX_LIMIT
 from .model import ModelConfig, build_network, expected_parameter_count
-from .tokenizer import Tokenizer
+from .tokenizer import tokenizer_from_meta
 
 FORMAT_NAME = "hypermixer-checkpoint"
 FORMAT_VERSION = 1
@@ -84,6 +84,8 @@ def save_checkpoint(path, network, tokenizer, training_state=None):
         "format_version": FORMAT_VERSION,
         "config": network.config.to_dict(),
         "vocabulary": tokenizer.vocabulary,
+        # a BPE tokenizer is saved whole (its merges); the word tokenizer is its vocabulary
+        "tokenizer": tokenizer.to_json() if hasattr(tokenizer, "_backend") else None,
         "dtype": network.dtype.name,
         "adam_steps": [leaf._adam_step for leaf in leaves],
         "training_state": training_state,
@@ -344,7 +346,7 @@ def _check_meta(path, meta, archive):
         _check_int(path, "an Adam step count", step, 0, MAX_COUNT)
     try:
         config = ModelConfig.from_dict(raw)
-        tokenizer = Tokenizer(vocabulary)
+        tokenizer = tokenizer_from_meta(meta)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's metadata is invalid: {exc}") from None
     dtype = np.dtype(meta["dtype"])
@@ -388,8 +390,10 @@ def check_training_state(path, state):
                 and isinstance(stage.get("data_path"), str)):
             raise bad(f"a stage must have a name and a data_path, got {_short(stage)}")
     position = state["position"]
-    if not isinstance(position, dict) or not {"stage", "epoch", "step"} <= set(position):
+    if not isinstance(position, dict) or set(position) - {"batch"} != {"stage", "epoch", "step"}:
         raise bad(f"position must have stage, epoch and step, got {_short(position)}")
+    _check_int(path, "the training position's batch", position.get("batch", 0), 0, MAX_COUNT)
+    _check_run_extras(path, state, bad)   # realdata's fields (best, interrupted epoch, ...)
     _check_int(path, "the training position's stage", position["stage"], 0, len(stages) - 1)
     for key, value in position.items():   # epoch, step and any finer counter (batch)
         _check_int(path, f"the training position's {key}", value, 0, MAX_COUNT)
@@ -420,9 +424,30 @@ def check_training_state(path, state):
                 raise bad(f"history {key} must be a number, got {_short(value)}")
     losses = state["untrained_val_loss"]
     if not isinstance(losses, dict) or not all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-            for v in losses.values()):
+            v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in losses.values()):   # None: a stage without validation data
         raise bad("untrained_val_loss must map stage names to numbers")
+
+
+def _check_run_extras(path, state, bad):
+    """The trainer's optional fields: interrupted epoch, best model, early stopping."""
+    if state.get("epoch_rng") is not None:
+        try:
+            np.random.default_rng(0).bit_generator.state = state["epoch_rng"]
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise bad(f"the epoch's shuffling state: {_short(str(exc))}") from None
+    for key in ("partial", "best"):
+        value = state.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                for v in value.values())):
+            raise bad(f"{key} must be an object of numbers, got {_short(value)}")
+    _check_int(path, "stale_epochs", state.get("stale_epochs", 0), 0, MAX_COUNT)
+    stopped = state.get("early_stopped", [])
+    if not (isinstance(stopped, list) and all(isinstance(n, str) for n in stopped)):
+        raise bad(f"early_stopped must be a list of stage names, got {_short(stopped)}")
+    if state.get("partial") is not None and state.get("epoch_rng") is None:
+        raise bad("an interrupted epoch without its shuffling state")
 
 
 def load_checkpoint(path, backend="compiled", resume=False):

@@ -34,10 +34,13 @@ def _resolve_backend(name):
 
 
 # ---------------------------------------------------------------------------------- options
-def _add_model_options(parser):
+def _add_model_options(parser, architecture=True):
     group = parser.add_argument_group("model")
-    group.add_argument("--architecture", choices=("hypermixer", "transformer", "hypermixing"),
-                       default="hypermixer")
+    if architecture:
+        group.add_argument("--architecture", choices=("hypermixer", "transformer", "hypermixing"),
+                           default="hypermixer")
+    else:   # compare trains all three: accepted only to refuse it with a clear message
+        group.add_argument("--architecture", default=None, help=argparse.SUPPRESS)
     defaults = ModelConfig()
     group.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
     group.add_argument("--hidden-dim", type=int, default=defaults.hidden_dim)
@@ -79,6 +82,30 @@ def _add_training_options(parser, default_out):
     parser.add_argument("--validation-fraction", type=float,
                         default=defaults.validation_fraction,
                         help="share of each stage's examples held out (default %(default)s)")
+    parser.add_argument("--tokenizer", choices=("word", "bpe"), default="word",
+                        help="word: one token per lower-cased word (default); bpe: byte-level "
+                             "BPE learnt on the data, exact for any text (pip install "
+                             "'hypermixer[bpe]')")
+    parser.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                        help="BPE vocabulary size (default 4096)")
+    parser.add_argument("--max-vocab", type=int, default=None, metavar="N",
+                        help="word tokenizer: keep the N most frequent words")
+    parser.add_argument("--min-count", type=int, default=1, metavar="N",
+                        help="word tokenizer: leave out words seen fewer than N times")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
+                        help="learning rate rises linearly over these optimizer steps "
+                             "(default %(default)s)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                        default=defaults.lr_schedule,
+                        help="after the warmup: constant, or a cosine down to 0 at the last "
+                             "step (default %(default)s)")
+    parser.add_argument("--grad-accumulation", type=int, default=defaults.grad_accumulation,
+                        metavar="N", help="sum the gradients of N batches into one Adam step "
+                                          "(default %(default)s)")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help="end a stage after N epochs without a better validation loss")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished or interrupted run in --out")
     parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
     parser.add_argument("--allow-noncausal", action="store_true",
                         help="train a --non-causal model anyway")
@@ -86,7 +113,8 @@ def _add_training_options(parser, default_out):
 
 def _add_generation_options(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a directory written by 'hypermixer train' (or its checkpoint.npz)")
+                        help="a directory written by 'hypermixer train', its checkpoint.npz or "
+                             "best.npz, or a .safetensors export")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 (the default) is greedy decoding")
@@ -119,8 +147,22 @@ def build_parser():
 
     compare = commands.add_parser(
         "compare", help="train both architectures on the same data and seed")
-    _add_model_options(compare)
+    _add_model_options(compare, architecture=False)
     _add_training_options(compare, "hypermixer-compare")
+
+    evaluate = commands.add_parser("evaluate", help="loss and perplexity of a model on a "
+                                                     "data file")
+    evaluate.add_argument("--model", required=True, metavar="DIR",
+                          help="a run folder, checkpoint .npz or .safetensors export")
+    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
+
+    export = commands.add_parser("export", help="write a model's weights, configuration and "
+                                                 "tokenizer as one .safetensors file")
+    export.add_argument("--model", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="FILE.safetensors")
+    export.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
 
     # "bench" is dispatched in main() before parsing; listed here for --help
     commands.add_parser("bench", help="benchmarks (hypermixer.bench); options are its own")
@@ -162,7 +204,9 @@ def _settings(args):
     fields = dict(batch_size=args.batch_size, lr=args.lr,
                   clip_norm=None if args.clip_norm == 0 else args.clip_norm,   # -1, nan refused
                   validation_fraction=args.validation_fraction, seed=args.seed,
-                  allow_noncausal=args.allow_noncausal)
+                  allow_noncausal=args.allow_noncausal, warmup_steps=args.warmup_steps,
+                  lr_schedule=args.lr_schedule, grad_accumulation=args.grad_accumulation,
+                  patience=args.patience)
     if args.epochs is not None:
         fields["epochs"] = args.epochs
     return TrainSettings(**fields)
@@ -190,7 +234,9 @@ def cmd_train(args):
         fixed = ("data", "seed", "batch_size", "lr", "clip_norm", "validation_fraction",
                  "architecture", "embedding_dim", "hidden_dim", "num_layers", "max_seq_len",
                  "hypernetwork_hidden_dim", "token_mixing_hidden_dim", "share_hypernetwork",
-                 "non_causal")
+                 "non_causal", "warmup_steps", "lr_schedule", "grad_accumulation",
+                 "patience", "overwrite", "tokenizer", "vocab_size", "max_vocab",
+                 "min_count")
         changed = ["--" + name.replace("_", "-") for name in fixed
                    if getattr(args, name) != defaults[name]]
         if changed:
@@ -199,24 +245,48 @@ def cmd_train(args):
         result = train(None, args.out, settings=settings if args.epochs else None,
                        backend=backend, resume=True, comm=comm)
     else:
+        _refuse_to_replace(Path(args.out), args.overwrite)
         result = train(_model_config(args), args.out, stages=_stages(args), settings=settings,
-                       backend=backend, comm=comm)
+                       backend=backend, comm=comm, tokenizer=_tokenizer_options(args))
     if rank_of(comm) == 0:
         _report_run(result)
     return 0
 
 
+def _tokenizer_options(args):
+    return dict(kind=args.tokenizer, vocab_size=args.vocab_size, max_vocab=args.max_vocab,
+                min_count=args.min_count)
+
+
+def _refuse_to_replace(out, overwrite):
+    """A run folder with a checkpoint is somebody's finished (or interrupted) run."""
+    from .checkpoint import CHECKPOINT_FILENAME
+    for directory in (out, out / "hypermixer", out / "transformer"):
+        if (directory / CHECKPOINT_FILENAME).exists() and not overwrite:
+            raise UsageError(f"{directory} already holds a trained model "
+                             f"({CHECKPOINT_FILENAME}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+
+
 def _report_run(result):
     last = result.history[-1]
+    where = (f"model saved to {result.checkpoint_path}"
+             + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
+    if last["val_loss"] is None:
+        trained = [p for p in result.history if p["train_loss"] is not None]
+        _say(f"no validation data, so no validation loss; training loss on the "
+             f"'{last['stage']}' data {trained[-1]['train_loss']:.4f} in the last epoch; "
+             + where)
+        return
     _say(f"validation loss on the '{last['stage']}' data: "
          f"{result.untrained_val_loss[last['stage']]:.4f} untrained, {last['val_loss']:.4f} "
-         f"now; model saved to {result.checkpoint_path}"
-         + (f", loss curve in {result.plot_path}" if result.plot_path else ""))
+         f"now; " + where)
 
 
 def _load_model(args):
-    from .checkpoint import load_checkpoint
-    return load_checkpoint(args.model, backend=_resolve_backend(args.backend))
+    from .export import load_model
+    network, tokenizer = load_model(args.model, backend=_resolve_backend(args.backend))
+    return argparse.Namespace(network=network, tokenizer=tokenizer)
 
 
 def _generation_options(args):
@@ -227,8 +297,14 @@ def _generation_options(args):
 def cmd_generate(args):
     from .generate import generate
     checkpoint = _load_model(args)
-    print(generate(checkpoint.network, checkpoint.tokenizer, args.prompt,
-                   **_generation_options(args)))
+    text = generate(checkpoint.network, checkpoint.tokenizer, args.prompt,
+                    **_generation_options(args))
+    if not text:
+        # an empty line with status 0 looks like success; say what happened instead
+        _say("nothing was generated: the model ended the text right after the prompt "
+             "(its first token was </s>); try sampling with --temperature")
+        return 1
+    print(text)
     return 0
 
 
@@ -293,17 +369,23 @@ def cmd_compare(args):
     from .distributed import rank_of, world_from_environment
     from .plot import plot_history
     from .train import train
-    comm = world_from_environment()   # under mpiexec: both trainings data-parallel
+    if args.architecture is not None:
+        raise UsageError("compare always trains every architecture (hypermixer, transformer "
+                         "and hypermixing); drop --architecture, or use 'hypermixer train "
+                         f"--architecture {args.architecture}' for one")
+    comm = world_from_environment()   # under mpiexec: every training data-parallel
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
     out = Path(args.out)
+    _refuse_to_replace(out, args.overwrite)
     results = {}
     for architecture in ("hypermixer", "transformer", "hypermixing"):
         if rank_of(comm) == 0:
             _say(f"== training the {architecture} ==")
         results[architecture] = train(_model_config(args, architecture), out / architecture,
                                       stages=_stages(args), settings=settings,
-                                      backend=backend, plot=False, comm=comm)
+                                      backend=backend, plot=False, comm=comm,
+                                      tokenizer=_tokenizer_options(args))
     if rank_of(comm) != 0:
         return 0
     plot_path = plot_history({name: r.history for name, r in results.items()},
@@ -315,7 +397,9 @@ def cmd_compare(args):
         trained = [p for p in result.history if p["train_loss"] is not None]
         speed = sum(p["tokens"] for p in trained) / sum(p["seconds"] for p in trained)
         rows.append((name, f"{result.network.parameters():,}",
-                     f"{trained[-1]['train_loss']:.4f}", f"{result.history[-1]['val_loss']:.4f}",
+                     f"{trained[-1]['train_loss']:.4f}",
+                     "-" if result.history[-1]["val_loss"] is None
+                     else f"{result.history[-1]['val_loss']:.4f}",
                      f"{speed:,.0f}"))
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
@@ -324,6 +408,39 @@ def cmd_compare(args):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
     _say(f"same data, seed {settings.seed}, {settings.epochs} epochs per stage; loss curves "
          f"in {plot_path}")
+    return 0
+
+
+def cmd_evaluate(args):
+    import math
+    from .datasets import load_texts, make_sequences
+    from .train import evaluate
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = _load_model(args)
+    texts = load_texts(args.data)
+    pairs, _ = make_sequences([model.tokenizer.encode(t) for t in texts],
+                              model.network.max_seq_len)
+    if not pairs:
+        raise UsageError(f"{args.data}: no sequences to evaluate (every example is one token)")
+    loss = evaluate(model.network, pairs, args.batch_size)
+    tokens = sum(len(targets) for _, targets in pairs)
+    print(f"loss {loss:.4f} perplexity {math.exp(min(loss, 700)):.2f} "
+          f"({len(pairs)} sequences, {tokens} target tokens, {args.data})")
+    return 0
+
+
+def cmd_export(args):
+    from .export import export_safetensors
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, got {out}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name the file to write")
+    model = _load_model(args)
+    export_safetensors(model.network, model.tokenizer, out)
+    _say(f"wrote {out} ({out.stat().st_size:,} bytes: {model.network.parameters():,} "
+         f"parameters, configuration and tokenizer)")
     return 0
 
 
@@ -341,7 +458,8 @@ def cmd_bench(args):
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "info": cmd_info,
-            "compare": cmd_compare, "bench": cmd_bench}
+            "compare": cmd_compare, "bench": cmd_bench, "evaluate": cmd_evaluate,
+            "export": cmd_export}
 
 
 def _reader_went_away():
@@ -374,13 +492,20 @@ def main(argv=None):
     else:
         args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
+    from .train import Terminated, TrainingDiverged, TrainingInterrupted
+    previous = _terminate_like_interrupt(Terminated)
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()   # a closed pipe shows here, not at exit as "Exception ignored"
         return status
     except BrokenPipeError:
         return _reader_went_away()
+    except TrainingInterrupted as exc:
+        print(f"hypermixer {args.command}: {exc}", file=sys.stderr, flush=True)
+        return exc.status
+    except Terminated:
+        print(f"hypermixer {args.command}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return 143
     except (UsageError, DataError, CheckpointError, TrainingDiverged, ValueError,
             RuntimeError, OSError) as exc:
         print(f"hypermixer {args.command}: error: {exc}", file=sys.stderr, flush=True)
@@ -394,6 +519,21 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"hypermixer {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_interrupt(exception):
+    """SIGTERM (what batch schedulers send) raises ``exception``, a KeyboardInterrupt, so
+    training saves and says where it stopped; returns the previous handler (None when this
+    is not the main thread, where handlers cannot be set)."""
+    def handler(signum, frame):
+        raise exception()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

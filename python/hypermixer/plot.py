@@ -55,7 +55,10 @@ def plot_history(histories, stem, log=None):
             first = stage_number == 0
             axes.plot([p["step"] for p in trained], [p["train_loss"] for p in trained],
                       color=color, linestyle="--", label=f"{model} train" if first else None)
-            axes.plot([p["step"] for p in points], [p["val_loss"] for p in points],
+            measured = [p for p in points if p.get("val_loss") is not None]
+            if not measured:   # no validation data: only the training curve
+                continue
+            axes.plot([p["step"] for p in measured], [p["val_loss"] for p in measured],
                       color=color, marker="o", markersize=3,
                       label=f"{model} validation" if first else None)
             if not first:
