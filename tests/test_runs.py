@@ -273,7 +273,7 @@ def test_train_refuses_to_replace_a_finished_run(tmp_path, data, capsys):
 def test_compare_refuses_architecture(tmp_path, data, capsys):
     code, _, err = run_cli(["compare", "--architecture", "transformer", "--data", data,
                             "--out", tmp_path / "cmp", *TINY_CLI], capsys)
-    assert code == 2 and "compare always trains both architectures" in err
+    assert code == 2 and "compare always trains every architecture" in err
     assert not (tmp_path / "cmp").exists()
 
 
