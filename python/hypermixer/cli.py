@@ -118,7 +118,11 @@ def _add_generation_options(parser):
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 (the default) is greedy decoding")
-    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample among the K most likely tokens; 0 (or absent): no limit")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample among the most likely tokens whose probabilities reach P "
+                             "(0 < P <= 1)")
     parser.add_argument("--seed", type=int, default=None, help="for sampling")
     parser.add_argument("--backend", choices=("compiled", "reference"), default="compiled")
 
@@ -290,8 +294,13 @@ def _load_model(args):
 
 
 def _generation_options(args):
+    ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p),
+                                        ("--seed", args.seed)) if value is not None]
+    if args.temperature == 0 and ignored:
+        _say(f"note: {', '.join(ignored)} ignored: --temperature 0 (the default) is greedy "
+             f"decoding; give a temperature > 0 to sample")
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k, seed=args.seed)
+                top_k=args.top_k, seed=args.seed, top_p=args.top_p)
 
 
 def cmd_generate(args):
@@ -309,22 +318,29 @@ def cmd_generate(args):
 
 
 def cmd_chat(args):
-    from .generate import chat_reply
-    checkpoint = _load_model(args)
+    from .generate import Conversation
+    model = _load_model(args)
+    conversation = Conversation(model.network, model.tokenizer, **_generation_options(args))
     interactive = sys.stdin.isatty()
     if interactive:
-        _say("Type a message and press Enter; 'quit' or Ctrl-D ends the chat.")
+        try:
+            import readline  # noqa: F401 - line editing and history for input()
+        except ImportError:
+            pass
+        _say("Type a message and press Enter; 'quit' or Ctrl-D ends the chat. The "
+             f"conversation is kept as context (the last {model.network.max_seq_len} tokens).")
     while True:
-        if interactive:
-            print("User: ", end="", flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = input("User: ") if interactive else sys.stdin.readline()
+        except EOFError:
+            line = ""
         if not line or line.strip().lower() in ("quit", "exit"):
+            if interactive:
+                print(flush=True)   # end the prompt's line cleanly after Ctrl-D
             break
         if not line.strip():
             continue
-        reply = chat_reply(checkpoint.network, checkpoint.tokenizer, line,
-                           **_generation_options(args))
-        print(f"Assistant: {reply}", flush=True)
+        print(f"Assistant: {conversation.reply(line)}", flush=True)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Text generation with a trained language model.
 
 Decoding is greedy (``temperature=0``, the default) or sampled: logits divided by the
-temperature, optionally restricted to the ``top_k`` most likely tokens, then drawn from the
+temperature, optionally restricted to the ``top_k`` most likely tokens and then to the
+smallest set whose probabilities reach ``top_p`` (nucleus sampling), then drawn from the
 softmax with a seeded generator. Generation stops at ``</s>`` or after ``max_new_tokens``.
 
 The model sees at most ``max_seq_len`` tokens: when the prompt plus what has been generated is
@@ -14,7 +15,7 @@ import operator
 import numpy as np
 
 
-def _next_token(logits, temperature, top_k, rng):
+def _next_token(logits, temperature, top_k, rng, top_p=None):
     if temperature == 0:
         return int(np.argmax(logits))
     logits = logits.astype(np.float64)
@@ -30,6 +31,13 @@ def _next_token(logits, temperature, top_k, rng):
         scaled = np.where(scaled >= cutoff, scaled, -np.inf)
     probs = np.exp(scaled)
     probs /= probs.sum()
+    if top_p is not None and top_p < 1:
+        # nucleus: the most likely tokens whose probabilities first reach top_p together
+        order = np.argsort(-probs, kind="stable")
+        keep = np.searchsorted(np.cumsum(probs[order]), top_p) + 1
+        kept = np.zeros_like(probs)
+        kept[order[:keep]] = probs[order[:keep]]
+        probs = kept / kept.sum()
     return int(rng.choice(probs.size, p=probs))
 
 
@@ -60,12 +68,18 @@ def _temperature(value):
 
 
 def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0, top_k=None,
-                 seed=None):
-    """New token ids after ``prompt_ids`` (the ``</s>`` that ends them is included)."""
+                 seed=None, top_p=None):
+    """New token ids after ``prompt_ids`` (the ``</s>`` that ends them is included).
+    ``top_k`` 0 or None: no top-k cut; ``top_p`` None or 1: no nucleus cut."""
     max_new_tokens = _count("max_new_tokens", max_new_tokens, 0)
     temperature = _temperature(temperature)
     if top_k is not None:
-        top_k = _count("top_k", top_k, 1)
+        top_k = _count("top_k", top_k, 0) or None
+    if top_p is not None:
+        if isinstance(top_p, (bool, np.bool_)) or not isinstance(
+                top_p, (int, float, np.integer, np.floating)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        top_p = float(top_p)
     if seed is not None and not isinstance(seed, np.random.Generator):
         seed = _count("seed", seed, 0)   # NumPy's own message does not name the seed
     context = list(prompt_ids)
@@ -84,7 +98,7 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
         else:
             window = np.array(context[-network.max_seq_len:], dtype=np.int64)
             logits = network.forward(window)[-1]
-        token = _next_token(logits, temperature, top_k, rng)
+        token = _next_token(logits, temperature, top_k, rng, top_p)
         new_ids.append(token)
         context.append(token)
         if token == end_id:
@@ -93,11 +107,11 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
 
 
 def generate(network, tokenizer, prompt, max_new_tokens=40, temperature=0.0, top_k=None,
-             seed=None):
+             seed=None, top_p=None):
     """The text the model writes after ``prompt`` (without the prompt and ``</s>``)."""
     new_ids = generate_ids(network, tokenizer.encode(prompt), tokenizer.end_id,
                            max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k, seed=seed)
+                           top_k=top_k, seed=seed, top_p=top_p)
     return tokenizer.decode(new_ids)
 
 
@@ -109,3 +123,23 @@ def chat_prompt(user_text):
 def chat_reply(network, tokenizer, user_text, **options):
     """The assistant's answer to one user line; every turn stands alone (no memory)."""
     return generate(network, tokenizer, chat_prompt(user_text), **options)
+
+
+class Conversation:
+    """A chat that remembers: every turn's prompt and reply (with its ``</s>``) stay in the
+    context, of which the model sees the last ``max_seq_len`` tokens; older turns fall out
+    of the window first."""
+
+    def __init__(self, network, tokenizer, **options):
+        self.network, self.tokenizer, self.options = network, tokenizer, options
+        self.context = []
+
+    def reply(self, user_text):
+        prompt = (" " if self.context else "") + chat_prompt(user_text)
+        self.context += self.tokenizer.encode(prompt)
+        new_ids = generate_ids(self.network, self.context, self.tokenizer.end_id,
+                               **self.options)
+        if not new_ids or new_ids[-1] != self.tokenizer.end_id:
+            new_ids = new_ids + [self.tokenizer.end_id]   # a turn always ends
+        self.context = (self.context + new_ids)[-self.network.max_seq_len:]
+        return self.tokenizer.decode(new_ids)
