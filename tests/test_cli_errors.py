@@ -160,8 +160,9 @@ def test_numpy_integers_are_accepted(model):
     numpy = generate_ids(network, [2], tokenizer.end_id, max_new_tokens=np.int64(4),
                          temperature=np.float32(1.0), top_k=np.uint8(2), seed=1)
     assert plain == numpy
+    # top_k 0 is not refused: it means "no top-k cut" (issue 11, test_generation_options)
     for name, value in (("max_new_tokens", 2.0), ("max_new_tokens", np.bool_(True)),
-                        ("top_k", 0), ("max_new_tokens", -1), ("seed", -5),
+                        ("top_k", -1), ("max_new_tokens", -1), ("seed", -5),
                         ("seed", "x")):
         with pytest.raises((TypeError, ValueError), match=name):
             generate_ids(network, [2], tokenizer.end_id, **{name: value})
