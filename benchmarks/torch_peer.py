@@ -227,7 +227,7 @@ def hypermixing_positions(seq_len, d, dtype):
     cols = torch.arange(d, dtype=torch.float64)[None, :]
     angle = p / torch.pow(10000.0, 2 * cols / d)
     table = torch.where(cols.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
-    return table.to(dtype)
+    return table.to(torch.float32).to(dtype)   # the official module keeps a float32 buffer
 
 
 class _Generator(nn.Module):
