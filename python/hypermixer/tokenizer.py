@@ -106,8 +106,10 @@ class Tokenizer:
         try:
             data = json.loads(document)
             vocabulary = data["vocabulary"]
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise ValueError(f"not a saved tokenizer vocabulary: {exc}") from exc
+        except (RecursionError, ValueError, TypeError, KeyError) as exc:
+            # ValueError covers malformed JSON and integers past Python's digit limit;
+            # RecursionError deeply nested arrays (both reachable from a crafted checkpoint)
+            raise ValueError(f"not a saved tokenizer vocabulary: {type(exc).__name__}") from None
         if not isinstance(vocabulary, list):
             raise ValueError("saved tokenizer vocabulary must be a JSON list of strings")
         return cls(vocabulary)
@@ -191,10 +193,9 @@ class BPETokenizer:
 
     @classmethod
     def from_json(cls, document):
-        data = json.loads(document)
         lib = cls._library()
         try:
-            backend = lib.Tokenizer.from_str(data["tokenizers"])
+            backend = lib.Tokenizer.from_str(json.loads(document)["tokenizers"])
         except Exception as exc:   # noqa: BLE001 - the library raises its own types
             raise ValueError(f"not a saved BPE tokenizer: {exc}") from None
         return cls(backend)

@@ -98,6 +98,12 @@ class TrainSettings:
     patience: int = None               # epochs without a better validation loss; None: off
 
     def __post_init__(self):
+        # NumPy integers are integers to a user; stored as int so the settings stay JSON
+        for name in ("epochs", "batch_size", "grad_accumulation", "seed", "warmup_steps",
+                     "patience"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+                setattr(self, name, int(value))
         for name in ("epochs", "batch_size", "grad_accumulation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
