@@ -61,8 +61,6 @@ int hypermixing_causal_checkpoints(int L, int chunk)
 #define ERF(v) (sizeof(REAL) == sizeof(float) ? (REAL)erff((float)(v)) : (REAL)erf((double)(v)))
 #define HMX_SQRT1_2 0.70710678118654752440
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
-/* Below this many elements an elementwise loop runs on one thread. */
-#define HMX_PARALLEL_MIN 32768
 
 /* Exact GELU z * Phi(z) and its derivative Phi(z) + z * phi(z). */
 static inline REAL F(gelu)(REAL v)
@@ -83,7 +81,7 @@ void F(hypermixing_token_info_forward)(REAL* z, const REAL* x, const REAL* pos,
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)d;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (rows * width > HMX_PARALLEL_MIN)
+        if (rows * width > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
         REAL* restrict zr = z + r * width;
@@ -107,7 +105,7 @@ void F(hypermixing_token_info_backward)(REAL* grad_input, const REAL* dz,
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)d;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (rows * width > HMX_PARALLEL_MIN)
+        if (rows * width > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;
         REAL* restrict gr = grad_input + r * width;
@@ -137,7 +135,7 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* pre, REAL* act, const REAL*
         F(gemm)(0, 1, R, dh, dh, z + j * dh, D, A + j * dh * dh, dh, 0, pre + j * dh, D);
     }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (R * D > HMX_PARALLEL_MIN)
+        if (R * D > HM_PARALLEL_MIN)
     for (size_t r = 0; r < R; r++) {
         REAL* restrict p = pre + r * D;
         REAL* restrict q = act + r * D;
@@ -152,7 +150,7 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* pre, REAL* act, const REAL*
     }
     if (c) {
         #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-            if (R * K > HMX_PARALLEL_MIN)
+            if (R * K > HM_PARALLEL_MIN)
         for (size_t r = 0; r < R; r++) {
             REAL* restrict wr = w + r * K;
             for (size_t e = 0; e < K; e++) {
@@ -185,7 +183,7 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
         F(gemm)(0, 0, R, dh, kh, dw + j * kh, K, C + j * kh * dh, dh, 0, dpre + j * dh, D);
     }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (R * D > HMX_PARALLEL_MIN)
+        if (R * D > HM_PARALLEL_MIN)
     for (size_t r = 0; r < R; r++) {
         REAL* restrict q = dpre + r * D;
         const REAL* restrict p = pre + r * D;
@@ -460,5 +458,4 @@ void F(hypermixing_step)(REAL* y, REAL* state, const REAL* x, const REAL* w1, co
 #undef ERF
 #undef HMX_SQRT1_2
 #undef HMX_INV_SQRT_2PI
-#undef HMX_PARALLEL_MIN
 #endif
