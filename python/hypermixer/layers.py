@@ -258,6 +258,54 @@ class HyperMixerBlock(bp.HyperMixerBlockBase):
     TokenMixingMLP = TokenMixingMLP
     ChannelMixingMLP = ChannelMixingMLP
 
+    # One C call each way for the whole block (csrc/block.c), instead of a Python hop and a
+    # kernel entry per sublayer: at B=1 those hops cost more than the arithmetic. The
+    # sublayers' own _forward/_backward stay for standalone use and compute the same bits.
+    def _block_parameters(self):
+        n1, hn, n2, cm = self.norm1, self.hypernetwork, self.norm2, self.channel_mixing
+        return [n1.gamma, n1.beta, hn.w1, hn.b1, hn.w2, hn.b2, n2.gamma, n2.beta,
+                cm.w1, cm.b1, cm.w2, cm.b2]
+
+    def _block_sizes(self, batch, seq_len):
+        slots = max(1, _kernels.get_num_threads())
+        return (self.hidden_dim, self.hypernetwork.hidden_dim,
+                self.token_mixing.token_mixing_hidden_dim, self.causal, slots)
+
+    def _block_workspaces(self, batch, seq_len, sizes):
+        cache_n, scratch_n, index_n = _kernels.block_workspace_sizes(
+            batch, seq_len, self.embedding_dim, *sizes)
+        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
+        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
+        index = self.__dict__.get("_ws_index")
+        if index is None or index.size < index_n:
+            index = self._ws_index = np.empty(index_n, np.int64)
+        return cache, scratch, index
+
+    def _forward(self, x, lengths):
+        batch, seq_len, _ = x.shape
+        sizes = self._block_sizes(batch, seq_len)
+        cache, scratch, index = self._block_workspaces(batch, seq_len, sizes)
+        y = np.empty_like(x)
+        _kernels.block_forward(y, cache, index, scratch, x, lengths, self._block_parameters(),
+                               self.token_mixing.max_seq_len, *sizes)
+        self._saved = (lengths, x.shape)
+        return y
+
+    def _backward(self, grad_output):
+        lengths, shape = self._saved
+        self._saved = None
+        sizes = self._block_sizes(*shape[:2])
+        cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
+        params = self._block_parameters()
+        grads = [np.empty_like(p) for p in params]
+        grad_input = np.empty(shape, self.dtype)
+        _kernels.block_backward(grad_input, grads, cache, index, scratch,
+                                np.ascontiguousarray(grad_output), lengths,
+                                params, self.token_mixing.max_seq_len, *sizes)
+        # a block holds one hypernetwork (its own or a shared one), so these twelve are
+        # exactly its named_parameters(), in order
+        return grad_input, grads
+
 
 __all__ += ["HyperMixerBlock"]
 

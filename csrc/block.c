@@ -1,0 +1,237 @@
+/* HyperMixerBlock forward and backward in one call each (see block.h).
+ *
+ * The block is four sublayers in a row; this file only chains their kernels and carves their
+ * workspaces out of the caller's buffers. The math lives in the sublayer files, so the fused
+ * block computes exactly, bit for bit, what the sublayers compute one call at a time.
+ *
+ * Workspace layout. cache (kept from forward to backward), in this order:
+ *   n1 (B,L,E)  xhat1 (B,L,E)  mean1 (B,L)  rstd1 (B,L)  means (B,R,E)  theta (B,R,P)
+ *   pre (B,R,Hh)  hidden_h (B,R,Hh)  act (B,Ht,E) [bidirectional only]  xhat2 (B,L,E)
+ *   mean2 (B,L)  rstd2 (B,L)  xp (B*L,E)  hidden_c (B*L,H)
+ * with R = 1, P = 2*L*Ht+Ht+L (bidirectional: one mean per sequence) or R = L,
+ * P = L*Ht+2*Ht+1 (causal: one prefix mean per position). index: offsets (B+1) | ones (B).
+ * scratch, forward:  t (B,L,E)  n2 (B,L,E)  mixed (B*L,E)  wcol  work (slots,Ht*E)
+ * scratch, backward: dn2 dt dn1 (B,L,E each)  dtheta  dmeans  dpre  gp (B*L,E)
+ *                    dhidden (B*L,H)  partial (tiles,2E)  wcol  work  tm_partial */
+#ifndef REAL
+#include "block.h"
+#include "channel_mixing.h"
+#include "hypernetwork.h"
+#include "layernorm.h"
+#include "token_mixing.h"
+
+/* Positions per partial-sum chunk of the causal token-mixing backward: about 16 chunks
+ * whatever L is (depends on L only, never on the thread count). */
+static size_t block_causal_chunk(size_t L)
+{
+    const size_t c = (L + 15) / 16;
+    return c > 4 ? c : 4;
+}
+
+static size_t block_rows(const BlockDims* d)
+{
+    return d->causal ? d->L : 1;
+}
+
+static size_t block_theta_record(const BlockDims* d)
+{
+    return d->causal ? hypernetwork_prefix_record(d->L, d->Ht)
+                     : 2 * d->L * d->Ht + d->Ht + d->L;
+}
+
+/* Carves consecutive pieces out of a buffer; with base NULL it only counts. */
+typedef struct {
+    char* base;
+    size_t used;
+    size_t item;
+} Carver;
+
+static void* carve(Carver* c, size_t n)
+{
+    void* p = c->base ? c->base + c->used * c->item : NULL;
+    c->used += n;
+    return p;
+}
+
+typedef struct {
+    void *n1, *xhat1, *mean1, *rstd1, *means, *theta, *pre, *hid_h, *act, *xhat2, *mean2,
+        *rstd2, *xp, *hid_c;
+} CacheParts;
+
+typedef struct {
+    void *t, *n2, *mixed, *wcol, *work;
+} ForwardParts;
+
+typedef struct {
+    void *dn2, *dt, *dn1, *dtheta, *dmeans, *dpre, *gp, *dhid, *partial, *wcol, *work,
+        *tm_partial;
+} BackwardParts;
+
+static size_t carve_cache(CacheParts* p, void* base, size_t item, const BlockDims* d)
+{
+    Carver c = {base, 0, item};
+    const size_t BLE = d->B * d->L * d->E, BL = d->B * d->L, R = block_rows(d);
+    p->n1 = carve(&c, BLE);
+    p->xhat1 = carve(&c, BLE);
+    p->mean1 = carve(&c, BL);
+    p->rstd1 = carve(&c, BL);
+    p->means = carve(&c, d->B * R * d->E);
+    p->theta = carve(&c, d->B * R * block_theta_record(d));
+    p->pre = carve(&c, d->B * R * d->Hh);
+    p->hid_h = carve(&c, d->B * R * d->Hh);
+    p->act = carve(&c, d->causal ? 0 : d->B * d->Ht * d->E);
+    p->xhat2 = carve(&c, BLE);
+    p->mean2 = carve(&c, BL);
+    p->rstd2 = carve(&c, BL);
+    p->xp = carve(&c, BLE);
+    p->hid_c = carve(&c, BL * d->H);
+    return c.used;
+}
+
+static size_t wcol_size(const BlockDims* d)
+{
+    return hypernetwork_theta_scratch_rows(d->L, d->Ht, d->causal) * d->Hh;
+}
+
+static size_t carve_forward(ForwardParts* p, void* base, size_t item, const BlockDims* d)
+{
+    Carver c = {base, 0, item};
+    const size_t BLE = d->B * d->L * d->E;
+    p->t = carve(&c, BLE);
+    p->n2 = carve(&c, BLE);
+    p->mixed = carve(&c, BLE);
+    p->wcol = carve(&c, wcol_size(d));
+    p->work = carve(&c, d->slots * d->Ht * d->E);
+    return c.used;
+}
+
+static size_t carve_backward(BackwardParts* p, void* base, size_t item, const BlockDims* d)
+{
+    Carver c = {base, 0, item};
+    const size_t BLE = d->B * d->L * d->E, R = block_rows(d);
+    p->dn2 = carve(&c, BLE);
+    p->dt = carve(&c, BLE);
+    p->dn1 = carve(&c, BLE);
+    p->dtheta = carve(&c, d->B * R * block_theta_record(d));
+    p->dmeans = carve(&c, d->B * R * d->E);
+    p->dpre = carve(&c, d->B * R * d->Hh);
+    p->gp = carve(&c, BLE);
+    p->dhid = carve(&c, d->B * d->L * d->H);
+    p->partial = carve(&c, layernorm_partial_tiles(d->B * d->L) * 2 * d->E);
+    p->wcol = carve(&c, wcol_size(d));
+    p->work = carve(&c, d->slots * d->Ht * d->E);
+    p->tm_partial = carve(&c, d->causal ? d->B * token_mixing_causal_partial_size(
+                                              (int)d->L, (int)d->E,
+                                              (int)block_causal_chunk(d->L)) : 0);
+    return c.used;
+}
+
+size_t block_cache_size(const BlockDims* d)
+{
+    CacheParts p;
+    return carve_cache(&p, NULL, 0, d);
+}
+
+size_t block_scratch_size(const BlockDims* d)
+{
+    ForwardParts f;
+    BackwardParts b;
+    const size_t nf = carve_forward(&f, NULL, 0, d), nb = carve_backward(&b, NULL, 0, d);
+    return nf > nb ? nf : nb;
+}
+
+size_t block_index_size(const BlockDims* d)
+{
+    return 2 * d->B + 1;
+}
+
+#define HM_TEMPLATE_FILE "block.c"
+#include "template.h"
+#else
+
+/* y, x (B, L, E); see block.h. */
+void F(hypermixer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* scratch,
+                                 const REAL* x, const int64_t* lengths,
+                                 const REAL* const* params, size_t max_seq_len,
+                                 const BlockDims* d)
+{
+    CacheParts c;
+    ForwardParts s;
+    carve_cache(&c, cache, sizeof(REAL), d);
+    carve_forward(&s, scratch, sizeof(REAL), d);
+    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H, Hh = (int)d->Hh;
+    const int Ht = (int)d->Ht, slots = (int)d->slots, S = (int)max_seq_len;
+    int64_t* offsets = index;
+    int64_t* ones = index + d->B + 1;
+    offsets[0] = 0;
+    for (size_t b = 0; b < d->B; b++) {
+        offsets[b + 1] = offsets[b] + lengths[b];
+        ones[b] = 1;
+    }
+    REAL* n1 = c.n1;
+
+    F(layernorm_forward)(n1, c.xhat1, c.mean1, c.rstd1, x, lengths, params[0], params[1], B,
+                         L, E);
+    if (d->causal) {
+        F(token_mixing_prefix_pool_forward)(c.means, n1, lengths, B, L, E);
+        F(hypernetwork_theta_forward)(c.theta, c.pre, c.hid_h, s.wcol, c.means, lengths,
+                                      params[2], params[3], params[4], params[5], B, L, E, Hh,
+                                      S, Ht, L, 1);
+        F(token_mixing_causal_forward)(s.t, s.work, slots, n1, c.theta, lengths, B, L, E, L,
+                                       Ht);
+    } else {
+        F(token_mixing_pool_forward)(c.means, n1, lengths, B, L, E);
+        F(hypernetwork_theta_forward)(c.theta, c.pre, c.hid_h, s.wcol, c.means, ones,
+                                      params[2], params[3], params[4], params[5], B, 1, E, Hh,
+                                      S, Ht, L, 0);
+        F(token_mixing_forward)(s.t, c.act, n1, c.theta, lengths, B, L, E, L, Ht);
+    }
+    F(layernorm_forward)(s.n2, c.xhat2, c.mean2, c.rstd2, s.t, lengths, params[6], params[7],
+                         B, L, E);
+    F(channel_mixing_forward)(y, c.xp, c.hid_c, s.mixed, s.n2, offsets, params[8], params[9],
+                              params[10], params[11], B, L, E, H);
+}
+
+/* grad_input, grad_output (B, L, E); grads: HM_BLOCK_PARAMS outputs, overwritten; cache and
+ * index as the forward left them; see block.h. */
+void F(hypermixer_block_backward)(REAL* grad_input, REAL* const* grads, REAL* cache,
+                                  int64_t* index, REAL* scratch, const REAL* grad_output,
+                                  const int64_t* lengths, const REAL* const* params,
+                                  size_t max_seq_len, const BlockDims* d)
+{
+    CacheParts c;
+    BackwardParts s;
+    carve_cache(&c, cache, sizeof(REAL), d);
+    carve_backward(&s, scratch, sizeof(REAL), d);
+    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H, Hh = (int)d->Hh;
+    const int Ht = (int)d->Ht, slots = (int)d->slots, S = (int)max_seq_len;
+    const int64_t* offsets = index;
+    const int64_t* ones = index + d->B + 1;
+
+    F(channel_mixing_backward)(s.dn2, grads[8], grads[9], grads[10], grads[11], s.gp, s.dhid,
+                               grad_output, c.xp, c.hid_c, offsets, params[8], params[10], B,
+                               L, E, H);
+    F(layernorm_backward)(s.dt, grads[6], grads[7], s.partial, s.dn2, c.xhat2, c.rstd2,
+                          lengths, params[6], B, L, E);
+    if (d->causal) {
+        F(token_mixing_causal_backward)(s.dn1, s.dtheta, s.tm_partial, s.work, slots, s.dt,
+                                        c.n1, c.theta, lengths, B, L, E, L, Ht,
+                                        (int)block_causal_chunk(d->L));
+        F(hypernetwork_theta_backward)(s.dmeans, grads[2], grads[3], grads[4], grads[5],
+                                       s.dpre, s.wcol, s.dtheta, c.means, c.pre, c.hid_h,
+                                       lengths, params[2], params[4], B, L, E, Hh, S, Ht, L,
+                                       1);
+        F(token_mixing_prefix_pool_backward)(s.dn1, s.dmeans, lengths, B, L, E);
+    } else {
+        F(token_mixing_backward)(s.dn1, s.dtheta, s.work, slots, s.dt, c.n1, c.theta, c.act,
+                                 lengths, B, L, E, L, Ht);
+        F(hypernetwork_theta_backward)(s.dmeans, grads[2], grads[3], grads[4], grads[5],
+                                       s.dpre, s.wcol, s.dtheta, c.means, c.pre, c.hid_h, ones,
+                                       params[2], params[4], B, 1, E, Hh, S, Ht, L, 0);
+        F(token_mixing_pool_backward)(s.dn1, s.dmeans, lengths, B, L, E);
+    }
+    F(layernorm_backward)(grad_input, grads[0], grads[1], s.partial, s.dn1, c.xhat1, c.rstd1,
+                          lengths, params[0], B, L, E);
+}
+
+#endif

@@ -1,0 +1,159 @@
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "block.h" nogil:
+    ctypedef struct BlockDims:
+        size_t B, L, E, H, Hh, Ht, slots
+        int causal
+    enum: HM_BLOCK_PARAMS
+    size_t block_cache_size(const BlockDims* d)
+    size_t block_scratch_size(const BlockDims* d)
+    size_t block_index_size(const BlockDims* d)
+    void hypermixer_block_forward_f32(float* y, float* cache, int64_t* index, float* scratch,
+                                      const float* x, const int64_t* lengths,
+                                      const float* const* params, size_t max_seq_len,
+                                      const BlockDims* d)
+    void hypermixer_block_forward_f64(double* y, double* cache, int64_t* index,
+                                      double* scratch, const double* x,
+                                      const int64_t* lengths, const double* const* params,
+                                      size_t max_seq_len, const BlockDims* d)
+    void hypermixer_block_backward_f32(float* grad_input, float* const* grads, float* cache,
+                                       int64_t* index, float* scratch,
+                                       const float* grad_output, const int64_t* lengths,
+                                       const float* const* params, size_t max_seq_len,
+                                       const BlockDims* d)
+    void hypermixer_block_backward_f64(double* grad_input, double* const* grads,
+                                       double* cache, int64_t* index, double* scratch,
+                                       const double* grad_output, const int64_t* lengths,
+                                       const double* const* params, size_t max_seq_len,
+                                       const BlockDims* d)
+
+
+# The whole-block entry points take plain ndarrays (no memoryview acquisition: at B=1 and a
+# small width, a dozen typed memoryviews would cost more than the arithmetic). The checks
+# below are cheap header reads; they keep a wrong call from reaching C.
+
+cdef int _blk_array(object what, cnp.ndarray a, int typenum, size_t size) except -1:
+    if cnp.PyArray_TYPE(a) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what}: expected a C-contiguous array of the block's dtype")
+    if <size_t>cnp.PyArray_SIZE(a) < size:
+        raise ValueError(f"{what}: {cnp.PyArray_SIZE(a)} elements, {size} needed")
+    return 0
+
+
+cdef int _blk_fill(object what, list arrays, void** out, int typenum, size_t E, size_t H,
+                   size_t Hh, size_t O) except -1:
+    cdef size_t[12] sizes = [E, E, E * Hh, Hh, Hh * O, O, E, E, E * H, H, H * E, E]
+    cdef cnp.ndarray a
+    cdef int i
+    if len(arrays) != HM_BLOCK_PARAMS:
+        raise ValueError(f"{what}: expected {HM_BLOCK_PARAMS} arrays, got {len(arrays)}")
+    for i in range(HM_BLOCK_PARAMS):
+        a = arrays[i]
+        _blk_array(what, a, typenum, sizes[i])
+        if <size_t>cnp.PyArray_SIZE(a) != sizes[i]:
+            raise ValueError(f"{what}[{i}]: {cnp.PyArray_SIZE(a)} elements, expected {sizes[i]}")
+        out[i] = cnp.PyArray_DATA(a)
+    return 0
+
+
+cdef int _blk_dims(BlockDims* d, cnp.ndarray x, cnp.ndarray lengths, size_t H, size_t Hh,
+                   size_t Ht, size_t max_seq_len, bint causal, size_t slots) except -1:
+    if cnp.PyArray_NDIM(x) != 3:
+        raise ValueError("block: x must be (B, L, E)")
+    d.B = cnp.PyArray_DIM(x, 0)
+    d.L = cnp.PyArray_DIM(x, 1)
+    d.E = cnp.PyArray_DIM(x, 2)
+    d.H, d.Hh, d.Ht, d.slots, d.causal = H, Hh, Ht, slots, causal
+    if d.B < 1 or d.L < 1 or d.E < 1 or H < 1 or Hh < 1 or Ht < 1 or slots < 1:
+        raise ValueError("block: every size must be >= 1")
+    if d.L > max_seq_len or max_seq_len > 1 << 20 or d.B * d.L * (d.E + H) >= 1 << 31:
+        raise ValueError("block: sizes out of range")
+    _blk_array("lengths", lengths, cnp.NPY_INT64, d.B)
+    cdef const int64_t* n = <const int64_t*>cnp.PyArray_DATA(lengths)
+    cdef size_t b
+    for b in range(d.B):
+        if n[b] < 1 or <size_t>n[b] > d.L:
+            raise ValueError("block: lengths must lie in 1..L")
+    return 0
+
+
+def block_workspace_sizes(size_t B, size_t L, size_t E, size_t H, size_t Hh, size_t Ht,
+                          bint causal, size_t slots):
+    """(cache, scratch, index) element counts of the whole-block kernels (csrc/block.h)."""
+    cdef BlockDims d
+    d.B, d.L, d.E, d.H, d.Hh, d.Ht, d.slots, d.causal = B, L, E, H, Hh, Ht, slots, causal
+    return block_cache_size(&d), block_scratch_size(&d), block_index_size(&d)
+
+
+def block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray index, cnp.ndarray scratch,
+                  cnp.ndarray x, cnp.ndarray lengths, list params, size_t max_seq_len,
+                  size_t H, size_t Hh, size_t Ht, bint causal, size_t slots):
+    """A whole HyperMixerBlock forward (csrc/block.c): y (B, L, E) from x (B, L, E);
+    params the block's 12 parameters in named_parameters() order."""
+    cdef BlockDims d
+    cdef void* p[12]
+    _blk_dims(&d, x, lengths, H, Hh, Ht, max_seq_len, causal, slots)
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("block: x must be float32 or float64")
+    _blk_array("x", x, t, d.B * d.L * d.E)
+    _blk_array("y", y, t, d.B * d.L * d.E)
+    _blk_array("cache", cache, t, block_cache_size(&d))
+    _blk_array("scratch", scratch, t, block_scratch_size(&d))
+    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
+    _blk_fill("params", params, p, t, d.E, H, Hh, 2 * max_seq_len * Ht + Ht + max_seq_len)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* cp = cnp.PyArray_DATA(cache)
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef const int64_t* lp = <const int64_t*>cnp.PyArray_DATA(lengths)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            hypermixer_block_forward_f32(<float*>yp, <float*>cp, ip, <float*>sp,
+                                         <const float*>xp, lp, <const float* const*>p,
+                                         max_seq_len, &d)
+        else:
+            hypermixer_block_forward_f64(<double*>yp, <double*>cp, ip, <double*>sp,
+                                         <const double*>xp, lp, <const double* const*>p,
+                                         max_seq_len, &d)
+
+
+def block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache, cnp.ndarray index,
+                   cnp.ndarray scratch, cnp.ndarray grad_output, cnp.ndarray lengths,
+                   list params, size_t max_seq_len, size_t H, size_t Hh, size_t Ht,
+                   bint causal, size_t slots):
+    """Gradients of block_forward: grad_input (B, L, E) and the 12 parameter gradients
+    (overwritten), from the cache and index the forward left."""
+    cdef BlockDims d
+    cdef void* p[12]
+    cdef void* g[12]
+    _blk_dims(&d, grad_output, lengths, H, Hh, Ht, max_seq_len, causal, slots)
+    cdef int t = cnp.PyArray_TYPE(grad_output)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("block: grad_output must be float32 or float64")
+    cdef size_t O = 2 * max_seq_len * Ht + Ht + max_seq_len
+    _blk_array("grad_output", grad_output, t, d.B * d.L * d.E)
+    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E)
+    _blk_array("cache", cache, t, block_cache_size(&d))
+    _blk_array("scratch", scratch, t, block_scratch_size(&d))
+    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
+    _blk_fill("params", params, p, t, d.E, H, Hh, O)
+    _blk_fill("grads", grads, g, t, d.E, H, Hh, O)
+    cdef void* gi = cnp.PyArray_DATA(grad_input)
+    cdef void* cp = cnp.PyArray_DATA(cache)
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* go = cnp.PyArray_DATA(grad_output)
+    cdef const int64_t* lp = <const int64_t*>cnp.PyArray_DATA(lengths)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            hypermixer_block_backward_f32(<float*>gi, <float* const*>g, <float*>cp, ip,
+                                          <float*>sp, <const float*>go, lp,
+                                          <const float* const*>p, max_seq_len, &d)
+        else:
+            hypermixer_block_backward_f64(<double*>gi, <double* const*>g, <double*>cp, ip,
+                                          <double*>sp, <const double*>go, lp,
+                                          <const double* const*>p, max_seq_len, &d)
