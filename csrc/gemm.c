@@ -218,7 +218,11 @@ void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL*
     size_t mr, nr;
     F(region_fn) region = F(pick_region)(&mr, &nr);
     const int threads = hm_num_threads();
-    if (threads == 1 || (double)M * (double)N * (double)K < 1e6) {
+    /* Small products stay on one thread, unless they stream a lot of memory (a hypernetwork
+     * row at B=1 is a (1, 32) @ (32, 10384) product: few flops, 1.3 MB of weights), which
+     * two cores read faster than one. */
+    const double touched = (double)M * K + (double)K * N + (double)M * N;
+    if (threads == 1 || ((double)M * (double)N * (double)K < 1e6 && touched < 65536)) {
         region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,
                (REAL*)hm_gemm_work);
         return;

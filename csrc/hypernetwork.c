@@ -309,6 +309,46 @@ void F(hypernetwork_theta_forward)(REAL* theta, REAL* pre, REAL* hidden, REAL* w
     }
 }
 
+/* Dot product with HN_DOT_LANES independent partial sums (vectorised; a fixed order, so the
+ * result does not depend on who computes it). */
+#define HN_DOT_LANES 16
+HM_SIMD
+static REAL F(hn_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
+{
+    REAL acc[HN_DOT_LANES] = {0};
+    size_t c = 0;
+    for (; c + HN_DOT_LANES <= n; c += HN_DOT_LANES) {
+        for (size_t j = 0; j < HN_DOT_LANES; j++) {
+            acc[j] += a[c + j] * b[c + j];
+        }
+    }
+    REAL sum = 0;
+    for (size_t j = 0; j < HN_DOT_LANES; j++) {
+        sum += acc[j];
+    }
+    for (; c < n; c++) {
+        sum += a[c] * b[c];
+    }
+    return sum;
+}
+
+/* dpre (M, h) (+)= g (M, width; row stride ldg) @ w^T, w (h, width; row stride ldw), for a
+ * few rows M: a (1, width) @ (width, h) product is h long dot products over the generated
+ * weights (1.3 MB at the seeds' size), which gemm's packed panels handle poorly. Split over
+ * the h rows of w, so both cores stream half of it. */
+#define HN_DOT_ROWS 4
+static void F(hn_dot_rows)(REAL* dpre, const REAL* g, size_t ldg, const REAL* w, size_t ldw,
+                           size_t M, size_t h, size_t width, int accumulate)
+{
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * h * width > HM_PARALLEL_MIN)
+    for (size_t k = 0; k < h; k++) {
+        for (size_t i = 0; i < M; i++) {
+            const REAL v = F(hn_dot)(g + i * ldg, w + k * ldw, width);
+            dpre[i * h + k] = accumulate ? dpre[i * h + k] + v : v;
+        }
+    }
+}
+
 /* Gradients of F(hypernetwork_theta_forward): dtheta in the same layout as theta; in the causal
  * layout, W1 rows t+1 .. (end of t's HM_PREFIX_TILE tile) - 1 of record t must be 0 (the token
  * mixing backward writes them so). grad_input (B, rows, E), dw1 (E, H), db1 (H,), dw2 (H, O) and
@@ -338,11 +378,14 @@ void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL
             }
         }
     }
-    for (size_t k = 0; k < h; k++) {
-        const REAL z = hz[k] * 0;
-        REAL* restrict row = dw2 + k * O;
-        for (size_t c = 0; c < O; c++) {
-            row[c] = z;
+    /* (bidirectional at L == S, the usual case, every column is written below: no fill) */
+    if (causal || L < S) {
+        for (size_t k = 0; k < h; k++) {
+            const REAL z = hz[k] * 0;
+            REAL* restrict row = dw2 + k * O;
+            for (size_t c = 0; c < O; c++) {
+                row[c] = z;
+            }
         }
     }
     F(hn_zero)(db2, O);
@@ -373,7 +416,11 @@ void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL
             size_t src, dst;
             const size_t width = hn_run(r, S, Ht, L, &src, &dst);
             F(gemm)(1, 0, h, width, M, hidden, h, dtheta + dst, OL, 0, dw2 + src, O);
-            F(gemm)(0, 1, M, h, width, dtheta + dst, OL, w2 + src, O, r ? 1 : 0, dpre, h);
+            if (M <= HN_DOT_ROWS) {
+                F(hn_dot_rows)(dpre, dtheta + dst, OL, w2 + src, O, M, h, width, r != 0);
+            } else {
+                F(gemm)(0, 1, M, h, width, dtheta + dst, OL, w2 + src, O, r ? 1 : 0, dpre, h);
+            }
             for (size_t i = 0; i < M; i++) {
                 const REAL* restrict d = dtheta + i * OL + dst;
                 REAL* restrict out = db2 + src;

@@ -29,6 +29,7 @@ size_t layernorm_partial_tiles(size_t rows)
  *     finite; eps is scaled with it. The result is the true O(1) xhat, never 0 or NaN.
  * Writes xh[e] = (x[e] - mean) * rstd and returns mean and rstd through the pointers. */
 #define LN_HUGE 0x1p+450
+#define LN_LANES 8
 
 HM_SIMD
 static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
@@ -37,10 +38,29 @@ static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
     double scale = 1.0;
     double K = (double)in[0];
     double spread = 0, sum = 0;
-    for (size_t e = 0; e < width; e++) {
-        const double d = (double)in[e] - K;
-        sum += d;
-        spread = fmax(spread, fabs(d));
+    {
+        /* LN_LANES independent partial sums and maxima, so the loop vectorises; a fixed
+         * order (never the thread count) decides the result. A NaN deviation keeps the
+         * maximum as it was (as fmax does) and reaches the sum. */
+        double sums[LN_LANES] = {0}, tops[LN_LANES] = {0};
+        size_t e = 0;
+        for (; e + LN_LANES <= width; e += LN_LANES) {
+            for (size_t j = 0; j < LN_LANES; j++) {
+                const double d = (double)in[e + j] - K;
+                const double a = fabs(d);
+                sums[j] += d;
+                tops[j] = a > tops[j] ? a : tops[j];
+            }
+        }
+        for (size_t j = 0; j < LN_LANES; j++) {
+            sum += sums[j];
+            spread = fmax(spread, tops[j]);
+        }
+        for (; e < width; e++) {
+            const double d = (double)in[e] - K;
+            sum += d;
+            spread = fmax(spread, fabs(d));
+        }
     }
     if (!(spread <= LN_HUGE)) {
         double top = 0;
@@ -60,9 +80,22 @@ static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
     }
     const double md = sum / (double)width;
     double sq = 0;
-    for (size_t e = 0; e < width; e++) {
-        const double d = ((double)in[e] * scale - K) - md;
-        sq += d * d;
+    {
+        double sqs[LN_LANES] = {0};
+        size_t e = 0;
+        for (; e + LN_LANES <= width; e += LN_LANES) {
+            for (size_t j = 0; j < LN_LANES; j++) {
+                const double d = ((double)in[e + j] * scale - K) - md;
+                sqs[j] += d * d;
+            }
+        }
+        for (size_t j = 0; j < LN_LANES; j++) {
+            sq += sqs[j];
+        }
+        for (; e < width; e++) {
+            const double d = ((double)in[e] * scale - K) - md;
+            sq += d * d;
+        }
     }
     /* var + eps of the scaled row; 1/sqrt of it normalises the scaled deviations */
     const double inv = 1.0 / sqrt(sq / (double)width + LN_EPS * scale * scale);
@@ -143,10 +176,27 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
             /* dxhat = g * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) */
             /* in double: dx is a difference of these means and the row, which cancels */
             double sum1 = 0, sum2 = 0;
+            {
+                double s1[LN_LANES] = {0}, s2[LN_LANES] = {0};
+                size_t e = 0;
+                for (; e + LN_LANES <= width; e += LN_LANES) {
+                    for (size_t j = 0; j < LN_LANES; j++) {
+                        const REAL d = g[e + j] * gamma[e + j];
+                        s1[j] += (double)d;
+                        s2[j] += (double)d * (double)xh[e + j];
+                    }
+                }
+                for (size_t j = 0; j < LN_LANES; j++) {
+                    sum1 += s1[j];
+                    sum2 += s2[j];
+                }
+                for (; e < width; e++) {
+                    const REAL d = g[e] * gamma[e];
+                    sum1 += (double)d;
+                    sum2 += (double)d * (double)xh[e];
+                }
+            }
             for (size_t e = 0; e < width; e++) {
-                const REAL d = g[e] * gamma[e];
-                sum1 += (double)d;
-                sum2 += (double)d * (double)xh[e];
                 pg[e] += g[e] * xh[e];
                 pb[e] += g[e];
             }
@@ -171,4 +221,5 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
 
 #undef LN_EPS
 #undef LN_HUGE
+#undef LN_LANES
 #endif
