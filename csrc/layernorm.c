@@ -24,7 +24,7 @@ size_t layernorm_partial_tiles(size_t rows)
  *   - Deviations are taken from the row's first entry K, so a constant row gives exactly 0
  *     and a large common offset cancels exactly (Sterbenz) before anything is summed.
  *   - Two passes: the mean of the deviations, then the variance around it.
- *   - When deviations exceed LN_HUGE (float64 rows beyond ~1e150, or entries whose difference
+ *   - When deviations may exceed LN_HUGE (float64 rows beyond ~1e150, or entries whose difference
  *     overflows), the row is first scaled by a power of two (exact) so that the squares stay
  *     finite; eps is scaled with it. The result is the true O(1) xhat, never 0 or NaN.
  * Writes xh[e] = (x[e] - mean) * rstd and returns mean and rstd through the pointers. */
@@ -39,27 +39,29 @@ static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
     double K = (double)in[0];
     double spread = 0, sum = 0;
     {
-        /* LN_LANES independent partial sums and maxima, so the loop vectorises; a fixed
-         * order (never the thread count) decides the result. A NaN deviation keeps the
-         * maximum as it was (as fmax does) and reaches the sum. */
-        double sums[LN_LANES] = {0}, tops[LN_LANES] = {0};
+        /* LN_LANES independent partial sums, so the loop vectorises; a fixed order (never
+         * the thread count) decides the result. `spread` is the sum of |deviations|, an
+         * upper bound of the largest one (a maximum would not vectorise): a row whose
+         * bound passes LN_HUGE is rescaled, which is exact, so a needless rescale is
+         * harmless. NaN or inf makes the bound fail the test too; the slow path below
+         * then sees a non-finite entry and leaves the row as it is. */
+        double sums[LN_LANES] = {0}, mags[LN_LANES] = {0};
         size_t e = 0;
         for (; e + LN_LANES <= width; e += LN_LANES) {
             for (size_t j = 0; j < LN_LANES; j++) {
                 const double d = (double)in[e + j] - K;
-                const double a = fabs(d);
                 sums[j] += d;
-                tops[j] = a > tops[j] ? a : tops[j];
+                mags[j] += fabs(d);
             }
         }
         for (size_t j = 0; j < LN_LANES; j++) {
             sum += sums[j];
-            spread = fmax(spread, tops[j]);
+            spread += mags[j];
         }
         for (; e < width; e++) {
             const double d = (double)in[e] - K;
             sum += d;
-            spread = fmax(spread, fabs(d));
+            spread += fabs(d);
         }
     }
     if (!(spread <= LN_HUGE)) {
