@@ -14,6 +14,7 @@
 
 #include <string.h>
 #include "gemm.h"
+#include "softmax.h"
 
 /* dst (E, L) = first n rows of src (rows of stride ld, E columns) transposed; columns >= n
  * of dst are left untouched. */
@@ -43,6 +44,7 @@ static void F(attention_concat_weights)(REAL* restrict wcat, const REAL* wq, con
  * [q | k | v] per row, probs (B,L,L) (row i holds A[i, 0..i], zeros after); workspaces
  * kt (B,E,L) and wcat (E,3E); x (B,L,E); wq, wk, wv (E,E); lengths (B,) with
  * 1 <= lengths[b] <= L. Padding rows of out and probs are 0. */
+HM_SIMD
 void F(attention_forward)(REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt, REAL* wcat,
                           const REAL* x, const REAL* wq, const REAL* wk, const REAL* wv,
                           const int64_t* lengths, size_t B, size_t L, size_t E)
@@ -82,20 +84,9 @@ void F(attention_forward)(REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt,
             F(gemm_serial)(0, 0, i1 - r0, i1, E, qb + r0 * E3, E3, kt + b * E * L, L, 0,
                            pb + r0 * L, L);
             for (size_t i = r0; i < i1; i++) {
-                REAL* restrict p = pb + i * L;
-                REAL max = p[0] * scale;
-                for (size_t j = 0; j <= i; j++) {
-                    p[j] *= scale;
-                    max = p[j] > max ? p[j] : max;
-                }
-                REAL sum = 0;
-                for (size_t j = 0; j <= i; j++) {
-                    p[j] = EXP(p[j] - max);
-                    sum += p[j];
-                }
-                for (size_t j = 0; j <= i; j++) {
-                    p[j] /= sum;
-                }
+                REAL* p = pb + i * L;
+                REAL max, sum;
+                F(softmax_row)(p, p, i + 1, scale, &max, &sum);
                 for (size_t j = i + 1; j < L; j++) {
                     p[j] = 0;
                 }
@@ -116,6 +107,7 @@ void F(attention_forward)(REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt,
 /* dx (B,L,E) input gradient (padding rows 0); dwq, dwk, dwv (E,E) weight gradients
  * (overwritten); workspaces dqkv (B,L,3E), dscores (B,L,L), vt (B,E,L), wcat and dwcat
  * (E,3E); grad (B,L,E) = dL/dY; xc, qkv, probs as cached by the forward; wq, wk, wv (E,E). */
+HM_SIMD
 void F(attention_backward)(REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dqkv,
                            REAL* dscores, REAL* vt, REAL* wcat, REAL* dwcat, const REAL* grad,
                            const REAL* xc, const REAL* qkv, const REAL* probs, const REAL* wq,
