@@ -32,6 +32,9 @@ import numpy as np
 
 from .model import NonCausalTrainingError, StepResult, global_norm
 
+# Seconds a failing rank waits between printing its error and MPI_Abort.
+ABORT_GRACE_SECONDS = 0.3
+
 # How launchers tell a process its world size: MPICH/Intel MPI (Hydra) and Slurm's PMI set
 # PMI_SIZE, Open MPI sets OMPI_COMM_WORLD_SIZE.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -94,11 +97,15 @@ def abort_on_error(function):
             return function(*args, comm=comm, **kwargs)
         except BaseException as exc:   # noqa: BLE001 - anything left unhandled hangs the rest
             rank, size = comm.Get_rank(), comm.Get_size()
-            if not isinstance(exc, (ValueError, OSError, KeyboardInterrupt)):
-                traceback.print_exc(file=sys.stderr)
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # The one line that matters first: MPI_Abort tears down the launcher's output
+            # pipes, and under load it has dropped the tail of a long traceback before.
             print(f"hypermixer: rank {rank} of {size} failed ({cause}); aborting all "
                   f"{size} ranks", file=sys.stderr, flush=True)
+            if not isinstance(exc, (ValueError, OSError, KeyboardInterrupt)):
+                traceback.print_exc(file=sys.stderr)
+                sys.stderr.flush()
+            time.sleep(ABORT_GRACE_SECONDS)   # let the launcher forward what we printed
             comm.Abort(1)
     return guarded
 
