@@ -242,3 +242,28 @@ def test_load_state_dict_refuses_values_that_overflow_the_dtype(module):
     wide = module.HyperMixing(8, heads=2, seed=1, dtype=np.float64)
     wide.load_state_dict(state)   # fits float64
     assert dict(wide.named_parameters())[name][0, 0, 0] == 1e39
+
+
+# ---------------------------------------------------------------------------------------------
+# save_checkpoint wrote a network with a tokenizer of another size (and so replaced a good
+# checkpoint with one that load_checkpoint refuses); None for either raised AttributeError.
+
+def test_save_checkpoint_refuses_a_pair_that_cannot_be_loaded(tmp_path):
+    from hypermixer.checkpoint import load_checkpoint, save_checkpoint
+    from hypermixer.tokenizer import Tokenizer
+    tok = Tokenizer.from_texts(["the cat sat on the mat and the dog ran off"])
+    from hypermixer.model import ModelConfig, build_network
+    net = build_network(ModelConfig(embedding_dim=8, hidden_dim=8, num_layers=1,
+                                    max_seq_len=6), len(tok), seed=0)
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, net, tok)
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="tokenizer has"):
+        save_checkpoint(path, net, Tokenizer.from_texts(["a b"]))
+    with pytest.raises(TypeError, match="network must be"):
+        save_checkpoint(path, None, tok)
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        save_checkpoint(path, net, None)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+    assert load_checkpoint(path).network.vocab_size == len(tok)
