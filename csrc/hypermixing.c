@@ -58,20 +58,24 @@ int hypermixing_causal_checkpoints(int L, int chunk)
 #include "template.h"
 #else
 
-#define ERF(v) (sizeof(REAL) == sizeof(float) ? (REAL)erff((float)(v)) : (REAL)erf((double)(v)))
 #define HMX_SQRT1_2 0.70710678118654752440
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
+/* Phi(v) = erfc(-v / sqrt 2) / 2, in double whatever REAL is, as the reference evaluates it.
+ * Not (1 + erf(v / sqrt 2)) / 2: below v = -4 (float) or -8 (double) that cancels to 0, and a
+ * gelu of exactly 0 turned an infinite generated weight into inf * 0 = NaN where the
+ * reference, with its tiny nonzero gelu, gives +-inf. erfc costs what erf does. */
+#define HMX_PHI(v) (0.5 * erfc(-(double)(v) * HMX_SQRT1_2))
 
-/* Exact GELU z * Phi(z) and its derivative Phi(z) + z * phi(z). */
+/* Exact GELU z * Phi(z) and its derivative Phi(z) + z * phi(z), rounded once to REAL. */
 static inline REAL F(gelu)(REAL v)
 {
-    return (REAL)0.5 * v * ((REAL)1 + ERF(v * (REAL)HMX_SQRT1_2));
+    return (REAL)((double)v * HMX_PHI(v));
 }
 
 static inline REAL F(gelu_grad)(REAL v)
 {
-    const REAL cdf = (REAL)0.5 * ((REAL)1 + ERF(v * (REAL)HMX_SQRT1_2));
-    return cdf + v * (REAL)HMX_INV_SQRT_2PI * EXP((REAL)-0.5 * v * v);
+    const double w = v;
+    return (REAL)(HMX_PHI(w) + w * HMX_INV_SQRT_2PI * exp(-0.5 * w * w));
 }
 
 /* z, x: (B, L, d); pos: (L, d), the position rows already offset for the flavour.
@@ -416,11 +420,11 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
                     REAL acc2 = 0, acc1 = 0;
                     for (size_t f = 0; f < dh; f++) {
                         const REAL sv = se[f] / count;
-                        /* gelu and its derivative share Phi(sv): one erf per element */
-                        const REAL cdf = (REAL)0.5 * ((REAL)1 + ERF(sv * (REAL)HMX_SQRT1_2));
-                        acc2 += sv * cdf * g[f];
-                        const REAL grad = cdf + sv * (REAL)HMX_INV_SQRT_2PI
-                                                    * EXP((REAL)-0.5 * sv * sv);
+                        /* gelu and its derivative share Phi(sv): one erfc per element */
+                        const double cdf = HMX_PHI(sv), w = sv;
+                        acc2 += (REAL)(w * cdf) * g[f];
+                        const REAL grad = (REAL)(cdf + w * HMX_INV_SQRT_2PI
+                                                           * exp(-0.5 * w * w));
                         const REAL dsv = c2 * g[f] * grad;
                         re[f] += dsv / count;
                         acc1 += re[f] * v[f];
@@ -455,7 +459,7 @@ void F(hypermixing_step)(REAL* y, REAL* state, const REAL* x, const REAL* w1, co
     }
 }
 
-#undef ERF
+#undef HMX_PHI
 #undef HMX_SQRT1_2
 #undef HMX_INV_SQRT_2PI
 #endif

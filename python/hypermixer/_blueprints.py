@@ -22,6 +22,13 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _flag(name, value):
+    """``value`` as a bool; only True/False (NumPy's too): bool("no") would be True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def token_mixing_output_dim(max_seq_len, token_mixing_hidden_dim):
     """O = 2*S*Ht + Ht + S: the size of theta = (W1, c1, W2, c2), SPEC section 2."""
     return 2 * max_seq_len * token_mixing_hidden_dim + token_mixing_hidden_dim + max_seq_len
@@ -103,7 +110,7 @@ class TokenMixingMLPBase(Layer):
             token_mixing_hidden_dim = max(1, embedding_dim // 2)
         self.token_mixing_hidden_dim = _positive_int("token_mixing_hidden_dim",
                                                      token_mixing_hidden_dim)
-        self.causal = bool(causal)
+        self.causal = _flag("causal", causal)
         out_dim = token_mixing_output_dim(self.max_seq_len, self.token_mixing_hidden_dim)
         if hypernetwork is None:
             if hypernetwork_hidden_dim is None:
@@ -169,7 +176,7 @@ class HyperMixerBlockBase(Sequential):
         self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
         self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
-        self.causal = bool(causal)
+        self.causal = _flag("causal", causal)
         self.norm1 = self._add_child("norm1", self.LayerNorm(embedding_dim, dtype=self.dtype))
         self.token_mixing = self._add_child("token_mixing", self.TokenMixingMLP(
             embedding_dim, max_seq_len, token_mixing_hidden_dim=token_mixing_hidden_dim,

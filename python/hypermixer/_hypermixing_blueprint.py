@@ -13,7 +13,7 @@ In causal mode the sum over tokens inside ``W1^T @ V_j`` runs over the prefix 0.
 import numpy as np
 
 from ._layer import Layer, check_allocation, make_rng
-from ._blueprints import _positive_int
+from ._blueprints import _flag, _positive_int
 
 #: The two ways of computing token information that trained weights expect.
 #: "official": Z = X * sqrt(d) + P[1 : L+1] with the official table (its exponent uses the
@@ -76,11 +76,11 @@ class HyperMixingBase(Layer):
             raise ValueError(
                 f"token_information must be one of {TOKEN_INFORMATION}, got "
                 f"{token_information!r}")
-        self.tied = bool(tied)
-        self.causal = bool(causal)
+        self.tied = _flag("tied", tied)
+        self.causal = _flag("causal", causal)
         self.normalize = normalize
-        self.layer_norm = bool(layer_norm)
-        self.hypernetwork_bias = bool(hypernetwork_bias)
+        self.layer_norm = _flag("layer_norm", layer_norm)
+        self.hypernetwork_bias = _flag("hypernetwork_bias", hypernetwork_bias)
         self.token_information = token_information
         self.head_dim = dh = d // h
         self.head_hidden = kh = k // h
@@ -185,8 +185,12 @@ class HyperMixingBase(Layer):
             if given[name].shape != arr.shape:
                 raise ValueError(f"state dict entry {name} has shape {given[name].shape}, "
                                  f"expected {arr.shape}")
-            if not np.all(np.isfinite(given[name])):
-                raise ValueError(f"state dict entry {name} has non-finite values")
+            # finite in this layer's dtype: 1e39 is a finite float64 but inf as float32
+            with np.errstate(over="ignore"):
+                converted = given[name].astype(self.dtype)
+            if not np.all(np.isfinite(converted)):
+                raise ValueError(f"state dict entry {name} has non-finite values as "
+                                 f"{self.dtype.name} (NaN, inf, or beyond its range)")
         for name, arr in duplicates.items():
             twin = "hyper.w1_gen." + name[len("hyper.w2_gen."):]
             if twin not in given or arr.shape != given[twin].shape or \

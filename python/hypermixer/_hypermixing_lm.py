@@ -6,6 +6,8 @@ network has no learned position table and accepts inputs of any length. ``max_se
 only the length of the training windows; generation streams past it.
 """
 
+import operator
+
 import numpy as np
 
 
@@ -69,6 +71,13 @@ class Stream:
     def feed(self, token_id):
         """Logits (V,) for the next token after ``token_id``."""
         net = self.network
+        if isinstance(token_id, (bool, np.bool_)):
+            raise TypeError(f"token id must be an integer, got {token_id!r}")
+        try:
+            token_id = operator.index(token_id)   # one token: not a float, not an array
+        except TypeError:
+            raise TypeError(f"token id must be an integer, got {type(token_id).__name__} "
+                            f"{token_id!r}") from None
         ids, _, _ = net._check_input(np.array([token_id]), None)
         one = np.ones(1, np.int64)
         taken = net._enter()

@@ -12,20 +12,26 @@ import numpy as np
 from . import _hypermixing_blueprint as hb
 from .reference import FeedForward, LayerNorm, ReferenceAdam
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def _cdf(z64):
+    """Phi(z) = erfc(-z / sqrt 2) / 2: keeps its relative precision in the lower tail, where
+    (1 + erf(z / sqrt 2)) / 2 cancels to 0 (below z = -8 in float64)."""
+    return 0.5 * _erfc(-z64 / math.sqrt(2.0))
 
 
 def gelu(z):
     """Exact GELU, z * Phi(z), evaluated in float64 and returned in z's dtype."""
     z64 = z.astype(np.float64)
-    return (0.5 * z64 * (1.0 + _erf(z64 / math.sqrt(2.0)))).astype(z.dtype)
+    return (z64 * _cdf(z64)).astype(z.dtype)
 
 
 def gelu_grad(z):
     """d gelu / dz = Phi(z) + z * phi(z)."""
     z64 = z.astype(np.float64)
     phi = np.exp(-0.5 * z64 * z64) / math.sqrt(2.0 * math.pi)
-    return (0.5 * (1.0 + _erf(z64 / math.sqrt(2.0))) + z64 * phi).astype(z.dtype)
+    return (_cdf(z64) + z64 * phi).astype(z.dtype)
 
 
 class HyperMixing(ReferenceAdam, hb.HyperMixingBase):

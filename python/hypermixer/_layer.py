@@ -161,7 +161,10 @@ def check_clip_norm(clip_norm):
     if isinstance(clip_norm, (bool, np.bool_)) or not isinstance(
             clip_norm, (int, float, np.integer, np.floating)):
         raise TypeError(f"clip_norm must be a number > 0 or None, got {clip_norm!r}")
-    value = float(clip_norm)
+    try:
+        value = float(clip_norm)
+    except OverflowError:   # an int past float's range: a threshold that never clips
+        value = float("inf")
     if not value > 0:   # also catches NaN
         raise ValueError(f"clip_norm must be > 0 (or None for no clipping), got {clip_norm!r}")
     return value
@@ -171,7 +174,11 @@ def check_learning_rate(lr):
     if isinstance(lr, (bool, np.bool_)) or not isinstance(
             lr, (int, float, np.integer, np.floating)):
         raise TypeError(f"learning rate must be a number, got {lr!r}")
-    lr = float(lr)
+    try:
+        lr = float(lr)
+    except OverflowError:   # an int past float's range
+        raise ValueError("learning rate must be a finite number >= 0, got an integer of "
+                         f"{lr.bit_length()} bits") from None
     if not np.isfinite(lr) or lr < 0:
         raise ValueError(f"learning rate must be a finite number >= 0, got {lr}")
     return lr

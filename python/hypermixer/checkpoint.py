@@ -78,6 +78,17 @@ def _umask():
 def save_checkpoint(path, network, tokenizer, training_state=None):
     """Write ``network`` (parameters and Adam state), its tokenizer and the training state."""
     path = Path(path)
+    # a pair that cannot be loaded back must not replace a checkpoint that can
+    for what, value, needed in (("network", network, "config"),
+                                ("tokenizer", tokenizer, "vocabulary")):
+        if not hasattr(value, needed):
+            raise TypeError(f"cannot write the checkpoint {path}: {what} must be a "
+                            f"{'LanguageModel' if what == 'network' else 'tokenizer'}, got "
+                            f"{type(value).__name__}")
+    if len(tokenizer) != network.vocab_size:
+        raise ValueError(f"cannot write the checkpoint {path}: the tokenizer has "
+                         f"{len(tokenizer):,} tokens, the network's vocabulary "
+                         f"{network.vocab_size:,}")
     path.parent.mkdir(parents=True, exist_ok=True)
     leaves = network._leaves()
     meta = {

@@ -16,12 +16,13 @@ import numpy as np
 
 
 def _next_token(logits, temperature, top_k, rng, top_p=None):
-    if temperature == 0:
-        return int(np.argmax(logits))
     logits = logits.astype(np.float64)
     if not np.isfinite(logits).all():
+        # greedy decoding too: argmax over NaN picks the first NaN, a token chosen by nothing
         raise ValueError("the model produced non-finite logits (NaN or infinite "
-                                 "parameters or activations); cannot sample from them")
+                         "parameters or activations); cannot choose a token from them")
+    if temperature == 0:
+        return int(np.argmax(logits))
     # Shift before dividing: the largest value becomes exactly 0, the others <= 0, so a tiny
     # temperature (1e-320) overflows them to -inf (probability 0) instead of giving inf - inf.
     with np.errstate(over="ignore"):
@@ -61,7 +62,10 @@ def _temperature(value):
                                                                        np.floating)):
         raise TypeError(f"temperature must be a number >= 0, got {type(value).__name__} "
                         f"{value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:   # an int past float's range
+        number = float("inf")
     if not (np.isfinite(number) and number >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {value!r}")
     return number
@@ -82,7 +86,9 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
         top_p = float(top_p)
     if seed is not None and not isinstance(seed, np.random.Generator):
         seed = _count("seed", seed, 0)   # NumPy's own message does not name the seed
-    context = list(prompt_ids)
+    # each id an integer (NumPy integers too): a float id would be truncated by the int64
+    # window, a bool read as 0/1, a nested list or 2-D array taken as a batch
+    context = [_count("prompt token id", token, 0) for token in prompt_ids]
     if not context:
         raise ValueError("the prompt is empty: give at least one word")
     rng = np.random.default_rng(seed)

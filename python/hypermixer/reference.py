@@ -62,12 +62,15 @@ class LayerNorm(ReferenceAdam, bp.LayerNormBase):
             g = grad_output[b, :len(xhat)]
             dgamma += (g * xhat).sum(axis=0, keepdims=True)
             dbeta += g.sum(axis=0, keepdims=True)
-            dxhat = g * self.gamma
+            # In float64, like the statistics: in float32, g * gamma and its row sums can
+            # overflow where the input gradient, scaled by a small rstd, does not.
+            g64, xhat64 = g.astype(np.float64), xhat.astype(np.float64)
+            dxhat = g64 * self.gamma.astype(np.float64)
             # Exact derivative of (x - mean) * rstd, valid for any std (SPEC section 7).
-            grad_input[b, :len(xhat)] = rstd * (
+            grad_input[b, :len(xhat)] = rstd.astype(np.float64) * (
                 dxhat
                 - dxhat.mean(axis=1, keepdims=True)
-                - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+                - xhat64 * (dxhat * xhat64).mean(axis=1, keepdims=True))
         return grad_input, [dgamma, dbeta]
 
 

@@ -12,6 +12,7 @@ words sorted alphabetically.
 
 import collections
 import json
+import operator
 import re
 
 END_TOKEN = "</s>"
@@ -28,7 +29,29 @@ _NO_SPACE_AFTER = set("([{$'")
 
 def split_words(text):
     """The tokens of ``text`` as strings (lower-cased), before any vocabulary lookup."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return _TOKEN_PATTERN.findall(text.lower())
+
+
+def _token_id(value):
+    """``value`` as an int id: NumPy integers accepted; floats (int() would truncate 2.7 to
+    2), strings and bools refused."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"token ids must be integers, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"token ids must be integers, got {type(value).__name__} "
+                        f"{value!r}") from None
+
+
+def _texts(texts):
+    if isinstance(texts, (str, bytes)):
+        # iterating would give single characters: a vocabulary of letters, silently
+        raise TypeError("texts must be an iterable of strings, not a single "
+                        f"{type(texts).__name__}")
+    return texts
 
 
 class Tokenizer:
@@ -60,7 +83,7 @@ class Tokenizer:
         times are left out (they will read as ``<unk>``), and with ``max_vocab`` only the
         most frequent words are kept (ties: alphabetical), special tokens included."""
         counts = {}
-        for text in texts:
+        for text in _texts(texts):
             for word in split_words(text):
                 counts[word] = counts.get(word, 0) + 1
         words = [w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS]
@@ -86,7 +109,7 @@ class Tokenizer:
         """Readable text from token ids: punctuation attached to its neighbour word."""
         words = []
         for i in ids:
-            i = int(i)
+            i = _token_id(i)
             if not 0 <= i < len(self.vocabulary):
                 raise ValueError(f"token id {i} is outside the vocabulary (size {len(self)})")
             if skip_end and i == self.end_id:
@@ -180,7 +203,7 @@ class BPETokenizer:
         return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids, skip_end=True):
-        ids = [int(i) for i in ids]
+        ids = [_token_id(i) for i in ids]
         for i in ids:
             if not 0 <= i < len(self.vocabulary):
                 raise ValueError(f"token id {i} is outside the vocabulary (size {len(self)})")
