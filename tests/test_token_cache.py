@@ -90,10 +90,8 @@ def test_cache_is_built_once_then_reused(tmp_path):
     path = write_corpus(tmp_path / "corpus.txt")
     tokenizer = tokenizer_for(path)
     cache_dir = tmp_path / "run" / tokencache.CACHE_DIRNAME
-    log = io.StringIO()
-    tokens, offsets, said = cache(path, tokenizer, cache_dir, log)
+    tokens, offsets, said = cache(path, tokenizer, cache_dir)
     assert "built" in said and "first use" in said
-    assert "[t]: 7 examples" in log.getvalue()             # the tokenising summary line
     assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
     expected = [tokenizer.encode(t) for t in load_texts(path)]
     assert [list(map(int, tokens[a:b])) for a, b in zip(offsets[:-1], offsets[1:])] == expected
@@ -109,7 +107,7 @@ def test_cache_is_built_once_then_reused(tmp_path):
         again, again_offsets, said = cache(path, tokenizer, cache_dir)
     finally:
         tokencache.tokenize_file = original
-    assert said.endswith(f"reused ({len(tokens):,} tokens)")
+    assert f"{len(tokens):,} tokens from the token cache" in said
     np.testing.assert_array_equal(again, tokens)
     np.testing.assert_array_equal(again_offsets, offsets)
     assert {p.name: p.stat().st_mtime_ns for p in cache_dir.iterdir()} == files
@@ -163,6 +161,20 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     tokens, _, said = cache(path, tokenizer, cache_dir)
     assert "its description is unreadable" in said
     np.testing.assert_array_equal(tokens, good)
+
+
+def test_tokenizing_shows_progress(tmp_path, monkeypatch):
+    """Plain lines (the log is no terminal): one per chunk once the interval has passed,
+    then a summary."""
+    path = write_corpus(tmp_path / "corpus.txt", LINES * 400)    # 2,800 examples, 3 chunks
+    monkeypatch.setattr(tokencache, "PROGRESS_INTERVAL_S", 0.0)
+    log = io.StringIO()
+    cache(path, tokenizer_for(path), tmp_path / "cache", log)
+    lines = log.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["[t]"] * 4
+    assert "37% (1,024 examples" in lines[0] and "ETA" in lines[0]
+    assert "100% (2,800 examples" in lines[2]
+    assert lines[3].startswith("[t]: tokenizing: 2,800 examples")
 
 
 # ------------------------------------------------------------------ interrupted writes
@@ -249,7 +261,7 @@ def test_training_is_the_same_with_and_without_cache(tmp_path):
     log = io.StringIO()
     again = train(TINY, tmp_path / "cached", stages=stages, settings=settings,
                   backend=BACKEND, log=log, plot=False)
-    assert "token cache reused" in log.getvalue()
+    assert "tokens from the token cache" in log.getvalue()
     for other in (plain, again):
         assert [(p["train_loss"], p["val_loss"]) for p in other.history] == \
             [(p["train_loss"], p["val_loss"]) for p in cached.history]

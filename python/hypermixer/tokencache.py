@@ -50,7 +50,7 @@ def token_dtype(tokenizer):
 
 class _Progress:
     """Tokenising progress: a tqdm bar on a terminal (when installed), else a plain line
-    every PROGRESS_INTERVAL_S seconds, and one line at the end."""
+    every PROGRESS_INTERVAL_S seconds, and a summary line after them."""
 
     def __init__(self, label, log):
         self.label, self.log = label, log
@@ -85,7 +85,8 @@ class _Progress:
     def close(self, examples, tokens):
         if self.bar is not None:
             self.bar.close()
-        if self.log is not None:
+        # a summary only after progress lines: a quick file needs no more than the caller's
+        if self.log is not None and self.bar is None and self.last > self.started:
             print(f"{self.label}: {examples:,} examples, {tokens:,} tokens in "
                   f"{time.perf_counter() - self.started:.1f} s", file=self.log, flush=True)
 
@@ -206,18 +207,20 @@ def cached_tokens(path, tokenizer, cache_dir, key, label, log=None):
     is tokenised (with progress on ``log``) and the cache rebuilt. Returns also a line saying
     which of the two happened."""
     path = Path(path)
+    where = Path(cache_dir) / f"{key}.*"
     reason = _why_stale(cache_dir, key, path, tokenizer)
     if reason is None:
         try:
             tokens, offsets = _open(cache_dir, key)
-            return tokens, offsets, f"{label}: token cache reused ({len(tokens):,} tokens)"
+            return tokens, offsets, (f"{label}: {len(tokens):,} tokens from the token cache "
+                                     f"({where})")
         except (OSError, ValueError) as exc:
             reason = f"it could not be read ({exc})"
-    built = build_cache(path, tokenizer, cache_dir, key, label, log)
+    build_cache(path, tokenizer, cache_dir, key, f"{label}: tokenizing", log)
     tokens, offsets = _open(cache_dir, key)
-    return tokens, offsets, (f"{label}: token cache built ({len(tokens):,} tokens, "
-                             f"{reason if reason != 'no cache yet' else 'first use'}; "
-                             f"{built})")
+    return tokens, offsets, (f"{label}: {len(tokens):,} tokens, token cache built "
+                             f"({reason if reason != 'no cache yet' else 'first use'}; "
+                             f"{where})")
 
 
 def build_cache(path, tokenizer, cache_dir, key, label, log=None):
@@ -263,7 +266,6 @@ def build_cache(path, tokenizer, cache_dir, key, label, log=None):
             "offsets_bytes": offsets_path.stat().st_size}
     _replace_atomically(seal_path, lambda temp: temp.write_text(json.dumps(seal, indent=1),
                                                                 encoding="utf-8"))
-    return f"{seal_path.parent}/{key}.*"
 
 
 def _save_npy(path, array):

@@ -343,7 +343,7 @@ class Trainer:
         """(train pairs, validation pairs, examples split into windows), made once."""
         if index in self._data:
             return self._data[index]
-        label = f"[{stage.name}] tokenizing {stage.data_path}"
+        label = f"[{stage.name}] {Path(stage.data_path).name}"
         if self.token_cache and self.rank == 0:
             tokens, offsets, said = tokencache.cached_tokens(
                 stage.data_path, self.tokenizer, self.out_dir / tokencache.CACHE_DIRNAME,
@@ -351,7 +351,8 @@ class Trainer:
             self._say(said)
         else:   # other MPI ranks tokenise in memory: rank 0 alone writes in the run folder
             tokens, offsets = tokencache.tokenize_in_memory(
-                stage.data_path, self.tokenizer, label, self.log if self.rank == 0 else None)
+                stage.data_path, self.tokenizer, f"{label}: tokenizing",
+                self.log if self.rank == 0 else None)
         train_idx, val_idx = split_validation(len(offsets) - 1,
                                               self.settings.validation_fraction,
                                               self.settings.seed, index)
