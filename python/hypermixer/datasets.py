@@ -185,8 +185,9 @@ class TokenWindows:
         return len(self.starts)
 
     def __getitem__(self, key):
-        if isinstance(key, slice):
-            return self.take(np.arange(len(self))[key])
+        if isinstance(key, slice):   # views, no copy: evaluation slices batch by batch
+            return TokenWindows(self.tokens, None, None, None,
+                                _spans=(self.starts[key], self.lengths[key]))
         start, length = int(self.starts[key]), int(self.lengths[key])
         window = np.asarray(self.tokens[start:start + length], dtype=np.int64)
         return window[:-1], window[1:]
