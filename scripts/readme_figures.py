@@ -34,7 +34,7 @@ def hypermixer(*args, env):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="readme-figures", type=Path)
+    parser.add_argument("--out", default="runs/readme-figures", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--docs", action="store_true",
                         help="copy the plots over docs/loss.png and docs/compare.png")

@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="own-text-runs")
+    parser.add_argument("--out", default="runs/own-text")
     parser.add_argument("--architectures", nargs="+", choices=ARCHITECTURES,
                         default=list(ARCHITECTURES))
     parser.add_argument("--max-examples", type=int, default=None,
