@@ -5,7 +5,8 @@ peak memory of every run.
 
     python scripts/fortunes_corpus.py fortunes.json            # the corpus (not shipped)
     python scripts/train_own_text.py fortunes.json [--epochs 1] [--vocab-size 4096]
-        [--threads 2] [--out DIR] [--max-examples N] [--architectures A B ...] [--json F]
+        [--threads 2] [--out DIR] [--max-examples N] [--eval-examples N]
+        [--architectures A B ...] [--json F]
 
 Each command runs in a process of its own (``python -m hypermixer ...`` with
 OMP_NUM_THREADS=--threads), so ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` read by a small
@@ -83,7 +84,10 @@ def main():
                         default=list(ARCHITECTURES))
     parser.add_argument("--max-examples", type=int, default=None,
                         help="train on the first N examples only (a quicker look)")
-    parser.add_argument("--json", default=None, help="also write the measurements here")
+    parser.add_argument("--eval-examples", type=int, default=None, metavar="N",
+                        help="evaluate on the first N examples (default: the whole corpus)")
+    parser.add_argument("--json", default=None,
+                        help="also write the measurements here (after every run)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,11 @@ def main():
         examples = examples[:args.max_examples]
         corpus = out / "corpus.json"
         corpus.write_text(json.dumps(examples, ensure_ascii=False), encoding="utf-8")
+    evaluation_data = corpus
+    if args.eval_examples:
+        evaluation_data = out / "evaluate.json"
+        evaluation_data.write_text(json.dumps(examples[:args.eval_examples], ensure_ascii=False),
+                                   encoding="utf-8")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     print(f"{len(examples):,} examples from {Path(args.corpus).name}, BPE {args.vocab_size}, "
           f"{args.epochs} epoch(s), OMP_NUM_THREADS={args.threads}; commit {commit()}; "
@@ -116,7 +125,7 @@ def main():
         tokens = sum(p["tokens"] for p in trained)
         train_seconds = sum(p["seconds"] for p in trained)
         evaluation, _, eval_wall, eval_peak = hypermixer(
-            "evaluate", "--model", run / "best.npz", "--data", corpus, env=env)
+            "evaluate", "--model", run / "best.npz", "--data", evaluation_data, env=env)
         export = run / "model.safetensors"
         _, export_log, _, _ = hypermixer("export", "--model", run / "best.npz", "--out", export,
                                          env=env)
@@ -142,8 +151,10 @@ def main():
               f"{load_before:.1f} -> {load_after:.1f}; files {', '.join(record['run_files'])}"
               f"\n  evaluate: {record['evaluate']}\n  {record['export']}\n  sample: "
               f"{record['sample']!r}", flush=True)
+        if args.json:
+            write_json(args, len(examples), records)
     header = ("model", "parameters", "training tokens/s", "epoch s", "train wall s",
-              "peak RSS MiB", "load avg", "val loss", "evaluate (whole corpus)")
+              "peak RSS MiB", "load avg", "val loss", "evaluate")
     print("\n| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for r in records:
@@ -152,13 +163,16 @@ def main():
                f"{r['peak_rss_mib']:,.0f}", f"{r['load_before']:.1f}-{r['load_after']:.1f}",
                f"{r['val_loss']:.3f}", r["evaluate"].split(" (")[0])
         print("| " + " | ".join(row) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "corpus": str(args.corpus), "examples": len(examples), "epochs": args.epochs,
-            "vocab_size": args.vocab_size, "threads": args.threads, "commit": commit(),
-            "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "runs": records}, indent=1) + "\n")
+
+
+def write_json(args, examples, records):
+    Path(args.json).write_text(json.dumps({
+        "corpus": str(args.corpus), "examples": examples, "epochs": args.epochs,
+        "vocab_size": args.vocab_size, "threads": args.threads, "commit": commit(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "eval_examples": args.eval_examples,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
