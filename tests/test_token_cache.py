@@ -177,6 +177,18 @@ def test_tokenizing_shows_progress(tmp_path, monkeypatch):
     assert lines[3].startswith("[t]: tokenizing: 2,800 examples")
 
 
+def test_missing_data_file_is_a_data_error(tmp_path):
+    """A resumed run whose file was removed: the message load_texts gives, not an OSError."""
+    path = write_corpus(tmp_path / "corpus.txt")
+    tokenizer = tokenizer_for(path)
+    cache(path, tokenizer, tmp_path / "cache")
+    path.unlink()
+    with pytest.raises(DataError, match="corpus.txt: no such data file"):
+        cache(path, tokenizer, tmp_path / "cache")
+    with pytest.raises(DataError, match="is a directory, expected a data file"):
+        cache(tmp_path, tokenizer, tmp_path / "cache")
+
+
 # ------------------------------------------------------------------ interrupted writes
 class Cut(KeyboardInterrupt):
     """Stands for Ctrl-C (or a kill) at a chosen point of the cache write."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import iter_texts
+from .datasets import DataError, iter_texts
 
 CACHE_DIRNAME = "token-cache"
 FORMAT = 1                       # bump when the way examples are read or stored changes
@@ -207,6 +207,9 @@ def cached_tokens(path, tokenizer, cache_dir, key, label, log=None):
     is tokenised (with progress on ``log``) and the cache rebuilt. Returns also a line saying
     which of the two happened."""
     path = Path(path)
+    if not path.is_file():   # as load_texts says it (a resumed run's file may be gone)
+        raise DataError(f"{path}: is a directory, expected a data file" if path.is_dir()
+                        else f"{path}: no such data file")
     where = Path(cache_dir) / f"{key}.*"
     reason = _why_stale(cache_dir, key, path, tokenizer)
     if reason is None:
