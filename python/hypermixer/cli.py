@@ -429,18 +429,22 @@ def cmd_compare(args):
 
 def cmd_evaluate(args):
     import math
-    from .datasets import load_texts, make_sequences
+    import numpy as np
+    from .datasets import TokenWindows
+    from .tokencache import tokenize_in_memory
     from .train import evaluate
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = _load_model(args)
-    texts = load_texts(args.data)
-    pairs, _ = make_sequences([model.tokenizer.encode(t) for t in texts],
-                              model.network.max_seq_len)
-    if not pairs:
+    # token arrays, not lists: a large file fits; progress only on a terminal (stdout is
+    # the result)
+    tokens, offsets = tokenize_in_memory(args.data, model.tokenizer, f"tokenizing {args.data}",
+                                         sys.stderr if sys.stderr.isatty() else None)
+    pairs = TokenWindows(tokens, offsets, np.arange(len(offsets) - 1), model.network.max_seq_len)
+    if not len(pairs):
         raise UsageError(f"{args.data}: no sequences to evaluate (every example is one token)")
     loss = evaluate(model.network, pairs, args.batch_size)
-    tokens = sum(len(targets) for _, targets in pairs)
+    tokens = pairs.target_count()
     print(f"loss {loss:.4f} perplexity {math.exp(min(loss, 700)):.2f} "
           f"({len(pairs)} sequences, {tokens} target tokens, {args.data})")
     return 0

@@ -14,10 +14,18 @@ Long examples: a sequence of n tokens gives n - 1 (input, next token) pairs. Whe
 window's targets running one token ahead (window k covers tokens k*S .. k*S + S). Every token
 is still a target exactly once; what is lost is context across a window boundary.
 :func:`make_sequences` reports how many examples were split, and training prints that count.
+
+Large corpora: training keeps a stage's tokens in one flat array (memory-mapped from the run's
+token cache, ``tokencache.py``) with the examples' boundaries, and :class:`TokenWindows` makes
+the same windows as :func:`make_sequences` from it, as (start, length) pairs into that array,
+so no Python list per token is ever built. :func:`iter_texts` reads a plain-text file one line
+at a time.
 """
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 from .tokenizer import END_TOKEN
 
@@ -90,6 +98,40 @@ def load_texts(path):
     return examples
 
 
+def iter_texts(path):
+    """The examples of a data file one at a time, as :func:`load_texts` gives them, without
+    holding a plain-text file in memory (a JSON array is parsed whole). Yields
+    ``(example, fraction of the file read)``; the same errors as :func:`load_texts`."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        examples = load_texts(path)
+        for index, example in enumerate(examples, start=1):
+            yield example, index / len(examples)
+        return
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a data file") from None
+    with handle:
+        size = max(path.stat().st_size, 1)
+        found = False
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {number}, column {exc.start + 1}: not valid "
+                                f"UTF-8 text ({exc.reason})") from None
+            # splitlines as load_texts does: a \r or \u2028 inside the line also ends one
+            for text in line.splitlines():
+                if text.strip():
+                    found = True
+                    yield with_end_token(text), handle.tell() / size
+    if not found:
+        raise DataError(f"{path}: contains no examples")
+
+
 def make_sequences(token_lists, max_seq_len):
     """Split tokenized examples into ``(inputs, targets)`` pairs of at most ``max_seq_len``.
 
@@ -106,3 +148,58 @@ def make_sequences(token_lists, max_seq_len):
             window = ids[start:start + max_seq_len + 1]
             pairs.append((window[:-1], window[1:]))
     return pairs, split_count
+
+
+class TokenWindows:
+    """The (inputs, targets) windows of some examples, as :func:`make_sequences` makes them,
+    kept as (start, length) pairs into one flat token array (which may be memory-mapped).
+
+    ``tokens`` holds the examples one after another, example ``e`` at
+    ``tokens[offsets[e]:offsets[e + 1]]``; ``examples`` (sorted indices) picks the examples.
+    Behaves as a read-only sequence of pairs: ``windows[i]`` is ``(inputs, targets)`` as
+    int64 arrays, ``windows[a:b]`` and ``windows.take(indices)`` are TokenWindows again.
+    ``split_count`` is how many of the examples needed more than one window.
+    """
+
+    def __init__(self, tokens, offsets, examples, max_seq_len, _spans=None):
+        self.tokens = tokens
+        if _spans is not None:
+            self.starts, self.lengths = _spans
+            self.split_count = 0
+            return
+        examples = np.asarray(examples, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        first = offsets[examples]
+        sizes = offsets[examples + 1] - first
+        # an example of n tokens has n - 1 targets, in ceil((n - 1) / S) windows
+        counts = np.where(sizes >= 2, (sizes - 2) // max_seq_len + 1, 0)
+        self.split_count = int(np.count_nonzero(sizes - 1 > max_seq_len))
+        owner = np.repeat(np.arange(len(examples)), counts)
+        # k-th window of its example: position in the repeat minus the example's first window
+        k = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.starts = first[owner] + k * max_seq_len
+        # window of S + 1 tokens (S inputs, S targets one ahead), shorter at the example's end
+        self.lengths = np.minimum(max_seq_len + 1, sizes[owner] - k * max_seq_len)
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):   # views, no copy: evaluation slices batch by batch
+            return TokenWindows(self.tokens, None, None, None,
+                                _spans=(self.starts[key], self.lengths[key]))
+        start, length = int(self.starts[key]), int(self.lengths[key])
+        window = np.asarray(self.tokens[start:start + length], dtype=np.int64)
+        return window[:-1], window[1:]
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
+
+    def take(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return TokenWindows(self.tokens, None, None, None,
+                            _spans=(self.starts[indices], self.lengths[indices]))
+
+    def target_count(self):
+        return int((self.lengths - 1).sum())

@@ -26,8 +26,11 @@ example) no validation loss is reported (``None``), no ``best.npz`` is written a
 
 ``resume`` continues from ``checkpoint.npz`` exactly where the run stopped, also in the
 middle of an epoch after Ctrl-C or SIGTERM, so a resumed run ends with the same model as an
-uninterrupted one. A non-finite loss stops training with a message naming the stage, epoch
-and step; the checkpoint of the last completed epoch is left as it was.
+uninterrupted one. Each stage's file is tokenised once into the run's token cache
+(``token-cache/``, see ``tokencache.py``), reused by ``--resume`` and ``--overwrite`` while the
+file and the tokenizer are unchanged; batches are read from its memory map. A non-finite loss
+stops training with a message naming the stage, epoch and step; the checkpoint of the last
+completed epoch is left as it was.
 """
 
 import dataclasses
@@ -43,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed, runlock
+from . import distributed, runlock, tokencache
 from .checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
-from .datasets import bundled_data_path, load_texts, make_sequences
+from .datasets import TokenWindows, bundled_data_path, iter_texts
 from .model import NonCausalTrainingError, StepResult, build_network, global_norm
 from .tokenizer import BPETokenizer, Tokenizer
 
@@ -247,8 +250,10 @@ class _Progress:
 class Trainer:
     """One training run; :func:`train` is the usual entry point."""
 
-    def __init__(self, network, tokenizer, stages, settings, out_dir, log=None, comm=None):
+    def __init__(self, network, tokenizer, stages, settings, out_dir, log=None, comm=None,
+                 token_cache=True):
         self.network = network
+        self.token_cache = token_cache            # tokens memory-mapped from tokencache.py
         self.comm = comm                          # MPI communicator or None (distributed.py)
         self.rank = distributed.rank_of(comm)     # rank 0 alone prints and writes
         self.tokenizer = tokenizer
@@ -338,18 +343,27 @@ class Trainer:
         """(train pairs, validation pairs, examples split into windows), made once."""
         if index in self._data:
             return self._data[index]
-        texts = load_texts(stage.data_path)
-        train_idx, val_idx = split_validation(len(texts), self.settings.validation_fraction,
+        label = f"[{stage.name}] {Path(stage.data_path).name}"
+        if self.token_cache and self.rank == 0:
+            tokens, offsets, said = tokencache.cached_tokens(
+                stage.data_path, self.tokenizer, self.out_dir / tokencache.CACHE_DIRNAME,
+                f"stage-{index}", label, self.log)
+            self._say(said)
+        else:   # other MPI ranks tokenise in memory: rank 0 alone writes in the run folder
+            tokens, offsets = tokencache.tokenize_in_memory(
+                stage.data_path, self.tokenizer, f"{label}: tokenizing",
+                self.log if self.rank == 0 else None)
+        train_idx, val_idx = split_validation(len(offsets) - 1,
+                                              self.settings.validation_fraction,
                                               self.settings.seed, index)
         limit = self.network.max_seq_len
-        encode = getattr(self.tokenizer, "encode_batch", None) or (
-            lambda items: [self.tokenizer.encode(t) for t in items])
-        train_pairs, split_train = make_sequences(encode([texts[i] for i in train_idx]), limit)
-        val_pairs, split_val = make_sequences(encode([texts[i] for i in val_idx]), limit)
-        if not train_pairs:
+        train_pairs = TokenWindows(tokens, offsets, train_idx, limit)
+        val_pairs = TokenWindows(tokens, offsets, val_idx, limit)
+        if not len(train_pairs):
             raise ValueError(f"{stage.data_path}: no training sequences (every example is "
                              "a single token)")
-        self._data[index] = (train_pairs, val_pairs, split_train + split_val)
+        self._data[index] = (train_pairs, val_pairs,
+                             train_pairs.split_count + val_pairs.split_count)
         return self._data[index]
 
     def _evaluate(self, pairs):
@@ -573,7 +587,7 @@ def _write_text(path, text):
 @distributed.abort_on_error
 @runlock.holds_run_lock   # one run per output folder (runlock.py)
 def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype=np.float32,
-          resume=False, log=None, plot=True, comm=None, tokenizer=None):
+          resume=False, log=None, plot=True, comm=None, tokenizer=None, token_cache=True):
     """Train a model of ``config`` and leave ``checkpoint.npz`` (and a loss plot) in out_dir.
 
     With ``resume=True`` the model, vocabulary, stages, settings and position come from the
@@ -582,6 +596,8 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
     With an MPI communicator ``comm``, every rank calls this with the same arguments and
     trains on its shard of each batch (``distributed.py``); any number of ranks can resume
     any checkpoint. ``tokenizer`` (a new run only): options of :func:`make_tokenizer`.
+    ``token_cache=False`` keeps the tokens in memory instead of the run's token cache
+    (``tokencache.py``); the training is the same.
     """
     out_dir = Path(out_dir)
     if resume:
@@ -596,7 +612,7 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
                                                  allow_noncausal=settings.allow_noncausal)
         trainer = Trainer(checkpoint.network, checkpoint.tokenizer,
                           [Stage(**s) for s in state["stages"]], saved_settings, out_dir, log,
-                          comm)
+                          comm, token_cache)
         trainer.restore(state)
     else:
         settings = settings or TrainSettings()
@@ -604,11 +620,12 @@ def train(config, out_dir, stages=None, settings=None, backend="compiled", dtype
         if not stages:
             raise ValueError("no training stages given")
         _refuse_noncausal(config, settings)
-        texts = [text for stage in stages for text in load_texts(stage.data_path)]
+        # streamed: a plain-text corpus is never held whole in memory
+        texts = (text for stage in stages for text, _ in iter_texts(stage.data_path))
         tokenizer = make_tokenizer(texts, **(tokenizer or {}))
         network = build_network(config, len(tokenizer), seed=settings.seed, dtype=dtype,
                                 backend=backend)
-        trainer = Trainer(network, tokenizer, stages, settings, out_dir, log, comm)
+        trainer = Trainer(network, tokenizer, stages, settings, out_dir, log, comm, token_cache)
     _refuse_noncausal(trainer.network.config, trainer.settings)
     distributed.check_same_start(comm, trainer.network, trainer.tokenizer)
     trainer._say(f"model: {trainer.network.config.architecture}, "
