@@ -682,6 +682,40 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
     }
 }
 
+/* One token of the causal backward's reverse scan for one unit: with st its running sum
+ * (k_h, d_h) and ds = (w2t (x) g) * gelu'(st / count) / count, the suffix sum r (k_h, d_h)
+ * += ds; dw2t (k_h,) = gelu(st / count) @ g, dw1t (k_h,) = r @ v, dv (d_h,) = w1t @ r.
+ * The two sums over d_h are vector reductions (omp simd): their order is fixed by the
+ * instruction set chosen at load time, never by the thread count. */
+HM_SIMD
+static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL* restrict dv,
+                                 REAL* restrict suffix, const REAL* restrict st,
+                                 const REAL* restrict g, const REAL* restrict v,
+                                 const REAL* restrict w1t, const REAL* restrict w2t, size_t kh,
+                                 size_t dh, REAL count)
+{
+    for (size_t f = 0; f < dh; f++) {
+        dv[f] = 0;
+    }
+    for (size_t e = 0; e < kh; e++) {
+        const REAL* restrict se = st + e * dh;
+        REAL* restrict re = suffix + e * dh;
+        const REAL c2 = w2t[e], c1 = w1t[e];
+        REAL acc2 = 0, acc1 = 0;
+        #pragma omp simd reduction(+:acc1, acc2)
+        for (size_t f = 0; f < dh; f++) {
+            const REAL sv = se[f] / count;
+            REAL slope;
+            acc2 += F(gelu_slope)(sv, &slope) * g[f];
+            re[f] += c2 * g[f] * slope / count;
+            acc1 += re[f] * v[f];
+            dv[f] += re[f] * c1;
+        }
+        dw2t[e] = acc2;
+        dw1t[e] = acc1;
+    }
+}
+
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
  * n_ck = hypermixing_causal_checkpoints(L, chunk): checkpoint c of a unit is its running sum
  * over tokens 0..c*chunk-1. work: n_slots * hypermixing_causal_work_size(d, k, h, chunk). */
@@ -774,26 +808,7 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
                 REAL* dw1t = dw1 + (row0 + t) * K + j * kh;
                 REAL* dw2t = dw2 + (row0 + t) * K + j * kh;
                 const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
-                for (size_t f = 0; f < dh; f++) {
-                    dv[f] = 0;
-                }
-                for (size_t e = 0; e < kh; e++) {
-                    const REAL* se = st + e * dh;
-                    REAL* re = suffix + e * dh;
-                    const REAL c2 = w2t[e], c1 = w1t[e];
-                    REAL acc2 = 0, acc1 = 0;
-                    for (size_t f = 0; f < dh; f++) {
-                        const REAL sv = se[f] / count;
-                        REAL grad;
-                        acc2 += F(gelu_slope)(sv, &grad) * g[f];
-                        const REAL dsv = c2 * g[f] * grad;
-                        re[f] += dsv / count;
-                        acc1 += re[f] * v[f];
-                        dv[f] += re[f] * c1;
-                    }
-                    dw2t[e] = acc2;
-                    dw1t[e] = acc1;
-                }
+                F(causal_back_token)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, dh, count);
                 REAL* gi = grad_input + (row0 + t) * D + j * dh;
                 for (size_t f = 0; f < dh; f++) {
                     gi[f] = dv[f];
