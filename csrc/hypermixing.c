@@ -23,6 +23,7 @@
 #include "gemm.h"
 #include "reduce.h"
 #include <math.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -54,28 +55,249 @@ int hypermixing_causal_checkpoints(int L, int chunk)
     return (L + chunk - 1) / chunk;
 }
 
+/* dQ, dP (d_h + 1, d_h); dm (k_h, d_h); the unit's dC1, dc1, dC2, dc2 */
+size_t hypermixing_mix_work_size(int d, int k, int h)
+{
+    const size_t dh = (size_t)(d / h), kh = (size_t)(k / h);
+    return 2 * (dh + 1) * dh + kh * dh + 2 * kh * (dh + 1);
+}
+
 #define HM_TEMPLATE_FILE "hypermixing.c"
 #include "template.h"
 #else
 
+/* ---------------------------------------------------------------- erf and the exact GELU
+ * Written branch-free (both halves computed, one selected) and without libm calls, so a loop
+ * of them vectorises under the HM_SIMD clones. Accuracy (tests/test_hypermixing_erf.py):
+ * within 2 ulp of math.erf in float64 and in float32.
+ *
+ * float64, a Chebyshev series on each side of |x| = 1 (Clenshaw's recurrence):
+ *   |x| < 1:  erf(x) = x * S(2x^2 - 1), S fitted to erf(x)/x;
+ *   |x| >= 1: erfc(a) = exp(-a^2) * R(y), a = min(|x|, 6), y = 14.4 / (3 + a) - 2.6 (the map
+ *             t = 3 / (3 + a) stretched from [1/3, 3/4] onto [-1, 1]), R fitted to
+ *             erfc(a) exp(a^2); past a = 6, erfc < 2.2e-17 and is taken as 0.
+ *   12 + 17 terms, truncation error below 1e-17 relative.
+ * float32, cheaper (no exp, no division), a = min(|x|, 4), split at 1.5:
+ *   a < 1.5:  erf(a) = a * P(a^2 / 1.125 - 1), P fitted to erf(a)/a (9 terms);
+ *   a >= 1.5: erfc(a) = Q(0.8 a - 2.2) (14 terms), absolute error 1.2e-9, far below half an
+ *             ulp of erf there; past a = 4 erf rounds to 1.
+ * The coefficients are Chebyshev interpolants computed with 40-50 digit arithmetic (mpmath),
+ * the float32 ones turned into plain polynomials. A NaN stays NaN; +-inf give +-1. */
+#ifndef HMX_ERF_ONCE
+#define HMX_ERF_ONCE
+static const double hmx_cheb_small_f64[12] = {
+    9.75476939382654118e-01, -1.42261205103713650e-01, 1.00355821875997963e-02,
+    -5.76876469976748529e-04, 2.74199312521960603e-05, -1.10431755073445071e-06,
+    3.84887554203450361e-08, -1.18085825338754662e-09, 3.23342158260504349e-11,
+    -7.99101594667915125e-13, 1.79907230223207626e-14, -3.71737424230677722e-16};
+static const double hmx_cheb_tail_f64[17] = {
+    2.33768221880925470e-01, 1.64101962784234084e-01, 2.60978126028927580e-02,
+    3.28111853149978296e-03, 3.13463890652485077e-04, 2.04605677084600596e-05,
+    5.77698770018260207e-07, -3.77264461743661060e-08, -4.11566201732381898e-09,
+    2.04012154584318082e-11, 2.07083936961860242e-11, 2.38438494340639956e-13,
+    -1.15161525073464794e-13, -1.47628372238177511e-15, 7.37801481279143685e-16,
+    -2.72753069018298871e-19, -5.12688511941877962e-18};
+/* float32: plain polynomials (Horner) in y on [-1, 1], lowest power first */
+static const float hmx_poly_small_f32[9] = {
+    8.168361783e-01f, -2.252525389e-01f, 6.590878963e-02f, -1.628759503e-02f,
+    3.385072341e-03f, -6.012980011e-04f, 9.299963131e-05f, -1.309938580e-05f,
+    1.592293302e-06f};
+static const float hmx_poly_large_f32[14] = {
+    1.006229795e-04f, -7.328460924e-04f, 2.519056434e-03f, -5.391426850e-03f,
+    7.956070825e-03f, -8.409381844e-03f, 6.311665755e-03f, -3.084540600e-03f,
+    5.626198836e-04f, 5.415311898e-04f, -5.645445781e-04f, 1.698755368e-04f,
+    6.194278831e-05f, -4.063098095e-05f};
+/* 1 / i! */
+static const double hmx_inv_factorial[14] = {
+    1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+    1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+/* round-to-nearest of |y| < 2^(p-2) is (y + M) - M with M = 1.5 * 2^(p-1) */
+#define HMX_ROUND_F32 12582912.0f
+#define HMX_ROUND_F64 6755399441055744.0
+#endif
+
+#define HMX_SINGLE (sizeof(REAL) == sizeof(float))
 #define HMX_SQRT1_2 0.70710678118654752440
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
-/* Phi(v) = erfc(-v / sqrt 2) / 2, in double whatever REAL is, as the reference evaluates it.
- * Not (1 + erf(v / sqrt 2)) / 2: below v = -4 (float) or -8 (double) that cancels to 0, and a
- * gelu of exactly 0 turned an infinite generated weight into inf * 0 = NaN where the
- * reference, with its tiny nonzero gelu, gives +-inf. erfc costs what erf does. */
-#define HMX_PHI(v) (0.5 * erfc(-(double)(v) * HMX_SQRT1_2))
 
-/* Exact GELU z * Phi(z) and its derivative Phi(z) + z * phi(z), rounded once to REAL. */
+/* sum of c[i] T_i(y) for i = 0..n-1 (Clenshaw's recurrence) */
+static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
+{
+    const REAL y2 = y + y;
+    REAL b1 = 0, b2 = 0;
+    for (int i = n - 1; i >= 1; i--) {
+        const REAL b = y2 * b1 - b2 + c[i];
+        b2 = b1;
+        b1 = b;
+    }
+    return y * b1 - b2 + c[0];
+}
+
+/* exp(x) for x <= 0 (NaN stays NaN): x = n ln2 + r, |r| <= ln2/2, ln2 split in two so n ln2
+ * is exact; exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64: remainder
+ * under 6e-9 and 4e-18 relative); 2^n from the exponent bits. Below -87 (float32) / -708
+ * (float64) the result, tinier than the smallest normal number, is 0. */
+static inline REAL F(hmx_exp_nonpos)(REAL x)
+{
+    const REAL lo = HMX_SINGLE ? (REAL)-87 : (REAL)-708;
+    const REAL round = HMX_SINGLE ? (REAL)HMX_ROUND_F32 : (REAL)HMX_ROUND_F64;
+    const REAL ln2_hi = HMX_SINGLE ? (REAL)0.693359375 : (REAL)6.93147180369123816490e-01;
+    const REAL ln2_lo = HMX_SINGLE ? (REAL)-2.12194440e-4 : (REAL)1.90821492927058770002e-10;
+    const REAL xc = x < lo ? lo : x;
+    const REAL shifted = xc * (REAL)1.44269504088896340736 + round;
+    const REAL n = shifted - round;
+    const REAL r = (xc - n * ln2_hi) - n * ln2_lo;
+    REAL p = (REAL)hmx_inv_factorial[HMX_SINGLE ? 7 : 13];
+    for (int i = (HMX_SINGLE ? 7 : 13) - 1; i >= 0; i--) {
+        p = p * r + (REAL)hmx_inv_factorial[i];
+    }
+    REAL scale;
+    if (HMX_SINGLE) {
+        float sf = (float)shifted, rf = HMX_ROUND_F32, f;
+        uint32_t bits, round_bits;
+        memcpy(&bits, &sf, sizeof bits);
+        memcpy(&round_bits, &rf, sizeof round_bits);
+        bits = (bits - round_bits + 127u) << 23;   /* unsigned: defined even for NaN input */
+        memcpy(&f, &bits, sizeof f);
+        scale = (REAL)f;
+    } else {
+        double sd = (double)shifted, rd = HMX_ROUND_F64, f;
+        uint64_t bits, round_bits;
+        memcpy(&bits, &sd, sizeof bits);
+        memcpy(&round_bits, &rd, sizeof round_bits);
+        bits = (bits - round_bits + 1023u) << 52;
+        memcpy(&f, &bits, sizeof f);
+        scale = (REAL)f;
+    }
+    return x < lo ? (REAL)0 : p * scale;
+}
+
+/* float64: erf(x) for |x| < 1 */
+static inline REAL F(hmx_erf_small)(REAL x)
+{
+    const REAL* c = (const REAL*)(const void*)hmx_cheb_small_f64;
+    return x * F(hmx_chebyshev)(c, 12, (REAL)2 * x * x - (REAL)1);
+}
+
+/* float64: erfc(a) for a >= 1 (0 past 6) */
+static inline REAL F(hmx_erfc_large)(REAL a)
+{
+    const REAL* c = (const REAL*)(const void*)hmx_cheb_tail_f64;
+    const REAL ac = a < (REAL)6 ? a : (REAL)6;
+    const REAL y = (REAL)14.4 / ((REAL)3 + ac) - (REAL)2.6;
+    const REAL e = F(hmx_exp_nonpos)(-ac * ac) * F(hmx_chebyshev)(c, 17, y);
+    return a < (REAL)6 ? e : (REAL)0;
+}
+
+/* float32: erf(|x|), NaN kept */
+static inline REAL F(hmx_erf_abs32)(REAL x)
+{
+    const REAL* p = (const REAL*)(const void*)hmx_poly_small_f32;
+    const REAL* q = (const REAL*)(const void*)hmx_poly_large_f32;
+    const REAL ax = x < 0 ? -x : x;
+    const REAL a = ax > (REAL)4 ? (REAL)4 : ax;
+    const REAL y1 = a * a * (REAL)0.888888889 - (REAL)1;
+    const REAL y2 = a * (REAL)0.8 - (REAL)2.2;
+    REAL small = p[8], tail = q[13];
+    for (int i = 7; i >= 0; i--) {
+        small = small * y1 + p[i];
+    }
+    for (int i = 12; i >= 0; i--) {
+        tail = tail * y2 + q[i];
+    }
+    const REAL large = a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail;
+    return a < (REAL)1.5 ? a * small : large;
+}
+
+static inline REAL F(hmx_erf)(REAL x)
+{
+    if (HMX_SINGLE) {
+        const REAL e = F(hmx_erf_abs32)(x);
+        return x < 0 ? -e : e;
+    }
+    const REAL a = x < 0 ? -x : x;
+    const REAL large = (REAL)1 - F(hmx_erfc_large)(a);
+    const REAL small = F(hmx_erf_small)(x);
+    return a >= (REAL)1 ? (x < 0 ? -large : large) : small;
+}
+
+/* erfc(a) for a >= 4 (float32) or 6 (float64), where the fits above stop: the asymptotic
+ * series exp(-a^2) / (a sqrt(pi)) * (1 - u (1 - 3u (1 - 5u (1 - 7u)))), u = 1 / (2 a^2),
+ * relative error under 3e-5 at a = 4 and 5e-7 at a = 6, on values below 1.6e-8 and 2.2e-17.
+ * It keeps the lower tail of GELU nonzero as the reference's erfc does: a GELU of exactly 0
+ * turned an infinite generated weight into inf * 0 = NaN where the reference gives +-inf. */
+static inline REAL F(hmx_erfc_asymptotic)(REAL a)
+{
+    const REAL u = (REAL)0.5 / (a * a);
+    const REAL series =
+        (REAL)1 - u * ((REAL)1 - (REAL)3 * u * ((REAL)1 - (REAL)5 * u * ((REAL)1 - (REAL)7 * u)));
+    return F(hmx_exp_nonpos)(-a * a) * series / (a * (REAL)1.77245385090551602730);
+}
+
+/* Phi(v) = (1 + erf(v / sqrt 2)) / 2, the standard normal CDF; in float64, for
+ * v < -sqrt 2 straight from erfc (no cancellation in 1 - erf); far in the lower tail (both
+ * precisions) from the asymptotic erfc. Both sides are computed and one selected, so a loop of
+ * it still vectorises. */
+static inline REAL F(hmx_cdf)(REAL v)
+{
+    const REAL x = v * (REAL)HMX_SQRT1_2;
+    if (HMX_SINGLE) {
+        const REAL half = (REAL)0.5 * F(hmx_erf_abs32)(x);
+        const REAL far = (REAL)0.5 * F(hmx_erfc_asymptotic)(-x);
+        return x < (REAL)-4 ? far : (x < 0 ? (REAL)0.5 - half : (REAL)0.5 + half);
+    }
+    const REAL a = x < 0 ? -x : x;
+    const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a)
+                                               : F(hmx_erfc_asymptotic)(a));
+    const REAL small = (REAL)0.5 + (REAL)0.5 * F(hmx_erf_small)(x);
+    return a >= (REAL)1 ? (x < 0 ? tail : (REAL)1 - tail) : small;
+}
+
+/* Exact GELU v * Phi(v) */
 static inline REAL F(gelu)(REAL v)
 {
-    return (REAL)((double)v * HMX_PHI(v));
+    return v * F(hmx_cdf)(v);
+}
+
+/* Both at once: *slope = gelu'(v) = Phi(v) + v phi(v); returns gelu(v). */
+static inline REAL F(gelu_slope)(REAL v, REAL* slope)
+{
+    const REAL cdf = F(hmx_cdf)(v);
+    *slope = cdf + v * (REAL)HMX_INV_SQRT_2PI * F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
+    return v * cdf;
 }
 
 static inline REAL F(gelu_grad)(REAL v)
 {
-    const double w = v;
-    return (REAL)(HMX_PHI(w) + w * HMX_INV_SQRT_2PI * exp(-0.5 * w * w));
+    REAL slope;
+    (void)F(gelu_slope)(v, &slope);
+    return slope;
+}
+
+/* value (n,) = gelu(x), slope (n,) = gelu'(x) when not NULL. For the tests of the erf. */
+HM_SIMD
+void F(hypermixing_gelu)(REAL* value, REAL* slope, const REAL* x, size_t n)
+{
+    if (slope) {
+        for (size_t i = 0; i < n; i++) {
+            REAL g;
+            value[i] = F(gelu_slope)(x[i], &g);
+            slope[i] = g;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            value[i] = F(gelu)(x[i]);
+        }
+    }
+}
+
+/* out (n,) = erf(x). For the tests. */
+HM_SIMD
+void F(hypermixing_erf)(REAL* out, const REAL* x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        out[i] = F(hmx_erf)(x[i]);
+    }
 }
 
 /* z, x: (B, L, d); pos: (L, d), the position rows already offset for the flavour.
@@ -126,28 +348,107 @@ void F(hypermixing_token_info_backward)(REAL* grad_input, const REAL* dz,
     }
 }
 
-/* w: (rows, k); pre, act, z: (rows, d); A: (h, d_h, d_h); a: (h, d_h) or NULL;
- * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z and writes columns
- * j*k_h.. of w. pre = z_j @ A_j^T + a_j and act = gelu(pre) are kept for the backward. */
-void F(hypermixing_generator_forward)(REAL* w, REAL* pre, REAL* act, const REAL* z,
+/* Elementwise passes. They live in functions of their own, called once per row or per state,
+ * because the HM_SIMD clones do not reach the bodies OpenMP outlines from a parallel loop. */
+
+/* row (n,) := gelu(row + bias); slope (n,) := gelu'(row + bias) unless NULL; bias may be NULL */
+HM_SIMD
+static void F(gelu_row)(REAL* restrict row, REAL* restrict slope, const REAL* restrict bias,
+                        size_t n)
+{
+    if (bias) {
+        for (size_t e = 0; e < n; e++) {
+            row[e] += bias[e];
+        }
+    }
+    if (slope) {
+        for (size_t e = 0; e < n; e++) {
+            REAL g;
+            row[e] = F(gelu_slope)(row[e], &g);
+            slope[e] = g;
+        }
+    } else {
+        for (size_t e = 0; e < n; e++) {
+            row[e] = F(gelu)(row[e]);
+        }
+    }
+}
+
+/* The mixing state of one sequence and head: s (k_h, d_h) += c (x) colsum (when c is not NULL),
+ * then s /= count (mean), m = gelu(s). */
+HM_SIMD
+static void F(state_forward)(REAL* restrict s, REAL* restrict m, const REAL* restrict c,
+                             const REAL* restrict colsum, size_t kh, size_t dh, REAL count,
+                             int mean)
+{
+    for (size_t e = 0; e < kh; e++) {
+        REAL* restrict se = s + e * dh;
+        REAL* restrict me = m + e * dh;
+        if (c) {
+            for (size_t f = 0; f < dh; f++) {
+                se[f] += c[e] * colsum[f];
+            }
+        }
+        if (mean) {
+            for (size_t f = 0; f < dh; f++) {
+                se[f] /= count;
+            }
+        }
+        for (size_t f = 0; f < dh; f++) {
+            me[f] = F(gelu)(se[f]);
+        }
+    }
+}
+
+/* ds (n,) := ds * gelu'(s), then / count with mean */
+HM_SIMD
+static void F(state_backward)(REAL* restrict ds, const REAL* restrict s, size_t n, REAL count,
+                              int mean)
+{
+    for (size_t e = 0; e < n; e++) {
+        ds[e] *= F(gelu_grad)(s[e]);
+    }
+    if (mean) {
+        for (size_t e = 0; e < n; e++) {
+            ds[e] /= count;
+        }
+    }
+}
+
+/* out (cols,) = sum over rows i < n of a[i * lda + .], in row order */
+static void F(hmx_column_sums)(REAL* restrict out, const REAL* restrict a, size_t n,
+                               size_t lda, size_t cols)
+{
+    for (size_t f = 0; f < cols; f++) {
+        out[f] = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        for (size_t f = 0; f < cols; f++) {
+            out[f] += a[i * lda + f];
+        }
+    }
+}
+
+/* act, slope, z: (rows, d); w: (rows, k) or NULL; A: (h, d_h, d_h); a: (h, d_h) or NULL;
+ * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z:
+ * act_j = gelu(z_j @ A_j^T + a_j), slope_j = gelu'(z_j @ A_j^T + a_j) (not computed when
+ * slope is NULL), and, when w is not NULL, w_j = act_j @ C_j^T + c_j in columns j*k_h.. of w. */
+void F(hypermixing_generator_forward)(REAL* w, REAL* act, REAL* slope, const REAL* z,
                                       const REAL* A, const REAL* a, const REAL* C,
                                       const REAL* c, int rows, int d, int k, int h)
 {
     const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
     const size_t dh = D / (size_t)h, kh = K / (size_t)h;
     for (size_t j = 0; j < (size_t)h; j++) {
-        F(gemm)(0, 1, R, dh, dh, z + j * dh, D, A + j * dh * dh, dh, 0, pre + j * dh, D);
+        F(gemm)(0, 1, R, dh, dh, z + j * dh, D, A + j * dh * dh, dh, 0, act + j * dh, D);
     }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (R * D > HM_PARALLEL_MIN)
     for (size_t r = 0; r < R; r++) {
-        REAL* restrict p = pre + r * D;
-        REAL* restrict q = act + r * D;
-        for (size_t e = 0; e < D; e++) {
-            const REAL v = a ? p[e] + a[e] : p[e];
-            p[e] = v;
-            q[e] = F(gelu)(v);
-        }
+        F(gelu_row)(act + r * D, slope ? slope + r * D : NULL, a, D);
+    }
+    if (!w) {
+        return;
     }
     for (size_t j = 0; j < (size_t)h; j++) {
         F(gemm)(0, 1, R, kh, dh, act + j * dh, D, C + j * kh * dh, dh, 0, w + j * kh, K);
@@ -164,126 +465,239 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* pre, REAL* act, const REAL*
     }
 }
 
-/* dw: (rows, k), the gradient of the generated weights (0 on padding rows). dz: (rows, d),
- * overwritten, or added to when `accumulate`. dA, dC: like A, C; da, dc: like a, c, or NULL
- * (all overwritten). dpre: (rows, d) workspace. */
+/* dact: (rows, d). Without dw it holds the gradient of act on entry; with dw (rows, k), the
+ * gradient of the generated weights (0 on padding rows), it is workspace and dC (like C) and
+ * dc (like c, or NULL) are overwritten. On return dact holds the gradient of the
+ * pre-activation. dz: (rows, d), overwritten, or added to when `accumulate`. dA: like A;
+ * da: like a, or NULL (overwritten). slope: the forward's. */
 void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc,
-                                       REAL* dpre, const REAL* dw, const REAL* z,
-                                       const REAL* pre, const REAL* act, const REAL* A,
+                                       REAL* dact, const REAL* dw, const REAL* z,
+                                       const REAL* act, const REAL* slope, const REAL* A,
                                        const REAL* C, int rows, int d, int k, int h,
                                        int accumulate)
 {
     const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
     const size_t dh = D / (size_t)h, kh = K / (size_t)h;
-    if (dc) {
-        for (size_t e = 0; e < K; e++) {
-            dc[e] = 0;
+    if (dw) {
+        if (dc) {
+            for (size_t e = 0; e < K; e++) {
+                dc[e] = 0;
+            }
+            F(column_sums_add)(dc, dw, R, K);
         }
-        F(column_sums_add)(dc, dw, R, K);
-    }
-    for (size_t j = 0; j < (size_t)h; j++) {
-        /* dC_j = dw_j^T @ act_j; dpre_j = dw_j @ C_j */
-        F(gemm)(1, 0, kh, dh, R, dw + j * kh, K, act + j * dh, D, 0, dC + j * kh * dh, dh);
-        F(gemm)(0, 0, R, dh, kh, dw + j * kh, K, C + j * kh * dh, dh, 0, dpre + j * dh, D);
+        for (size_t j = 0; j < (size_t)h; j++) {
+            /* dC_j = dw_j^T @ act_j; dact_j = dw_j @ C_j */
+            F(gemm)(1, 0, kh, dh, R, dw + j * kh, K, act + j * dh, D, 0, dC + j * kh * dh,
+                    dh);
+            F(gemm)(0, 0, R, dh, kh, dw + j * kh, K, C + j * kh * dh, dh, 0, dact + j * dh, D);
+        }
     }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (R * D > HM_PARALLEL_MIN)
     for (size_t r = 0; r < R; r++) {
-        REAL* restrict q = dpre + r * D;
-        const REAL* restrict p = pre + r * D;
+        REAL* restrict q = dact + r * D;
+        const REAL* restrict p = slope + r * D;
         for (size_t e = 0; e < D; e++) {
-            q[e] *= F(gelu_grad)(p[e]);
+            q[e] *= p[e];
         }
     }
     if (da) {
         for (size_t e = 0; e < D; e++) {
             da[e] = 0;
         }
-        F(column_sums_add)(da, dpre, R, D);
+        F(column_sums_add)(da, dact, R, D);
     }
     for (size_t j = 0; j < (size_t)h; j++) {
         /* dA_j = dpre_j^T @ z_j; dz_j (+)= dpre_j @ A_j */
-        F(gemm)(1, 0, dh, dh, R, dpre + j * dh, D, z + j * dh, D, 0, dA + j * dh * dh, dh);
-        F(gemm)(0, 0, R, dh, dh, dpre + j * dh, D, A + j * dh * dh, dh,
+        F(gemm)(1, 0, dh, dh, R, dact + j * dh, D, z + j * dh, D, 0, dA + j * dh * dh, dh);
+        F(gemm)(0, 0, R, dh, dh, dact + j * dh, D, A + j * dh * dh, dh,
                 accumulate ? (REAL)1 : (REAL)0, dz + j * dh, D);
     }
 }
 
-/* y, x: (B, L, d); w1, w2: (B, L, k); s, m: (B, h, k_h, d_h), s = w1_j^T v_j (divided by the
- * length with mean) and m = gelu(s), kept for the backward. Padding rows of y are 0. */
-void F(hypermixing_forward)(REAL* y, REAL* s, REAL* m, const REAL* x, const REAL* w1,
-                            const REAL* w2, const int64_t* lengths, int B, int L, int d,
-                            int k, int h, int mean)
+/* Bidirectional mixing without forming the generated weights. With W1 = act1_j C1_j^T + 1 c1_j^T
+ * and W2 likewise (the generator's second layer), for sequence b, head j and its values v
+ * (rows 0..n-1, columns j*d_h..):
+ *   W1^T v = C1_j P + c1_j (x) colsum(v)    with P = act1_j^T v (d_h, d_h)
+ *   W2 m   = act2_j Q + 1 (x) (c2_j^T m)    with Q = C2_j^T m (d_h, d_h)
+ * so the (n, k_h) weights are never built and the work per token is O(d_h^2), not O(k_h d_h).
+ *
+ * y, x: (B, L, d); act1, act2: (B*L, d), the generators' activations (the same array when
+ * tied); C1, C2: (h, k_h, d_h); c1, c2: (h, k_h) or NULL. Kept for the backward:
+ * P, Q: (B, h, d_h + 1, d_h), P = [act1_j^T v; colsum(v)], Q = [C2_j^T m; c2_j^T m];
+ * s, m: (B, h, k_h, d_h), s = W1^T v (divided by n with mean) and m = gelu(s).
+ * Padding rows of y are 0; padding rows of x and act are never read. */
+void F(hypermixing_forward)(REAL* y, REAL* P, REAL* s, REAL* m, REAL* Q, const REAL* x,
+                            const REAL* act1, const REAL* act2, const REAL* C1, const REAL* c1,
+                            const REAL* C2, const REAL* c2, const int64_t* lengths, int B,
+                            int L, int d, int k, int h, int mean)
 {
     const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t pq = (dh + 1) * dh, state = kh * dh;
     const int units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (int u = 0; u < units; u++) {
         const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t row0 = b * (size_t)L;
-        const REAL* xs = x + row0 * D + j * dh;
-        REAL* ys = y + row0 * D + j * dh;
-        REAL* su = s + (size_t)u * kh * dh;
-        REAL* mu = m + (size_t)u * kh * dh;
-        F(gemm_serial)(1, 0, kh, dh, n, w1 + row0 * K + j * kh, K, xs, D, 0, su, dh);
-        for (size_t e = 0; e < kh * dh; e++) {
-            if (mean) {
-                su[e] /= (REAL)n;
-            }
-            mu[e] = F(gelu)(su[e]);
+        const size_t off = b * (size_t)L * D + j * dh;
+        const REAL* xs = x + off;
+        const REAL* a1 = act1 + off;
+        const REAL* a2 = act2 + off;
+        REAL* ys = y + off;
+        REAL* Pu = P + (size_t)u * pq;
+        REAL* Qu = Q + (size_t)u * pq;
+        REAL* su = s + (size_t)u * state;
+        REAL* mu = m + (size_t)u * state;
+        F(gemm_serial)(1, 0, dh, dh, n, a1, D, xs, D, 0, Pu, dh);
+        F(hmx_column_sums)(Pu + dh * dh, xs, n, D, dh);
+        F(gemm_serial)(0, 0, kh, dh, dh, C1 + j * state, dh, Pu, dh, 0, su, dh);
+        F(state_forward)(su, mu, c1 ? c1 + j * kh : NULL, Pu + dh * dh, kh, dh, (REAL)n, mean);
+        F(gemm_serial)(1, 0, dh, dh, kh, C2 + j * state, dh, mu, dh, 0, Qu, dh);
+        REAL* q = Qu + dh * dh;
+        for (size_t f = 0; f < dh; f++) {
+            q[f] = 0;
         }
-        F(gemm_serial)(0, 0, n, dh, kh, w2 + row0 * K + j * kh, K, mu, dh, 0, ys, D);
-        for (size_t t = n; t < (size_t)L; t++) {
+        if (c2) {
+            for (size_t e = 0; e < kh; e++) {
+                for (size_t f = 0; f < dh; f++) {
+                    q[f] += c2[j * kh + e] * mu[e * dh + f];
+                }
+            }
+        }
+        F(gemm_serial)(0, 0, n, dh, dh, a2, D, Qu, dh, 0, ys, D);
+        for (size_t t = 0; t < (size_t)L; t++) {
+            REAL* yt = ys + t * D;
             for (size_t f = 0; f < dh; f++) {
-                ys[t * D + f] = 0;
+                yt[f] = t < n ? yt[f] + q[f] : (REAL)0;
             }
         }
     }
 }
 
-/* grad_input, grad_output, x: (B, L, d); dw1, dw2, w1, w2: (B, L, k); s, m: the forward's;
- * ds: (B, h, k_h, d_h) workspace. grad_input gets the values' part of the input gradient
- * (the token information's part is added by token_info_backward); dw1, dw2 are overwritten,
- * 0 on padding rows. */
-void F(hypermixing_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* ds,
-                             const REAL* grad_output, const REAL* x, const REAL* w1,
-                             const REAL* w2, const REAL* s, const REAL* m,
+/* Shapes as the forward. grad_input: (B, L, d), the values' part of the input gradient
+ * (overwritten; token_info_backward adds the token information's part). dact1, dact2:
+ * (B*L, d), the gradients of act1 and act2 (overwritten, 0 on padding rows); when `tied`
+ * act2 == act1 and C2, c2 == C1, c1: both parts go to dact1 and dC1, dc1, and dact2, dC2,
+ * dc2 are not used. dC1, dC2: like C1; dc1, dc2: like c1, or NULL. work:
+ * B * h * hypermixing_mix_work_size(d, k, h) elements. */
+void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* dC1, REAL* dc1,
+                             REAL* dC2, REAL* dc2, REAL* work, const REAL* grad_output,
+                             const REAL* x, const REAL* act1, const REAL* act2, const REAL* C1,
+                             const REAL* c1, const REAL* C2, const REAL* c2, const REAL* P,
+                             const REAL* s, const REAL* m, const REAL* Q,
                              const int64_t* lengths, int B, int L, int d, int k, int h,
-                             int mean)
+                             int mean, int tied)
 {
     const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t pq = (dh + 1) * dh, state = kh * dh, part = kh * (dh + 1);
+    const size_t unit_work = hypermixing_mix_work_size(d, k, h);
     const int units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (int u = 0; u < units; u++) {
         const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t row0 = b * (size_t)L;
-        const REAL* gs = grad_output + row0 * D + j * dh;
-        const REAL* xs = x + row0 * D + j * dh;
-        const REAL* w1s = w1 + row0 * K + j * kh;
-        const REAL* w2s = w2 + row0 * K + j * kh;
-        REAL* dw1s = dw1 + row0 * K + j * kh;
-        REAL* dw2s = dw2 + row0 * K + j * kh;
-        REAL* dxs = grad_input + row0 * D + j * dh;
-        const REAL* su = s + (size_t)u * kh * dh;
-        const REAL* mu = m + (size_t)u * kh * dh;
-        REAL* dsu = ds + (size_t)u * kh * dh;
-        F(gemm_serial)(0, 1, n, kh, dh, gs, D, mu, dh, 0, dw2s, K);      /* g @ m^T */
-        F(gemm_serial)(1, 0, kh, dh, n, w2s, K, gs, D, 0, dsu, dh);      /* w2^T @ g */
-        for (size_t e = 0; e < kh * dh; e++) {
-            dsu[e] *= F(gelu_grad)(su[e]);
-            if (mean) {
-                dsu[e] /= (REAL)n;
+        const size_t off = b * (size_t)L * D + j * dh;
+        const REAL* gs = grad_output + off;
+        const REAL* xs = x + off;
+        const REAL* a1 = act1 + off;
+        const REAL* a2 = act2 + off;
+        REAL* gi = grad_input + off;
+        REAL* da1 = dact1 + off;
+        REAL* da2 = tied ? da1 : dact2 + off;
+        const REAL* Pu = P + (size_t)u * pq;
+        const REAL* Qu = Q + (size_t)u * pq;
+        const REAL* su = s + (size_t)u * state;
+        const REAL* mu = m + (size_t)u * state;
+        REAL* dQ = work + (size_t)u * unit_work;     /* (d_h + 1, d_h) */
+        REAL* dP = dQ + pq;                          /* (d_h + 1, d_h) */
+        REAL* dm = dP + pq;                          /* (k_h, d_h), then ds */
+        REAL* p1 = dm + state;                       /* dC1 (k_h, d_h), dc1 (k_h) of this unit */
+        REAL* p2 = p1 + part;                        /* dC2, dc2 */
+        REAL* p2c = p2 + state;
+        REAL* p1c = p1 + state;
+        /* the output side: y = act2 Q + 1 (x) q */
+        F(gemm_serial)(1, 0, dh, dh, n, a2, D, gs, D, 0, dQ, dh);       /* act2^T g */
+        F(hmx_column_sums)(dQ + dh * dh, gs, n, D, dh);                 /* colsum(g) */
+        F(gemm_serial)(0, 1, n, dh, dh, gs, D, Qu, dh, 0, da2, D);      /* dact2 = g Q^T */
+        F(gemm_serial)(0, 1, kh, dh, dh, mu, dh, dQ, dh, 0, p2, dh);    /* dC2 = m dQ^T */
+        for (size_t e = 0; e < kh; e++) {
+            REAL acc = 0;
+            for (size_t f = 0; f < dh; f++) {
+                acc += mu[e * dh + f] * dQ[dh * dh + f];
+            }
+            p2c[e] = acc;                                               /* dc2 = m colsum(g) */
+        }
+        F(gemm_serial)(0, 0, kh, dh, dh, C2 + j * state, dh, dQ, dh, 0, dm, dh);   /* dm */
+        if (c2) {
+            for (size_t e = 0; e < kh; e++) {
+                for (size_t f = 0; f < dh; f++) {
+                    dm[e * dh + f] += c2[j * kh + e] * dQ[dh * dh + f];
+                }
             }
         }
-        F(gemm_serial)(0, 1, n, kh, dh, xs, D, dsu, dh, 0, dw1s, K);     /* v @ ds^T */
-        F(gemm_serial)(0, 0, n, dh, kh, w1s, K, dsu, dh, 0, dxs, D);     /* w1 @ ds */
-        for (size_t t = n; t < (size_t)L; t++) {
-            for (size_t e = 0; e < kh; e++) {
-                dw1s[t * K + e] = 0;
-                dw2s[t * K + e] = 0;
-            }
+        /* through the GELU: ds = dm * gelu'(s) (/ n) */
+        F(state_backward)(dm, su, state, (REAL)n, mean);
+        /* the input side: S = C1 P + c1 (x) colsum(v) */
+        F(gemm_serial)(0, 1, kh, dh, dh, dm, dh, Pu, dh, 0, p1, dh);    /* dC1 = ds P^T */
+        for (size_t e = 0; e < kh; e++) {
+            REAL acc = 0;
             for (size_t f = 0; f < dh; f++) {
-                dxs[t * D + f] = 0;
+                acc += dm[e * dh + f] * Pu[dh * dh + f];
+            }
+            p1c[e] = acc;                                               /* dc1 = ds colsum(v) */
+        }
+        F(gemm_serial)(1, 0, dh, dh, kh, C1 + j * state, dh, dm, dh, 0, dP, dh);   /* C1^T ds */
+        REAL* dcol = dP + dh * dh;
+        for (size_t f = 0; f < dh; f++) {
+            dcol[f] = 0;
+        }
+        if (c1) {
+            for (size_t e = 0; e < kh; e++) {
+                for (size_t f = 0; f < dh; f++) {
+                    dcol[f] += c1[j * kh + e] * dm[e * dh + f];
+                }
+            }
+        }
+        F(gemm_serial)(0, 1, n, dh, dh, xs, D, dP, dh, tied ? (REAL)1 : (REAL)0, da1, D);
+        F(gemm_serial)(0, 0, n, dh, dh, a1, D, dP, dh, 0, gi, D);       /* dv = act1 dP */
+        for (size_t t = 0; t < (size_t)L; t++) {
+            REAL* git = gi + t * D;
+            REAL* d1 = da1 + t * D;
+            REAL* d2 = da2 + t * D;
+            for (size_t f = 0; f < dh; f++) {
+                git[f] = t < n ? git[f] + dcol[f] : (REAL)0;
+                if (t >= n) {
+                    d1[f] = 0;
+                    d2[f] = 0;
+                }
+            }
+        }
+    }
+    /* the parameters' gradients: sums over the sequences in order b = 0, 1, ... */
+    const size_t total = (size_t)h * part;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
+        if (total * (size_t)B > HM_PARALLEL_MIN)
+    for (size_t i = 0; i < total; i++) {
+        const size_t j = i / part, o = i % part;
+        REAL acc1 = 0, acc2 = 0;
+        for (size_t b = 0; b < (size_t)B; b++) {
+            const REAL* p1 = work + (b * (size_t)h + j) * unit_work + 2 * pq + state;
+            if (tied) {
+                acc1 += p1[o] + p1[part + o];
+            } else {
+                acc1 += p1[o];
+                acc2 += p1[part + o];
+            }
+        }
+        if (o < state) {
+            dC1[j * state + o] = acc1;
+            if (!tied) {
+                dC2[j * state + o] = acc2;
+            }
+        } else {
+            if (dc1) {
+                dc1[j * kh + o - state] = acc1;
+            }
+            if (!tied && dc2) {
+                dc2[j * kh + o - state] = acc2;
             }
         }
     }
@@ -291,12 +705,14 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* ds,
 
 /* One token's step of the running sum and its output, shared by the causal forward, the
  * backward's rebuild and the streaming step so all three add in the same order:
- * state += w1t (x) v; out = w2t @ gelu(state / count) when out is not NULL. */
+ * state += w1t (x) v; out = w2t @ gelu(state * (1 / count)) when out is not NULL (a product
+ * with the reciprocal: one division per token, not one per state element). */
 HM_SIMD
 static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
                             const REAL* restrict v, const REAL* restrict w1t,
                             const REAL* restrict w2t, size_t kh, size_t dh, REAL count)
 {
+    const REAL inv = (REAL)1 / count;
     if (out) {
         for (size_t f = 0; f < dh; f++) {
             out[f] = 0;
@@ -312,9 +728,44 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
         if (out) {
             const REAL c = w2t[e];
             for (size_t f = 0; f < dh; f++) {
-                out[f] += c * F(gelu)(q[f] / count);
+                out[f] += c * F(gelu)(q[f] * inv);
             }
         }
+    }
+}
+
+/* One token of the causal backward's reverse scan for one unit: with st its running sum
+ * (k_h, d_h), u = 1 / count and ds = (w2t u (x) g) * gelu'(st u), the suffix sum r (k_h, d_h)
+ * += ds; dw2t (k_h,) = gelu(st u) @ g, dw1t (k_h,) = r @ v, dv (d_h,) = w1t @ r.
+ * The two sums over d_h are vector reductions (omp simd): their order is fixed by the
+ * instruction set chosen at load time, never by the thread count. */
+HM_SIMD
+static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL* restrict dv,
+                                 REAL* restrict suffix, const REAL* restrict st,
+                                 const REAL* restrict g, const REAL* restrict v,
+                                 const REAL* restrict w1t, const REAL* restrict w2t, size_t kh,
+                                 size_t dh, REAL count)
+{
+    const REAL inv = (REAL)1 / count;
+    for (size_t f = 0; f < dh; f++) {
+        dv[f] = 0;
+    }
+    for (size_t e = 0; e < kh; e++) {
+        const REAL* restrict se = st + e * dh;
+        REAL* restrict re = suffix + e * dh;
+        const REAL c2 = w2t[e] * inv, c1 = w1t[e];
+        REAL acc2 = 0, acc1 = 0;
+        #pragma omp simd reduction(+:acc1, acc2)
+        for (size_t f = 0; f < dh; f++) {
+            const REAL sv = se[f] * inv;
+            REAL slope;
+            acc2 += F(gelu_slope)(sv, &slope) * g[f];
+            re[f] += c2 * g[f] * slope;
+            acc1 += re[f] * v[f];
+            dv[f] += re[f] * c1;
+        }
+        dw2t[e] = acc2;
+        dw1t[e] = acc1;
     }
 }
 
@@ -410,29 +861,7 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
                 REAL* dw1t = dw1 + (row0 + t) * K + j * kh;
                 REAL* dw2t = dw2 + (row0 + t) * K + j * kh;
                 const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
-                for (size_t f = 0; f < dh; f++) {
-                    dv[f] = 0;
-                }
-                for (size_t e = 0; e < kh; e++) {
-                    const REAL* se = st + e * dh;
-                    REAL* re = suffix + e * dh;
-                    const REAL c2 = w2t[e], c1 = w1t[e];
-                    REAL acc2 = 0, acc1 = 0;
-                    for (size_t f = 0; f < dh; f++) {
-                        const REAL sv = se[f] / count;
-                        /* gelu and its derivative share Phi(sv): one erfc per element */
-                        const double cdf = HMX_PHI(sv), w = sv;
-                        acc2 += (REAL)(w * cdf) * g[f];
-                        const REAL grad = (REAL)(cdf + w * HMX_INV_SQRT_2PI
-                                                           * exp(-0.5 * w * w));
-                        const REAL dsv = c2 * g[f] * grad;
-                        re[f] += dsv / count;
-                        acc1 += re[f] * v[f];
-                        dv[f] += re[f] * c1;
-                    }
-                    dw2t[e] = acc2;
-                    dw1t[e] = acc1;
-                }
+                F(causal_back_token)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, dh, count);
                 REAL* gi = grad_input + (row0 + t) * D + j * dh;
                 for (size_t f = 0; f < dh; f++) {
                     gi[f] = dv[f];
@@ -459,7 +888,7 @@ void F(hypermixing_step)(REAL* y, REAL* state, const REAL* x, const REAL* w1, co
     }
 }
 
-#undef HMX_PHI
+#undef HMX_SINGLE
 #undef HMX_SQRT1_2
 #undef HMX_INV_SQRT_2PI
 #endif

@@ -47,6 +47,17 @@ def test_infinite_generated_weight_matches_reference(dtype, causal, param, idx):
         results.append(layer.forward(x, LENGTHS))
     compiled, expected = results
     assert np.isinf(expected).any(), "premise: the infinity reaches the output"
+    if param.startswith("hyper.w1_gen") and not causal:
+        # The bidirectional compiled mixing computes W1^T v as C1 (act1^T v) + c1 colsum(v)
+        # without forming W1 (exact in finite arithmetic, O(d_h^2) per token instead of
+        # O(k_h d_h)); with an infinite entry of C1 the two orders of summation can meet
+        # inf - inf in different places. Decision (docs/HARDENING.md): the non-finite
+        # positions must agree (NaN and inf both count as non-finite), finite ones match.
+        bad_c, bad_e = ~np.isfinite(compiled), ~np.isfinite(expected)
+        assert np.array_equal(bad_c, bad_e), "HyperMixing output: non-finite positions differ"
+        np.testing.assert_allclose(compiled[~bad_e], expected[~bad_e],
+                                   rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-6)
+        return
     _same_non_finite(compiled, expected, "HyperMixing output")
 
 

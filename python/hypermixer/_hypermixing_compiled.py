@@ -2,8 +2,14 @@
 
 The forward is four kernel calls: token information, one generator per weight matrix (one
 when tied), the mixing (bidirectional, or the causal prefix scan), then the LayerNorm kernel.
-The backward runs them in reverse; a tied layer adds the two weight gradients and runs its one
+The backward runs them in reverse; a tied layer adds the two gradients and runs its one
 generator's backward once.
+
+The bidirectional mixing never forms the generated (L, k) weights: it works from the
+generators' activations and their second layers (csrc/hypermixing.c, hypermixing_forward), so
+the generators run only their first layer here. The causal scan needs the weights per token
+and gets them. Activations, their GELU slopes and the mixing's states are workspaces kept on
+the layer (one forward's worth), so steady-state training allocates only what it returns.
 """
 
 import math
@@ -52,35 +58,44 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
     def _forward(self, x, lengths):
         batch, seq_len, d = x.shape
         k, h = self.token_mixing_hidden_dim, self.heads
+        dh, kh = d // h, k // h
         rows = batch * seq_len
-        z = np.empty_like(x)
+        z = _keep_buffer(self, "_ws_z", x.shape)
         _kernels.hypermixing_token_info_forward(z, x, self.positions(seq_len), lengths,
                                                 self.info_scale)
         generated = []
-        for gen in self.generators:
+        for i, gen in enumerate(self.generators):
             A, a, C, c = self.generator(gen)
-            w = np.empty((batch, seq_len, k), self.dtype)
-            pre = np.empty((rows, d), self.dtype)
-            act = np.empty((rows, d), self.dtype)
-            _kernels.hypermixing_generator_forward(w.reshape(rows, k), pre, act,
-                                                   z.reshape(rows, d), A, self._or_none(a), C,
-                                                   self._or_none(c))
-            generated.append((w, pre, act))
-        w1, w2 = generated[0][0], generated[-1][0]
+            # the causal scan needs the generated weights; the bidirectional mixing does not
+            w = (_keep_buffer(self, f"_ws_w{i}", (batch, seq_len, k)) if self.causal
+                 else None)
+            act = _keep_buffer(self, f"_ws_act{i}", (rows, d))
+            slope = _keep_buffer(self, f"_ws_slope{i}", (rows, d))
+            _kernels.hypermixing_generator_forward(
+                self._none if w is None else w.reshape(rows, k), act, slope,
+                z.reshape(rows, d), A, self._or_none(a), C, self._or_none(c))
+            generated.append((w, act, slope))
         mean = self.normalize == "mean"
-        y = np.empty_like(x)
-        shape = (batch, h, k // h, d // h)
+        y = _keep_buffer(self, "_ws_y", x.shape) if self.layer_norm else np.empty_like(x)
         if self.causal:
+            w1, w2 = generated[0][0], generated[-1][0]
             chunk = causal_chunk(seq_len)
             count = _kernels.hypermixing_checkpoint_count(seq_len, chunk)
-            checkpoints = np.empty(batch * h * count * (k // h) * (d // h), self.dtype)
+            checkpoints = _keep_buffer(self, "_ws_ck", (batch * h * count * kh * dh,))
             _kernels.hypermixing_causal_forward(y, checkpoints, self._work(chunk), x, w1, w2,
                                                 lengths, h, mean, chunk)
             mixing = (checkpoints, chunk)
         else:
-            s, m = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
-            _kernels.hypermixing_forward(y, s, m, x, w1, w2, lengths, mean)
-            mixing = (s, m)
+            _, _, C1, c1 = self.generator("w1_gen")
+            _, _, C2, c2 = self.generator("w2_gen")
+            P = _keep_buffer(self, "_ws_P", (batch, h, dh + 1, dh))
+            Q = _keep_buffer(self, "_ws_Q", (batch, h, dh + 1, dh))
+            s = _keep_buffer(self, "_ws_s", (batch, h, kh, dh))
+            m = _keep_buffer(self, "_ws_m", (batch, h, kh, dh))
+            _kernels.hypermixing_forward(y, P, s, m, Q, x, generated[0][1], generated[-1][1],
+                                         C1, self._or_none(c1), C2, self._or_none(c2),
+                                         lengths, mean)
+            mixing = (P, s, m, Q)
         if self.layer_norm:
             y = self._ln._forward(y, lengths)
         self._saved = (x, lengths, z, generated, mixing)
@@ -96,39 +111,51 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
             grad_output, (dgamma, dbeta) = self._ln._backward(grad_output)
             grads["layer_norm.weight"] = dgamma.reshape(-1)
             grads["layer_norm.bias"] = dbeta.reshape(-1)
-        w1, w2 = generated[0][0], generated[-1][0]
         mean = self.normalize == "mean"
         grad_input = np.empty_like(x)
-        dw1 = np.empty((batch, seq_len, k), self.dtype)
-        dw2 = np.empty_like(dw1)
+        n_gen = len(self.generators)
+        dacts = [_keep_buffer(self, f"_ws_dact{i}", (rows, d)) for i in range(n_gen)]
+        dCs, dcs = [], []
+        for gen in self.generators:
+            _, _, C, c = self.generator(gen)
+            dCs.append(np.empty_like(C))
+            dcs.append(None if c is None else np.empty_like(c))
         if self.causal:
             checkpoints, chunk = mixing
+            w1, w2 = generated[0][0], generated[-1][0]
+            dw1 = _keep_buffer(self, "_ws_dw1", (batch, seq_len, k))
+            dw2 = _keep_buffer(self, "_ws_dw2", (batch, seq_len, k))
             _kernels.hypermixing_causal_backward(grad_input, dw1, dw2, self._work(chunk),
                                                  grad_output, x, w1, w2, checkpoints, lengths,
                                                  h, mean, chunk)
+            if self.tied:
+                dw1 += dw2
+            dws = [dw1] if self.tied else [dw1, dw2]
+            dws = [dw.reshape(rows, k) for dw in dws]
         else:
-            s, m = mixing
-            ds = _keep_buffer(self, "_ws_ds", s.shape)
-            _kernels.hypermixing_backward(grad_input, dw1, dw2, ds, grad_output, x, w1, w2,
-                                          s, m, lengths, mean)
-        if self.tied:
-            dw1 += dw2
-            dws = [dw1]
-        else:
-            dws = [dw1, dw2]
+            P, s, m, Q = mixing
+            _, _, C1, c1 = self.generator("w1_gen")
+            _, _, C2, c2 = self.generator("w2_gen")
+            work = _keep_buffer(self, "_ws_mix", (
+                batch * h * _kernels.hypermixing_mix_work_elements(d, k, h),))
+            _kernels.hypermixing_backward(
+                grad_input, dacts[0], dacts[-1], dCs[0], self._or_none(dcs[0]), dCs[-1],
+                self._or_none(dcs[-1]), work, grad_output, x, generated[0][1],
+                generated[-1][1], C1, self._or_none(c1), C2, self._or_none(c2), P, s, m, Q,
+                lengths, mean, self.tied)
+            dws = [self._none] * n_gen
         dz = _keep_buffer(self, "_ws_dz", (rows, d))
-        dpre = _keep_buffer(self, "_ws_dpre", (rows, d))
-        for i, (gen, dw, (_, pre, act)) in enumerate(zip(self.generators, dws, generated)):
+        for i, gen in enumerate(self.generators):
             A, a, C, c = self.generator(gen)
-            dA, dC = np.empty_like(A), np.empty_like(C)
+            _, act, slope = generated[i]
+            dA = np.empty_like(A)
             da = None if a is None else np.empty_like(a)
-            dc = None if c is None else np.empty_like(c)
             _kernels.hypermixing_generator_backward(
-                dz, dA, self._or_none(da), dC, self._or_none(dc), dpre, dw.reshape(rows, k),
-                z.reshape(rows, d), pre, act, A, C, i > 0)
+                dz, dA, self._or_none(da), dCs[i], self._or_none(dcs[i]), dacts[i], dws[i],
+                z.reshape(rows, d), act, slope, A, C, i > 0)
             p = f"hyper.{gen}."
-            grads[p + "fc1_weights"], grads[p + "fc2_weights"] = dA, dC
-            grads[p + "fc1_biases"], grads[p + "fc2_biases"] = da, dc
+            grads[p + "fc1_weights"], grads[p + "fc2_weights"] = dA, dCs[i]
+            grads[p + "fc1_biases"], grads[p + "fc2_biases"] = da, dcs[i]
         _kernels.hypermixing_token_info_backward(grad_input, dz.reshape(x.shape), lengths,
                                                  self.info_scale)
         return grad_input, [grads[name] for name, _ in self._own_parameters]
@@ -145,9 +172,9 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
         for gen in self.generators:
             A, a, C, c = self.generator(gen)
             w = np.empty((batch, k), self.dtype)
-            pre, act = np.empty_like(z), np.empty_like(z)
-            _kernels.hypermixing_generator_forward(w, pre, act, z, A, self._or_none(a), C,
-                                                   self._or_none(c))
+            act = np.empty_like(z)
+            _kernels.hypermixing_generator_forward(w, act, self._none, z, A, self._or_none(a),
+                                                   C, self._or_none(c))
             ws.append(w)
         y = np.empty_like(x)
         _kernels.hypermixing_step(y, state, x, ws[0], ws[-1], positions,
