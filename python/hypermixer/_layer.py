@@ -299,9 +299,26 @@ class FlatStore:
             self.partial = np.empty(max(1, -(-self.size // NORM_BLOCK)), np.float64)
         return self.partial
 
+    def gradient_views(self):
+        """The gradient buffer as one view per parameter (``named`` order, parameter
+        shapes). A layer's ``_backward`` may write into these directly (see
+        ``Layer.backward``); ``write_gradients`` then has nothing to copy."""
+        buf = self.gradient_buffer()
+        views = self.__dict__.get("_grad_views")
+        if views is None or views[0] is not buf:
+            out, offset = [], 0
+            for _, arr in self.named:
+                out.append(buf[offset:offset + arr.size].reshape(arr.shape))
+                offset += arr.size
+            views = self._grad_views = (buf, out)
+        return views[1]
+
     def write_gradients(self, grads):
         """Copy per-parameter gradients (``named`` order) into the flat gradient buffer."""
         buf = self.gradient_buffer()
+        views = self.__dict__.get("_grad_views")
+        if views is not None and views[0] is buf and grads is views[1]:
+            return buf   # written in place by the layer
         if grads:
             np.concatenate([g.reshape(-1) for g in grads], out=buf)
         return buf
@@ -343,6 +360,7 @@ class Layer:
         self._structure = None      # cached (subtree, leaves), reset when children change
         self._merge_plan = None
         self._checked_shape = None  # last (B, L) whose buffers passed check_allocation
+        self._gradient_target = None  # FlatStore during backward(): gradients may go there
         self._cache = None          # (output shape as returned, was_unbatched)
         self._busy = threading.Lock()
 
@@ -608,7 +626,12 @@ class Layer:
         try:
             lr = check_learning_rate(lr)
             store = self._root_store()
-            grad_input, grads = self._gradients_from_cache(grad_output)
+            # a layer whose _backward can write its gradients in place reads this target
+            self._gradient_target = store
+            try:
+                grad_input, grads = self._gradients_from_cache(grad_output)
+            finally:
+                self._gradient_target = None
             store.write_gradients(grads)
             store.step_from_gradients(lr)
             return grad_input

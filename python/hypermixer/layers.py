@@ -297,7 +297,11 @@ class HyperMixerBlock(bp.HyperMixerBlockBase):
         sizes = self._block_sizes(*shape[:2])
         cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
         params = self._block_parameters()
-        grads = [np.empty_like(p) for p in params]
+        store = self._gradient_target
+        if store is not None and store.root is self:
+            grads = store.gradient_views()   # backward(): straight into the flat buffer
+        else:
+            grads = [np.empty_like(p) for p in params]
         grad_input = np.empty(shape, self.dtype)
         _kernels.block_backward(grad_input, grads, cache, index, scratch,
                                 np.ascontiguousarray(grad_output), lengths,
