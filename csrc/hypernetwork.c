@@ -59,6 +59,8 @@ static size_t hn_run(size_t r, size_t S, size_t Ht, size_t L, size_t* src, size_
 #include "template.h"
 #else
 
+#include "vecmath.h"
+
 /* First layer on M consecutive valid rows: x (M, E) -> pre = x @ w1 + b1, hidden = relu(pre). */
 HM_SIMD
 static void F(hn_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M,
@@ -309,41 +311,19 @@ void F(hypernetwork_theta_forward)(REAL* theta, REAL* pre, REAL* hidden, REAL* w
     }
 }
 
-/* Dot product with HN_DOT_LANES independent partial sums (vectorised; a fixed order, so the
- * result does not depend on who computes it). */
-#define HN_DOT_LANES 16
-HM_SIMD
-static REAL F(hn_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
-{
-    REAL acc[HN_DOT_LANES] = {0};
-    size_t c = 0;
-    for (; c + HN_DOT_LANES <= n; c += HN_DOT_LANES) {
-        for (size_t j = 0; j < HN_DOT_LANES; j++) {
-            acc[j] += a[c + j] * b[c + j];
-        }
-    }
-    REAL sum = 0;
-    for (size_t j = 0; j < HN_DOT_LANES; j++) {
-        sum += acc[j];
-    }
-    for (; c < n; c++) {
-        sum += a[c] * b[c];
-    }
-    return sum;
-}
-
 /* dpre (M, h) (+)= g (M, width; row stride ldg) @ w^T, w (h, width; row stride ldw), for a
  * few rows M: a (1, width) @ (width, h) product is h long dot products over the generated
  * weights (1.3 MB at the seeds' size), which gemm's packed panels handle poorly. Split over
  * the h rows of w, so both cores stream half of it. */
 #define HN_DOT_ROWS 4
+HM_SIMD
 static void F(hn_dot_rows)(REAL* dpre, const REAL* g, size_t ldg, const REAL* w, size_t ldw,
                            size_t M, size_t h, size_t width, int accumulate)
 {
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * h * width > HM_PARALLEL_MIN)
     for (size_t k = 0; k < h; k++) {
         for (size_t i = 0; i < M; i++) {
-            const REAL v = F(hn_dot)(g + i * ldg, w + k * ldw, width);
+            const REAL v = F(vec_dot)(g + i * ldg, w + k * ldw, width);
             dpre[i * h + k] = accumulate ? dpre[i * h + k] + v : v;
         }
     }

@@ -50,33 +50,10 @@ size_t token_mixing_causal_partial_size(int L, int E, int chunk)
 #include "template.h"
 #else
 
+#include "vecmath.h"
+
 /* Features processed together by one thread in the pooling kernels. */
 #define TM_POOL_COLS 16
-/* Independent partial sums in F(tm_dot): a fixed count, so the rounding is fixed too, and
- * enough of them for several vector accumulators at once. */
-#define TM_LANES 32
-
-/* sum_k a[k] * b[k] in a fixed order (TM_LANES interleaved partial sums, then the tail). */
-static inline REAL F(tm_dot)(const REAL* restrict a, const REAL* restrict b, size_t n)
-{
-    REAL acc[TM_LANES] = {0};
-    size_t k = 0;
-    for (; k + TM_LANES <= n; k += TM_LANES) {
-        for (int j = 0; j < TM_LANES; j++) {
-            acc[j] += a[k + j] * b[k + j];
-        }
-    }
-    REAL tail = 0;
-    for (; k < n; k++) {
-        tail += a[k] * b[k];
-    }
-    for (int width = TM_LANES / 2; width > 0; width /= 2) {   /* fixed pairwise tree */
-        for (int j = 0; j < width; j++) {
-            acc[j] += acc[j + width];
-        }
-    }
-    return acc[0] + tail;
-}
 
 static inline REAL F(tm_sum)(const REAL* a, size_t n)
 {
@@ -437,7 +414,7 @@ void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* parti
             for (size_t h = 0; h < h_n; h++) {
                 REAL* restrict d = D + h * e_n;
                 const REAL w = w2t[h];
-                dw2t[h] = F(tm_dot)(d, g, e_n);
+                dw2t[h] = F(vec_dot)(d, g, e_n);
                 /* act -> gradient of the pre-activation, in place */
                 for (size_t e = 0; e < e_n; e++) {
                     d[e] = HM_RELU_GRAD(g[e] * w, d[e]);
