@@ -39,20 +39,6 @@ static size_t block_theta_record(const BlockDims* d)
                      : 2 * d->L * d->Ht + d->Ht + d->L;
 }
 
-/* Carves consecutive pieces out of a buffer; with base NULL it only counts. */
-typedef struct {
-    char* base;
-    size_t used;
-    size_t item;
-} Carver;
-
-static void* carve(Carver* c, size_t n)
-{
-    void* p = c->base ? c->base + c->used * c->item : NULL;
-    c->used += n;
-    return p;
-}
-
 typedef struct {
     void *n1, *xhat1, *mean1, *rstd1, *means, *theta, *pre, *hid_h, *act, *xhat2, *mean2,
         *rstd2, *xp, *hid_c;
@@ -69,22 +55,22 @@ typedef struct {
 
 static size_t carve_cache(CacheParts* p, void* base, size_t item, const BlockDims* d)
 {
-    Carver c = {base, 0, item};
+    HmCarver c = {base, 0, item};
     const size_t BLE = d->B * d->L * d->E, BL = d->B * d->L, R = block_rows(d);
-    p->n1 = carve(&c, BLE);
-    p->xhat1 = carve(&c, BLE);
-    p->mean1 = carve(&c, BL);
-    p->rstd1 = carve(&c, BL);
-    p->means = carve(&c, d->B * R * d->E);
-    p->theta = carve(&c, d->B * R * block_theta_record(d));
-    p->pre = carve(&c, d->B * R * d->Hh);
-    p->hid_h = carve(&c, d->B * R * d->Hh);
-    p->act = carve(&c, d->causal ? 0 : d->B * d->Ht * d->E);
-    p->xhat2 = carve(&c, BLE);
-    p->mean2 = carve(&c, BL);
-    p->rstd2 = carve(&c, BL);
-    p->xp = carve(&c, BLE);
-    p->hid_c = carve(&c, BL * d->H);
+    p->n1 = hm_carve(&c, BLE);
+    p->xhat1 = hm_carve(&c, BLE);
+    p->mean1 = hm_carve(&c, BL);
+    p->rstd1 = hm_carve(&c, BL);
+    p->means = hm_carve(&c, d->B * R * d->E);
+    p->theta = hm_carve(&c, d->B * R * block_theta_record(d));
+    p->pre = hm_carve(&c, d->B * R * d->Hh);
+    p->hid_h = hm_carve(&c, d->B * R * d->Hh);
+    p->act = hm_carve(&c, d->causal ? 0 : d->B * d->Ht * d->E);
+    p->xhat2 = hm_carve(&c, BLE);
+    p->mean2 = hm_carve(&c, BL);
+    p->rstd2 = hm_carve(&c, BL);
+    p->xp = hm_carve(&c, BLE);
+    p->hid_c = hm_carve(&c, BL * d->H);
     return c.used;
 }
 
@@ -95,32 +81,32 @@ static size_t wcol_size(const BlockDims* d)
 
 static size_t carve_forward(ForwardParts* p, void* base, size_t item, const BlockDims* d)
 {
-    Carver c = {base, 0, item};
+    HmCarver c = {base, 0, item};
     const size_t BLE = d->B * d->L * d->E;
-    p->t = carve(&c, BLE);
-    p->n2 = carve(&c, BLE);
-    p->mixed = carve(&c, BLE);
-    p->wcol = carve(&c, wcol_size(d));
-    p->work = carve(&c, d->slots * d->Ht * d->E);
+    p->t = hm_carve(&c, BLE);
+    p->n2 = hm_carve(&c, BLE);
+    p->mixed = hm_carve(&c, BLE);
+    p->wcol = hm_carve(&c, wcol_size(d));
+    p->work = hm_carve(&c, d->slots * d->Ht * d->E);
     return c.used;
 }
 
 static size_t carve_backward(BackwardParts* p, void* base, size_t item, const BlockDims* d)
 {
-    Carver c = {base, 0, item};
+    HmCarver c = {base, 0, item};
     const size_t BLE = d->B * d->L * d->E, R = block_rows(d);
-    p->dn2 = carve(&c, BLE);
-    p->dt = carve(&c, BLE);
-    p->dn1 = carve(&c, BLE);
-    p->dtheta = carve(&c, d->B * R * block_theta_record(d));
-    p->dmeans = carve(&c, d->B * R * d->E);
-    p->dpre = carve(&c, d->B * R * d->Hh);
-    p->gp = carve(&c, BLE);
-    p->dhid = carve(&c, d->B * d->L * d->H);
-    p->partial = carve(&c, layernorm_partial_tiles(d->B * d->L) * 2 * d->E);
-    p->wcol = carve(&c, wcol_size(d));
-    p->work = carve(&c, d->slots * d->Ht * d->E);
-    p->tm_partial = carve(&c, d->causal ? d->B * token_mixing_causal_partial_size(
+    p->dn2 = hm_carve(&c, BLE);
+    p->dt = hm_carve(&c, BLE);
+    p->dn1 = hm_carve(&c, BLE);
+    p->dtheta = hm_carve(&c, d->B * R * block_theta_record(d));
+    p->dmeans = hm_carve(&c, d->B * R * d->E);
+    p->dpre = hm_carve(&c, d->B * R * d->Hh);
+    p->gp = hm_carve(&c, BLE);
+    p->dhid = hm_carve(&c, d->B * d->L * d->H);
+    p->partial = hm_carve(&c, layernorm_partial_tiles(d->B * d->L) * 2 * d->E);
+    p->wcol = hm_carve(&c, wcol_size(d));
+    p->work = hm_carve(&c, d->slots * d->Ht * d->E);
+    p->tm_partial = hm_carve(&c, d->causal ? d->B * token_mixing_causal_partial_size(
                                               (int)d->L, (int)d->E,
                                               (int)block_causal_chunk(d->L)) : 0);
     return c.used;

@@ -53,6 +53,22 @@ int hm_max_threads(void);
  *     token-mixing backward has just written (they are its second half);
  *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS). */
 
+/* Carves consecutive pieces of `item`-byte elements out of one caller-owned buffer (the
+ * whole-block kernels' workspaces); with base NULL it only counts, so the same function gives
+ * the size to allocate and the layout. */
+typedef struct {
+    char* base;
+    size_t used;
+    size_t item;
+} HmCarver;
+
+static inline void* hm_carve(HmCarver* c, size_t n)
+{
+    void* p = c->base ? c->base + c->used * c->item : NULL;
+    c->used += n;
+    return p;
+}
+
 /* ReLU with the reference's semantics (NumPy's maximum(v, 0)): NaN stays NaN, so a NaN
  * anywhere upstream reaches the output instead of silently becoming 0. */
 #define HM_RELU(v) ((v) < 0 ? 0 : (v))

@@ -29,6 +29,32 @@ cdef extern from "block.h" nogil:
                                        const double* const* params, size_t max_seq_len,
                                        const BlockDims* d)
 
+cdef extern from "transformer_block.h" nogil:
+    ctypedef struct TransformerBlockDims:
+        size_t B, L, E, H
+    enum: HM_TRANSFORMER_BLOCK_PARAMS
+    size_t transformer_block_cache_size(const TransformerBlockDims* d)
+    size_t transformer_block_scratch_size(const TransformerBlockDims* d)
+    size_t transformer_block_index_size(const TransformerBlockDims* d)
+    void transformer_block_forward_f32(float* y, float* cache, int64_t* index, float* scratch,
+                                       const float* x, const int64_t* lengths,
+                                       const float* const* params,
+                                       const TransformerBlockDims* d)
+    void transformer_block_forward_f64(double* y, double* cache, int64_t* index,
+                                       double* scratch, const double* x,
+                                       const int64_t* lengths, const double* const* params,
+                                       const TransformerBlockDims* d)
+    void transformer_block_backward_f32(float* grad_input, float* const* grads, float* cache,
+                                        int64_t* index, float* scratch,
+                                        const float* grad_output, const int64_t* lengths,
+                                        const float* const* params,
+                                        const TransformerBlockDims* d)
+    void transformer_block_backward_f64(double* grad_input, double* const* grads,
+                                        double* cache, int64_t* index, double* scratch,
+                                        const double* grad_output, const int64_t* lengths,
+                                        const double* const* params,
+                                        const TransformerBlockDims* d)
+
 
 # The whole-block entry points take plain ndarrays (no memoryview acquisition: at B=1 and a
 # small width, a dozen typed memoryviews would cost more than the arithmetic). The checks
@@ -42,20 +68,26 @@ cdef int _blk_array(object what, cnp.ndarray a, int typenum, size_t size) except
     return 0
 
 
-cdef int _blk_fill(object what, list arrays, void** out, int typenum, size_t E, size_t H,
-                   size_t Hh, size_t O) except -1:
-    cdef size_t[12] sizes = [E, E, E * Hh, Hh, Hh * O, O, E, E, E * H, H, H * E, E]
+cdef int _blk_fill(object what, list arrays, void** out, int typenum, const size_t* sizes,
+                   int count) except -1:
     cdef cnp.ndarray a
     cdef int i
-    if len(arrays) != HM_BLOCK_PARAMS:
-        raise ValueError(f"{what}: expected {HM_BLOCK_PARAMS} arrays, got {len(arrays)}")
-    for i in range(HM_BLOCK_PARAMS):
+    if len(arrays) != count:
+        raise ValueError(f"{what}: expected {count} arrays, got {len(arrays)}")
+    for i in range(count):
         a = arrays[i]
         _blk_array(what, a, typenum, sizes[i])
         if <size_t>cnp.PyArray_SIZE(a) != sizes[i]:
             raise ValueError(f"{what}[{i}]: {cnp.PyArray_SIZE(a)} elements, expected {sizes[i]}")
         out[i] = cnp.PyArray_DATA(a)
     return 0
+
+
+cdef void _hm_block_sizes(size_t* sizes, size_t E, size_t H, size_t Hh, size_t O):
+    """Element counts of the HyperMixerBlock's parameters (block.h order)."""
+    sizes[0] = E; sizes[1] = E; sizes[2] = E * Hh; sizes[3] = Hh; sizes[4] = Hh * O
+    sizes[5] = O; sizes[6] = E; sizes[7] = E; sizes[8] = E * H; sizes[9] = H
+    sizes[10] = H * E; sizes[11] = E
 
 
 cdef int _blk_dims(BlockDims* d, cnp.ndarray x, cnp.ndarray lengths, size_t H, size_t Hh,
@@ -103,7 +135,9 @@ def block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray index, cnp.ndarr
     _blk_array("cache", cache, t, block_cache_size(&d))
     _blk_array("scratch", scratch, t, block_scratch_size(&d))
     _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
-    _blk_fill("params", params, p, t, d.E, H, Hh, 2 * max_seq_len * Ht + Ht + max_seq_len)
+    cdef size_t sizes[12]
+    _hm_block_sizes(sizes, d.E, H, Hh, 2 * max_seq_len * Ht + Ht + max_seq_len)
+    _blk_fill("params", params, p, t, sizes, HM_BLOCK_PARAMS)
     cdef void* yp = cnp.PyArray_DATA(y)
     cdef void* cp = cnp.PyArray_DATA(cache)
     cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
@@ -140,8 +174,10 @@ def block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache, cnp.nd
     _blk_array("cache", cache, t, block_cache_size(&d))
     _blk_array("scratch", scratch, t, block_scratch_size(&d))
     _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
-    _blk_fill("params", params, p, t, d.E, H, Hh, O)
-    _blk_fill("grads", grads, g, t, d.E, H, Hh, O)
+    cdef size_t sizes[12]
+    _hm_block_sizes(sizes, d.E, H, Hh, O)
+    _blk_fill("params", params, p, t, sizes, HM_BLOCK_PARAMS)
+    _blk_fill("grads", grads, g, t, sizes, HM_BLOCK_PARAMS)
     cdef void* gi = cnp.PyArray_DATA(grad_input)
     cdef void* cp = cnp.PyArray_DATA(cache)
     cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
@@ -157,3 +193,99 @@ def block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache, cnp.nd
             hypermixer_block_backward_f64(<double*>gi, <double* const*>g, <double*>cp, ip,
                                           <double*>sp, <const double*>go, lp,
                                           <const double* const*>p, max_seq_len, &d)
+
+
+cdef int _tb_dims(TransformerBlockDims* d, cnp.ndarray x, cnp.ndarray lengths,
+                  size_t H) except -1:
+    cdef BlockDims shape   # the HyperMixerBlock's checks of x and lengths, L as the limit
+    if cnp.PyArray_NDIM(x) != 3:
+        raise ValueError("block: x must be (B, L, E)")
+    _blk_dims(&shape, x, lengths, H, 1, 1, cnp.PyArray_DIM(x, 1), False, 1)
+    d.B, d.L, d.E, d.H = shape.B, shape.L, shape.E, H
+    return 0
+
+
+cdef void _tb_sizes(size_t* sizes, size_t E, size_t H):
+    """Element counts of the TransformerBlock's parameters (transformer_block.h order)."""
+    sizes[0] = E * E; sizes[1] = E * E; sizes[2] = E * E; sizes[3] = E; sizes[4] = E
+    sizes[5] = E * H; sizes[6] = H; sizes[7] = H * E; sizes[8] = E; sizes[9] = E
+    sizes[10] = E
+
+
+def transformer_block_workspace_sizes(size_t B, size_t L, size_t E, size_t H):
+    """(cache, scratch, index) element counts of csrc/transformer_block.h."""
+    cdef TransformerBlockDims d
+    d.B, d.L, d.E, d.H = B, L, E, H
+    return (transformer_block_cache_size(&d), transformer_block_scratch_size(&d),
+            transformer_block_index_size(&d))
+
+
+def transformer_block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray index,
+                              cnp.ndarray scratch, cnp.ndarray x, cnp.ndarray lengths,
+                              list params, size_t H):
+    """A whole TransformerBlock forward (csrc/transformer_block.c): y (B, L, E) from x."""
+    cdef TransformerBlockDims d
+    cdef void* p[11]
+    cdef size_t sizes[11]
+    _tb_dims(&d, x, lengths, H)
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("block: x must be float32 or float64")
+    _blk_array("x", x, t, d.B * d.L * d.E)
+    _blk_array("y", y, t, d.B * d.L * d.E)
+    _blk_array("cache", cache, t, transformer_block_cache_size(&d))
+    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d))
+    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d))
+    _tb_sizes(sizes, d.E, H)
+    _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* cp = cnp.PyArray_DATA(cache)
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef const int64_t* lp = <const int64_t*>cnp.PyArray_DATA(lengths)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            transformer_block_forward_f32(<float*>yp, <float*>cp, ip, <float*>sp,
+                                          <const float*>xp, lp, <const float* const*>p, &d)
+        else:
+            transformer_block_forward_f64(<double*>yp, <double*>cp, ip, <double*>sp,
+                                          <const double*>xp, lp, <const double* const*>p, &d)
+
+
+def transformer_block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache,
+                               cnp.ndarray index, cnp.ndarray scratch, cnp.ndarray grad_output,
+                               cnp.ndarray lengths, list params, size_t H):
+    """Gradients of transformer_block_forward: grad_input (B, L, E) and the 11 parameter
+    gradients (overwritten), from the cache and index the forward left."""
+    cdef TransformerBlockDims d
+    cdef void* p[11]
+    cdef void* g[11]
+    cdef size_t sizes[11]
+    _tb_dims(&d, grad_output, lengths, H)
+    cdef int t = cnp.PyArray_TYPE(grad_output)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("block: grad_output must be float32 or float64")
+    _blk_array("grad_output", grad_output, t, d.B * d.L * d.E)
+    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E)
+    _blk_array("cache", cache, t, transformer_block_cache_size(&d))
+    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d))
+    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d))
+    _tb_sizes(sizes, d.E, H)
+    _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
+    _blk_fill("grads", grads, g, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
+    cdef void* gi = cnp.PyArray_DATA(grad_input)
+    cdef void* cp = cnp.PyArray_DATA(cache)
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* go = cnp.PyArray_DATA(grad_output)
+    cdef const int64_t* lp = <const int64_t*>cnp.PyArray_DATA(lengths)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            transformer_block_backward_f32(<float*>gi, <float* const*>g, <float*>cp, ip,
+                                           <float*>sp, <const float*>go, lp,
+                                           <const float* const*>p, &d)
+        else:
+            transformer_block_backward_f64(<double*>gi, <double* const*>g, <double*>cp, ip,
+                                           <double*>sp, <const double*>go, lp,
+                                           <const double* const*>p, &d)

@@ -1,6 +1,7 @@
-"""The whole-block kernels (csrc/block.c) against the sublayer kernels run one at a time.
+"""The whole-block kernels (csrc/block.c, csrc/transformer_block.c) against the sublayer
+kernels run one at a time.
 
-HyperMixerBlock's forward and backward enter C once (block_forward / block_backward); the
+HyperMixerBlock's and TransformerBlock's forward and backward enter C once; the
 sublayers' own _forward/_backward remain for standalone use. Both chains call the same
 kernels in the same order, so they must agree bit for bit; the conformance suite
 (hypermixer.tests) separately holds the block to the NumPy reference.
@@ -93,3 +94,38 @@ def test_block_kernel_refuses_bad_arguments_without_crashing():
         with pytest.raises(ValueError):
             _kernels.block_forward(args["y"], args["cache"], args["index"], args["scratch"],
                                    args["x"], args["lengths"], args["params"], 9, *sizes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths", [None, [7, 1, 4]])
+def test_fused_transformer_block_equals_sublayer_chain_bitwise(dtype, lengths):
+    rng = np.random.default_rng(3)
+    block = hypermixer.TransformerBlock(12, 20, 9, seed=0, dtype=dtype)
+    x = rng.standard_normal((3, 7, 12)).astype(dtype)
+    g = rng.standard_normal((3, 7, 12)).astype(dtype)
+    lens = np.full(3, 7, np.int64) if lengths is None else np.array(lengths, np.int64)
+    y_fused = block._forward(x.copy(), lens)
+    gi_fused, grads_fused = block._backward(g.copy())
+    y_ref, gi_ref, grads_ref = _chained(block, x.copy(), lens, g.copy())
+    np.testing.assert_array_equal(y_fused, y_ref)
+    np.testing.assert_array_equal(gi_fused, gi_ref)
+    assert len(grads_fused) == len(grads_ref) == len(block.named_parameters())
+    for (name, _), a, b in zip(block.named_parameters(), grads_fused, grads_ref):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_transformer_block_kernel_refuses_bad_arguments():
+    block = hypermixer.TransformerBlock(12, 20, 9, seed=0)
+    params = block._block_parameters()
+    x = np.zeros((2, 9, 12), np.float32)
+    lens = np.array([9, 3], np.int64)
+    cache, scratch, index = block._block_workspaces(2, 9)
+    y = np.empty_like(x)
+    _kernels.transformer_block_forward(y, cache, index, scratch, x, lens, params, 20)
+    for args in ([y, cache, index, scratch, x, np.array([9, 10], np.int64), params, 20],
+                 [y, cache, index, scratch, x, lens, params[:10], 20],
+                 [y, cache, index, scratch, x, lens, params, 21],
+                 [y, cache[:3], index, scratch, x, lens, params, 20],
+                 [y, cache, index, scratch, x[0], lens, params, 20]):
+        with pytest.raises(ValueError):
+            _kernels.transformer_block_forward(*args)

@@ -379,6 +379,46 @@ class TransformerBlock(bp.TransformerBlockBase):
     LayerNorm = LayerNorm
     FeedForward = FeedForward
 
+    # One C call each way for the whole block (csrc/transformer_block.c), as HyperMixerBlock.
+    def _block_parameters(self):
+        at, n1, ff, n2 = self.self_attention, self.norm1, self.feed_forward, self.norm2
+        return [at.wq, at.wk, at.wv, n1.gamma, n1.beta, ff.w1, ff.b1, ff.w2, ff.b2,
+                n2.gamma, n2.beta]
+
+    def _block_workspaces(self, batch, seq_len):
+        cache_n, scratch_n, index_n = _kernels.transformer_block_workspace_sizes(
+            batch, seq_len, self.embedding_dim, self.hidden_dim)
+        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
+        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
+        index = self.__dict__.get("_ws_index")
+        if index is None or index.size < index_n:
+            index = self._ws_index = np.empty(index_n, np.int64)
+        return cache, scratch, index
+
+    def _forward(self, x, lengths):
+        cache, scratch, index = self._block_workspaces(x.shape[0], x.shape[1])
+        y = np.empty_like(x)
+        _kernels.transformer_block_forward(y, cache, index, scratch, x, lengths,
+                                           self._block_parameters(), self.hidden_dim)
+        self._saved = (lengths, x.shape)
+        return y
+
+    def _backward(self, grad_output):
+        lengths, shape = self._saved
+        self._saved = None
+        cache, scratch, index = self._block_workspaces(shape[0], shape[1])
+        params = self._block_parameters()
+        store = self._gradient_target
+        if store is not None and store.root is self:
+            grads = store.gradient_views()   # backward(): straight into the flat buffer
+        else:
+            grads = [np.empty_like(p) for p in params]
+        grad_input = np.empty(shape, self.dtype)
+        _kernels.transformer_block_backward(grad_input, grads, cache, index, scratch,
+                                            np.ascontiguousarray(grad_output), lengths,
+                                            params, self.hidden_dim)
+        return grad_input, grads
+
 
 class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
     __doc__ = bp.OutputProjectionBase.__doc__

@@ -1,0 +1,40 @@
+#ifndef HYPERMIXER_TRANSFORMER_BLOCK_H
+#define HYPERMIXER_TRANSFORMER_BLOCK_H
+#include "common.h"
+
+/* A whole TransformerBlock (SPEC section 2) in one call each way, as block.h does for the
+ * HyperMixerBlock:  y = norm2(feed_forward(norm1(self_attention(x)))).
+ * The sublayer kernels (attention.c, layernorm.c, channel_mixing.c) run in sequence from C;
+ * workspaces are carved out of two caller-owned buffers (see transformer_block.c).
+ *
+ * B, L: batch and padded length; E embedding_dim; H feed-forward hidden. */
+typedef struct {
+    size_t B, L, E, H;
+} TransformerBlockDims;
+
+/* The eleven parameters (or gradients), named_parameters() order: self_attention wq, wk, wv
+ * (E, E each) | norm1 gamma, beta (E) | feed_forward w1 (E, H) b1 (H) w2 (H, E) b2 (E) |
+ * norm2 gamma, beta (E). */
+#define HM_TRANSFORMER_BLOCK_PARAMS 11
+
+/* Elements of the workspaces (block's dtype): cache kept from forward to backward, scratch
+ * used within one call; index: int64 entries kept with the cache. */
+size_t transformer_block_cache_size(const TransformerBlockDims* d);
+size_t transformer_block_scratch_size(const TransformerBlockDims* d);
+size_t transformer_block_index_size(const TransformerBlockDims* d);
+
+/* x, y, grad_input, grad_output: (B, L, E); lengths (B,) with 1 <= lengths[b] <= L. */
+#define HM_DECLARE_TRANSFORMER_BLOCK(R, S)                                                   \
+    void transformer_block_forward_##S(R* y, R* cache, int64_t* index, R* scratch,           \
+                                       const R* x, const int64_t* lengths,                   \
+                                       const R* const* params,                               \
+                                       const TransformerBlockDims* d);                       \
+    void transformer_block_backward_##S(R* grad_input, R* const* grads, R* cache,            \
+                                        int64_t* index, R* scratch, const R* grad_output,    \
+                                        const int64_t* lengths, const R* const* params,      \
+                                        const TransformerBlockDims* d);
+HM_DECLARE_TRANSFORMER_BLOCK(float, f32)
+HM_DECLARE_TRANSFORMER_BLOCK(double, f64)
+#undef HM_DECLARE_TRANSFORMER_BLOCK
+
+#endif
