@@ -13,6 +13,7 @@ building a single extension module.
 from cython cimport floating
 
 include "threads.pxi"
+include "checks.pxi"
 include "gemm.pxi"
 include "optimizer.pxi"
 include "layernorm.pxi"

@@ -48,7 +48,7 @@ def attention_forward(floating[:, :, ::1] out, floating[:, :, ::1] xc,
     """x, out, xc (B, L, E); qkv (B, L, 3E); probs (B, L, L); kt (B, E, L); wcat (E, 3E);
     wq, wk, wv (E, E)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if E < 1:
         raise ValueError("attention: E must be >= 1")
     _att_check("out", out.shape, 3, B, L, E)
@@ -82,7 +82,7 @@ def attention_backward(floating[:, :, ::1] dx, floating[:, ::1] dwq, floating[:,
     """Gradients of the forward above; dqkv (B, L, 3E), dscores (B, L, L), vt (B, E, L),
     wcat and dwcat (E, 3E) are workspaces."""
     cdef Py_ssize_t B = xc.shape[0], L = xc.shape[1], E = xc.shape[2]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if E < 1:
         raise ValueError("attention: E must be >= 1")
     _att_check("dx", dx.shape, 3, B, L, E)

@@ -41,21 +41,6 @@ cdef Py_ssize_t _cm_check_offsets(const int64_t[::1] offsets, Py_ssize_t B,
     return offsets[B]
 
 
-cdef int _cm_check_dims(Py_ssize_t B, Py_ssize_t L, Py_ssize_t E, Py_ssize_t H) except -1:
-    if B < 1 or L < 1 or E < 1 or H < 1:
-        raise ValueError(f"empty shape (B={B}, L={L}, E={E}, H={H})")
-    if B > 2147483647 or L > 2147483647 or E > 2147483647 or H > 2147483647:
-        raise ValueError("dimension too large for the kernels")
-    return 0
-
-
-cdef int _cm_check_matrix(object name, Py_ssize_t rows, Py_ssize_t cols,
-                          Py_ssize_t want_rows, Py_ssize_t want_cols) except -1:
-    if rows != want_rows or cols != want_cols:
-        raise ValueError(f"{name} is ({rows}, {cols}), expected ({want_rows}, {want_cols})")
-    return 0
-
-
 def channel_mixing_forward(floating[:, :, ::1] y, floating[:, ::1] xp, floating[:, ::1] hidden,
                            floating[:, ::1] mixed, const floating[:, :, ::1] x,
                            const int64_t[::1] offsets, const floating[:, ::1] w1,
@@ -65,15 +50,15 @@ def channel_mixing_forward(floating[:, :, ::1] y, floating[:, ::1] xp, floating[
     b2 (E,); offsets (B+1,) packed-row offsets, N = offsets[B]."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2], H = w1.shape[1]
     cdef Py_ssize_t N
-    _cm_check_dims(B, L, E, H)
+    _check_dims((B, L, E, H))
     N = _cm_check_offsets(offsets, B, L)
     if y.shape[0] != B or y.shape[1] != L or y.shape[2] != E:
         raise ValueError("channel_mixing_forward: y does not match x's shape")
-    _cm_check_matrix("xp", xp.shape[0], xp.shape[1], N, E)
-    _cm_check_matrix("mixed", mixed.shape[0], mixed.shape[1], N, E)
-    _cm_check_matrix("hidden", hidden.shape[0], hidden.shape[1], N, H)
-    _cm_check_matrix("w1", w1.shape[0], w1.shape[1], E, H)
-    _cm_check_matrix("w2", w2.shape[0], w2.shape[1], H, E)
+    _check_shape("xp", (xp.shape[0], xp.shape[1]), (N, E))
+    _check_shape("mixed", (mixed.shape[0], mixed.shape[1]), (N, E))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1]), (N, H))
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("w2", (w2.shape[0], w2.shape[1]), (H, E))
     if b1.shape[0] != H or b2.shape[0] != E:
         raise ValueError("channel_mixing_forward: b1 must have H entries and b2 E entries")
     with nogil:
@@ -98,18 +83,18 @@ def channel_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dw1
     cdef Py_ssize_t B = grad_output.shape[0], L = grad_output.shape[1]
     cdef Py_ssize_t E = grad_output.shape[2], H = w1.shape[1]
     cdef Py_ssize_t N
-    _cm_check_dims(B, L, E, H)
+    _check_dims((B, L, E, H))
     N = _cm_check_offsets(offsets, B, L)
     if grad_input.shape[0] != B or grad_input.shape[1] != L or grad_input.shape[2] != E:
         raise ValueError("channel_mixing_backward: grad_input does not match grad_output")
-    _cm_check_matrix("xp", xp.shape[0], xp.shape[1], N, E)
-    _cm_check_matrix("gp", gp.shape[0], gp.shape[1], N, E)
-    _cm_check_matrix("hidden", hidden.shape[0], hidden.shape[1], N, H)
-    _cm_check_matrix("dhidden", dhidden.shape[0], dhidden.shape[1], N, H)
-    _cm_check_matrix("w1", w1.shape[0], w1.shape[1], E, H)
-    _cm_check_matrix("dw1", dw1.shape[0], dw1.shape[1], E, H)
-    _cm_check_matrix("w2", w2.shape[0], w2.shape[1], H, E)
-    _cm_check_matrix("dw2", dw2.shape[0], dw2.shape[1], H, E)
+    _check_shape("xp", (xp.shape[0], xp.shape[1]), (N, E))
+    _check_shape("gp", (gp.shape[0], gp.shape[1]), (N, E))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1]), (N, H))
+    _check_shape("dhidden", (dhidden.shape[0], dhidden.shape[1]), (N, H))
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
+    _check_shape("w2", (w2.shape[0], w2.shape[1]), (H, E))
+    _check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, E))
     if db1.shape[0] != H or db2.shape[0] != E:
         raise ValueError("channel_mixing_backward: db1 must have H entries and db2 E entries")
     with nogil:

@@ -16,19 +16,6 @@ cdef extern from "embeddings.h" nogil:
                                  size_t L, size_t E, size_t V, size_t S)
 
 
-cdef int _lm_check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t L) except -1:
-    """ValueError unless lengths is (B,) with entries in 1..L (shared by the LM bindings)."""
-    cdef Py_ssize_t b
-    if B < 1 or L < 1:
-        raise ValueError(f"empty batch (B={B}, L={L})")
-    if lengths.shape[0] != B:
-        raise ValueError(f"lengths has {lengths.shape[0]} entries, the batch has {B}")
-    for b in range(B):
-        if lengths[b] < 1 or lengths[b] > L:
-            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{L}")
-    return 0
-
-
 cdef int _lm_check_ids(const int64_t[:, ::1] ids, const int64_t[::1] lengths,
                        Py_ssize_t V) except -1:
     """ValueError unless every id at a real position lies in [0, V)."""
@@ -45,7 +32,7 @@ def embeddings_forward(floating[:, :, ::1] out, const int64_t[:, ::1] ids,
                        const floating[:, ::1] position):
     """out (B, L, E) = token[ids] + position[:L]; padding rows 0."""
     cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1], E = token.shape[1]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if out.shape[0] != B or out.shape[1] != L or out.shape[2] != E:
         raise ValueError("embeddings_forward: out must be (B, L, E)")
     if position.shape[1] != E or position.shape[0] < L or E < 1:
@@ -65,7 +52,7 @@ def embeddings_backward(floating[:, ::1] dtoken, floating[:, ::1] dposition,
                         const int64_t[::1] lengths):
     """Writes the gradients dtoken (V, E) and dposition (S, E) (overwritten)."""
     cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1], E = dtoken.shape[1]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if grad.shape[0] != B or grad.shape[1] != L or grad.shape[2] != E:
         raise ValueError("embeddings_backward: grad must be (B, L, E)")
     if dposition.shape[1] != E or dposition.shape[0] < L or E < 1:

@@ -49,31 +49,6 @@ cdef extern from "hypernetwork.h" nogil:
                                          int Ht, int L, int causal)
 
 
-cdef int _hn_check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t rows) except -1:
-    cdef Py_ssize_t b
-    if lengths.shape[0] != B:
-        raise ValueError(f"lengths has {lengths.shape[0]} entries, expected {B}")
-    for b in range(B):
-        if lengths[b] < 1 or lengths[b] > rows:
-            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{rows}")
-    return 0
-
-
-cdef int _hn_check_shape(object name, tuple got, tuple want) except -1:
-    if got != want:
-        raise ValueError(f"{name} has shape {got}, expected {want}")
-    return 0
-
-
-cdef int _hn_check_dims(Py_ssize_t B, Py_ssize_t R, Py_ssize_t E, Py_ssize_t H,
-                        Py_ssize_t O) except -1:
-    if B < 1 or R < 1 or E < 1 or H < 1 or O < 1:
-        raise ValueError(f"empty shape (B={B}, rows={R}, E={E}, H={H}, O={O})")
-    if max(B, R, E, H, O) > 2147483647:
-        raise ValueError("dimension too large for the kernels")
-    return 0
-
-
 def hypernetwork_forward(floating[:, :, ::1] out, floating[:, :, ::1] pre,
                          floating[:, :, ::1] hidden, const floating[:, :, ::1] x,
                          const int64_t[::1] lengths, const floating[:, ::1] w1,
@@ -82,15 +57,15 @@ def hypernetwork_forward(floating[:, :, ::1] out, floating[:, :, ::1] pre,
     """out (B,R,O) = relu(x @ w1 + b1) @ w2 + b2 on valid rows; pre/hidden (B,R,H) cached."""
     cdef Py_ssize_t B = x.shape[0], R = x.shape[1], E = x.shape[2]
     cdef Py_ssize_t H = w1.shape[1], O = w2.shape[1]
-    _hn_check_dims(B, R, E, H, O)
-    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
-    _hn_check_shape("b1", (b1.shape[0],), (H,))
-    _hn_check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
-    _hn_check_shape("b2", (b2.shape[0],), (O,))
-    _hn_check_shape("out", (out.shape[0], out.shape[1], out.shape[2]), (B, R, O))
-    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
-    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
-    _hn_check_lengths(lengths, B, R)
+    _check_dims((B, R, E, H, O))
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("b1", (b1.shape[0],), (H,))
+    _check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
+    _check_shape("b2", (b2.shape[0],), (O,))
+    _check_shape("out", (out.shape[0], out.shape[1], out.shape[2]), (B, R, O))
+    _check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _check_lengths(lengths, B, R)
     with nogil:
         if floating is float:
             hypernetwork_forward_f32(&out[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
@@ -111,21 +86,21 @@ def hypernetwork_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dw1,
     """grad_input written; dw1, db1, dw2, db2 overwritten; dpre (B,R,H) scratch."""
     cdef Py_ssize_t B = x.shape[0], R = x.shape[1], E = x.shape[2]
     cdef Py_ssize_t H = w1.shape[1], O = w2.shape[1]
-    _hn_check_dims(B, R, E, H, O)
-    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
-    _hn_check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
-    _hn_check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
-    _hn_check_shape("db1", (db1.shape[0],), (H,))
-    _hn_check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, O))
-    _hn_check_shape("db2", (db2.shape[0],), (O,))
-    _hn_check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
+    _check_dims((B, R, E, H, O))
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("w2", (w2.shape[0], w2.shape[1]), (H, O))
+    _check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
+    _check_shape("db1", (db1.shape[0],), (H,))
+    _check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, O))
+    _check_shape("db2", (db2.shape[0],), (O,))
+    _check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
                                    grad_input.shape[2]), (B, R, E))
-    _hn_check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
+    _check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
                                     grad_output.shape[2]), (B, R, O))
-    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
-    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
-    _hn_check_shape("dpre", (dpre.shape[0], dpre.shape[1], dpre.shape[2]), (B, R, H))
-    _hn_check_lengths(lengths, B, R)
+    _check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _check_shape("dpre", (dpre.shape[0], dpre.shape[1], dpre.shape[2]), (B, R, H))
+    _check_lengths(lengths, B, R)
     with nogil:
         if floating is float:
             hypernetwork_backward_f32(&grad_input[0, 0, 0], &dw1[0, 0], &db1[0], &dw2[0, 0],
@@ -151,18 +126,18 @@ def hypernetwork_theta_size(int L, int Ht, bint causal):
 cdef int _hn_check_theta(Py_ssize_t B, Py_ssize_t R, Py_ssize_t E, Py_ssize_t H,
                          Py_ssize_t O, int S, int Ht, int L, bint causal, tuple theta_shape,
                          Py_ssize_t wcol_rows, Py_ssize_t wcol_cols) except -1:
-    _hn_check_dims(B, R, E, H, O)
+    _check_dims((B, R, E, H, O))
     if Ht < 1 or L < 1 or S < L:
         raise ValueError(f"need 1 <= L <= S and Ht >= 1, got L={L}, S={S}, Ht={Ht}")
     if O != 2 * S * Ht + Ht + S:
         raise ValueError(f"w2 has {O} columns, S={S} and Ht={Ht} need {2 * S * Ht + Ht + S}")
     if causal:
-        _hn_check_shape("x", (R,), (L,))
-        _hn_check_shape("theta", theta_shape, (B, L, L * Ht + 2 * Ht + 1))
+        _check_shape("x", (R,), (L,))
+        _check_shape("theta", theta_shape, (B, L, L * Ht + 2 * Ht + 1))
     else:
-        _hn_check_shape("x", (R,), (1,))
-        _hn_check_shape("theta", theta_shape, (B, 1, 2 * L * Ht + Ht + L))
-    _hn_check_shape("wcol", (wcol_rows, wcol_cols),
+        _check_shape("x", (R,), (1,))
+        _check_shape("theta", theta_shape, (B, 1, 2 * L * Ht + Ht + L))
+    _check_shape("wcol", (wcol_rows, wcol_cols),
                     (hypernetwork_theta_scratch_rows_c(L, Ht, causal), H))
     return 0
 
@@ -189,12 +164,12 @@ def hypernetwork_theta_forward(floating[:, :, ::1] theta, floating[:, :, ::1] pr
     _hn_check_theta(B, R, E, H, O, S, Ht, L, causal,
                     (theta.shape[0], theta.shape[1], theta.shape[2]), wcol.shape[0],
                     wcol.shape[1])
-    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
-    _hn_check_shape("b1", (b1.shape[0],), (H,))
-    _hn_check_shape("b2", (b2.shape[0],), (O,))
-    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
-    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
-    _hn_check_lengths(lengths, B, R)
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("b1", (b1.shape[0],), (H,))
+    _check_shape("b2", (b2.shape[0],), (O,))
+    _check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _check_lengths(lengths, B, R)
     with nogil:
         if floating is float:
             hypernetwork_theta_forward_f32(&theta[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0], &wcol[0, 0],
@@ -221,17 +196,17 @@ def hypernetwork_theta_backward(floating[:, :, ::1] grad_input, floating[:, ::1]
     _hn_check_theta(B, R, E, H, O, S, Ht, L, causal,
                     (dtheta.shape[0], dtheta.shape[1], dtheta.shape[2]), wcol.shape[0],
                     wcol.shape[1])
-    _hn_check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
-    _hn_check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
-    _hn_check_shape("db1", (db1.shape[0],), (H,))
-    _hn_check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, O))
-    _hn_check_shape("db2", (db2.shape[0],), (O,))
-    _hn_check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
+    _check_shape("w1", (w1.shape[0], w1.shape[1]), (E, H))
+    _check_shape("dw1", (dw1.shape[0], dw1.shape[1]), (E, H))
+    _check_shape("db1", (db1.shape[0],), (H,))
+    _check_shape("dw2", (dw2.shape[0], dw2.shape[1]), (H, O))
+    _check_shape("db2", (db2.shape[0],), (O,))
+    _check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
                                    grad_input.shape[2]), (B, R, E))
-    _hn_check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
-    _hn_check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
-    _hn_check_shape("dpre", (dpre.shape[0], dpre.shape[1], dpre.shape[2]), (B, R, H))
-    _hn_check_lengths(lengths, B, R)
+    _check_shape("pre", (pre.shape[0], pre.shape[1], pre.shape[2]), (B, R, H))
+    _check_shape("hidden", (hidden.shape[0], hidden.shape[1], hidden.shape[2]), (B, R, H))
+    _check_shape("dpre", (dpre.shape[0], dpre.shape[1], dpre.shape[2]), (B, R, H))
+    _check_lengths(lengths, B, R)
     with nogil:
         if floating is float:
             hypernetwork_theta_backward_f32(&grad_input[0, 0, 0], &dw1[0, 0], &db1[0],

@@ -18,26 +18,6 @@ cdef extern from "layernorm.h" nogil:
                                 int B, int L, int E)
 
 
-cdef int _ln_check_lengths(const int64_t[::1] lengths, Py_ssize_t B,
-                           Py_ssize_t L) except -1:
-    """Raise ValueError unless lengths is (B,) with every entry in 1..L."""
-    cdef Py_ssize_t b
-    if lengths.shape[0] != B:
-        raise ValueError(f"lengths has {lengths.shape[0]} entries, the batch has {B}")
-    for b in range(B):
-        if lengths[b] < 1 or lengths[b] > L:
-            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{L}")
-    return 0
-
-
-cdef int _ln_check_dims(Py_ssize_t B, Py_ssize_t L, Py_ssize_t E) except -1:
-    if B < 1 or L < 1 or E < 1:
-        raise ValueError(f"empty shape (B={B}, L={L}, E={E})")
-    if B > 2147483647 or L > 2147483647 or E > 2147483647:
-        raise ValueError("dimension too large for the kernels")
-    return 0
-
-
 def layernorm_partial_rows(Py_ssize_t batch, Py_ssize_t seq_len):
     """How many (2, E) partial-sum blocks layernorm_backward's workspace needs."""
     return layernorm_partial_tiles(<size_t>(batch * seq_len))
@@ -49,7 +29,7 @@ def layernorm_forward(floating[:, :, ::1] y, floating[:, :, ::1] xhat, floating[
                       const floating[::1] beta):
     """y, xhat, x: (B, L, E); mean, rstd: (B, L); gamma, beta: (E,)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _ln_check_dims(B, L, E)
+    _check_dims((B, L, E))
     if (y.shape[0] != B or y.shape[1] != L or y.shape[2] != E or xhat.shape[0] != B
             or xhat.shape[1] != L or xhat.shape[2] != E):
         raise ValueError("layernorm_forward: y / xhat do not match x's shape")
@@ -57,7 +37,7 @@ def layernorm_forward(floating[:, :, ::1] y, floating[:, :, ::1] xhat, floating[
         raise ValueError("layernorm_forward: mean / rstd must be (B, L)")
     if gamma.shape[0] != E or beta.shape[0] != E:
         raise ValueError("layernorm_forward: gamma / beta must have E entries")
-    _ln_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     with nogil:
         if floating is float:
             layernorm_forward_f32(&y[0, 0, 0], &xhat[0, 0, 0], &mean[0, 0], &rstd[0, 0],
@@ -75,7 +55,7 @@ def layernorm_backward(floating[:, :, ::1] grad_input, floating[::1] dgamma,
     """grad_input, grad_output, xhat: (B, L, E); rstd: (B, L); dgamma, dbeta, gamma: (E,);
     partial: (layernorm_partial_rows(B, L), 2 * E) workspace."""
     cdef Py_ssize_t B = xhat.shape[0], L = xhat.shape[1], E = xhat.shape[2]
-    _ln_check_dims(B, L, E)
+    _check_dims((B, L, E))
     if (grad_input.shape[0] != B or grad_input.shape[1] != L or grad_input.shape[2] != E
             or grad_output.shape[0] != B or grad_output.shape[1] != L
             or grad_output.shape[2] != E):
@@ -87,7 +67,7 @@ def layernorm_backward(floating[:, :, ::1] grad_input, floating[::1] dgamma,
     if (<size_t>partial.shape[0] < layernorm_partial_tiles(<size_t>(B * L))
             or partial.shape[1] != 2 * E):
         raise ValueError("layernorm_backward: partial workspace too small")
-    _ln_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     with nogil:
         if floating is float:
             layernorm_backward_f32(&grad_input[0, 0, 0], &dgamma[0], &dbeta[0], &partial[0, 0],

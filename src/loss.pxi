@@ -21,7 +21,7 @@ def cross_entropy(floating[:, :, ::1] grad, double[:, ::1] row_loss,
     the softmax); row_loss (B, L) float64 receives the per-position losses."""
     cdef Py_ssize_t B = logits.shape[0], L = logits.shape[1], V = logits.shape[2]
     cdef double loss = 0
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if V < 1:
         raise ValueError("cross_entropy: no classes (V = 0)")
     if targets.shape[0] != B or targets.shape[1] != L:

@@ -20,7 +20,7 @@ def output_forward(floating[:, :, ::1] logits, const floating[:, :, ::1] x,
                    const int64_t[::1] lengths):
     """logits (B, L, V) = x (B, L, E) @ w (E, V) + bias (1, V); padding rows 0."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2], V = w.shape[1]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if E < 1 or V < 1 or w.shape[0] != E:
         raise ValueError("output_forward: w must be (E, V) with E, V >= 1")
     if bias.shape[0] != 1 or bias.shape[1] != V:
@@ -42,7 +42,7 @@ def output_backward(floating[:, :, ::1] dx, floating[:, ::1] dw, floating[:, ::1
     """dx (B, L, E), dw (E, V), dbias (1, V); workspaces xp (N, E), gp (N, V) with N the
     number of real rows (sum of lengths) when some sequence is shorter than L, else >= 1."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2], V = w.shape[1]
-    _lm_check_lengths(lengths, B, L)
+    _check_lengths(lengths, B, L)
     if E < 1 or V < 1 or w.shape[0] != E:
         raise ValueError("output_backward: w must be (E, V) with E, V >= 1")
     if (dx.shape[0] != B or dx.shape[1] != L or dx.shape[2] != E or grad.shape[0] != B

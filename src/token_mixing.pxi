@@ -50,27 +50,6 @@ cdef extern from "token_mixing.h" nogil:
         int L, int E, int chunk)
 
 
-cdef int _tm_check_batch(Py_ssize_t B, Py_ssize_t L, Py_ssize_t E,
-                         const int64_t[::1] lengths) except -1:
-    cdef Py_ssize_t b
-    if B < 1 or L < 1 or E < 1:
-        raise ValueError(f"empty shape (B={B}, L={L}, E={E})")
-    if B > 2147483647 or L > 2147483647 or E > 2147483647:
-        raise ValueError("dimension too large for the kernels")
-    if lengths.shape[0] != B:
-        raise ValueError(f"lengths has {lengths.shape[0]} entries, expected {B}")
-    for b in range(B):
-        if lengths[b] < 1 or lengths[b] > L:
-            raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{L}")
-    return 0
-
-
-cdef int _tm_check_shape(object name, tuple got, tuple want) except -1:
-    if got != want:
-        raise ValueError(f"{name} has shape {got}, expected {want}")
-    return 0
-
-
 cdef Py_ssize_t _tm_theta_size(Py_ssize_t L, Py_ssize_t S, Py_ssize_t Ht) except -1:
     if S < L or Ht < 1:
         raise ValueError(f"need max_seq_len S >= L and Ht >= 1, got S={S}, L={L}, Ht={Ht}")
@@ -101,8 +80,9 @@ def token_mixing_pool_forward(floating[:, ::1] means, const floating[:, :, ::1] 
                               const int64_t[::1] lengths):
     """means (B, E) = mean of the valid rows of x (B, L, E)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
-    _tm_check_shape("means", (means.shape[0], means.shape[1]), (B, E))
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
+    _check_shape("means", (means.shape[0], means.shape[1]), (B, E))
     with nogil:
         if floating is float:
             token_mixing_pool_forward_f32(&means[0, 0], &x[0, 0, 0], &lengths[0], B, L, E)
@@ -114,8 +94,9 @@ def token_mixing_pool_backward(floating[:, :, ::1] grad_input, const floating[:,
                                const int64_t[::1] lengths):
     """grad_input (B, L, E) += dmeans[b] / lengths[b] on the valid rows."""
     cdef Py_ssize_t B = grad_input.shape[0], L = grad_input.shape[1], E = grad_input.shape[2]
-    _tm_check_batch(B, L, E, lengths)
-    _tm_check_shape("dmeans", (dmeans.shape[0], dmeans.shape[1]), (B, E))
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
+    _check_shape("dmeans", (dmeans.shape[0], dmeans.shape[1]), (B, E))
     with nogil:
         if floating is float:
             token_mixing_pool_backward_f32(&grad_input[0, 0, 0], &dmeans[0, 0], &lengths[0],
@@ -129,8 +110,9 @@ def token_mixing_prefix_pool_forward(floating[:, :, ::1] means, const floating[:
                                      const int64_t[::1] lengths):
     """means (B, L, E): prefix means of x on valid rows, 0 on padding rows."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
-    _tm_check_shape("means", (means.shape[0], means.shape[1], means.shape[2]), (B, L, E))
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
+    _check_shape("means", (means.shape[0], means.shape[1], means.shape[2]), (B, L, E))
     with nogil:
         if floating is float:
             token_mixing_prefix_pool_forward_f32(&means[0, 0, 0], &x[0, 0, 0], &lengths[0],
@@ -145,8 +127,9 @@ def token_mixing_prefix_pool_backward(floating[:, :, ::1] grad_input,
                                       const int64_t[::1] lengths):
     """grad_input (B, L, E) += exact gradient of the prefix means given dmeans (B, L, E)."""
     cdef Py_ssize_t B = grad_input.shape[0], L = grad_input.shape[1], E = grad_input.shape[2]
-    _tm_check_batch(B, L, E, lengths)
-    _tm_check_shape("dmeans", (dmeans.shape[0], dmeans.shape[1], dmeans.shape[2]), (B, L, E))
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
+    _check_shape("dmeans", (dmeans.shape[0], dmeans.shape[1], dmeans.shape[2]), (B, L, E))
     with nogil:
         if floating is float:
             token_mixing_prefix_pool_backward_f32(&grad_input[0, 0, 0], &dmeans[0, 0, 0],
@@ -161,11 +144,12 @@ def token_mixing_forward(floating[:, :, ::1] y, floating[:, :, ::1] act,
                          const int64_t[::1] lengths, int S, int Ht):
     """Bidirectional mixing: y (B, L, E), act (B, Ht, E) cached; theta (B, O)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
     cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
-    _tm_check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
-    _tm_check_shape("act", (act.shape[0], act.shape[1], act.shape[2]), (B, Ht, E))
-    _tm_check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
+    _check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
+    _check_shape("act", (act.shape[0], act.shape[1], act.shape[2]), (B, Ht, E))
+    _check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
     with nogil:
         if floating is float:
             token_mixing_forward_f32(&y[0, 0, 0], &act[0, 0, 0], &x[0, 0, 0], &theta[0, 0],
@@ -183,15 +167,16 @@ def token_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dthet
     """Bidirectional backward: grad_input (B, L, E) and dtheta (B, O) written in full;
     work (n_slots, Ht*E) scratch, one slot per thread that may run."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
     cdef Py_ssize_t O = _tm_theta_size(L, S, Ht)
-    _tm_check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
+    _check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
                                    grad_input.shape[2]), (B, L, E))
-    _tm_check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
+    _check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
                                     grad_output.shape[2]), (B, L, E))
-    _tm_check_shape("act", (act.shape[0], act.shape[1], act.shape[2]), (B, Ht, E))
-    _tm_check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
-    _tm_check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1]), (B, O))
+    _check_shape("act", (act.shape[0], act.shape[1], act.shape[2]), (B, Ht, E))
+    _check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
+    _check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1]), (B, O))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
     cdef int n_slots = work.shape[0]
     with nogil:
@@ -211,10 +196,11 @@ def token_mixing_causal_forward(floating[:, :, ::1] y, floating[:, ::1] work,
     """Causal mixing: y (B, L, E); theta (B, L, P) one record per position (the causal layout of
     hypernetwork_theta_forward, P = hypernetwork_prefix_record(S, Ht)); work (n_slots, Ht*E)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
     cdef Py_ssize_t O = _tm_record_size(L, S, Ht)
-    _tm_check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
-    _tm_check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
+    _check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
+    _check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
     cdef int n_slots = work.shape[0]
     with nogil:
@@ -235,18 +221,19 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
     hypernetwork reads (see token_mixing.c); partial
     (B, token_mixing_causal_partial_size(L, E, chunk)) and work (n_slots, Ht*E) scratch."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2]
-    _tm_check_batch(B, L, E, lengths)
+    _check_dims((B, L, E))
+    _check_lengths(lengths, B, L)
     cdef Py_ssize_t O = _tm_record_size(L, S, Ht)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     cdef Py_ssize_t per_seq = token_mixing_causal_partial_size_c(<int>L, <int>E, chunk)
-    _tm_check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
+    _check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
                                    grad_input.shape[2]), (B, L, E))
-    _tm_check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
+    _check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
                                     grad_output.shape[2]), (B, L, E))
-    _tm_check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
-    _tm_check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1], dtheta.shape[2]), (B, L, O))
-    _tm_check_shape("partial", (partial.shape[0], partial.shape[1]), (B, per_seq))
+    _check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
+    _check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1], dtheta.shape[2]), (B, L, O))
+    _check_shape("partial", (partial.shape[0], partial.shape[1]), (B, per_seq))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
     cdef int n_slots = work.shape[0]
     with nogil:
