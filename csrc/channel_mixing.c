@@ -45,15 +45,8 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(xp, x, offsets, B, L, E);
-    F(gemm)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
-    for (size_t r = 0; r < N; r++) {
-        REAL* restrict h = hidden + r * hid;
-        for (size_t j = 0; j < hid; j++) {
-            const REAL v = h[j] + b1[j];
-            h[j] = HM_RELU(v);
-        }
-    }
+    /* hidden = relu(xp @ w1 + b1), bias and ReLU applied tile by tile inside the gemm */
+    F(gemm_bias_act)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid, b1, 1);
     F(gemm)(0, 0, N, width, hid, hidden, hid, w2, width, 0, mixed, width);
     /* Unpack: y = x + mixed + b2 on valid rows, 0 on padding rows. */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)

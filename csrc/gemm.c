@@ -205,14 +205,48 @@ void F(gemm_serial)(int trans_a, int trans_b, size_t M, size_t N, size_t K, cons
  * the same wherever the rectangle edges fall (see the top of this file), so the bits do not
  * depend on the rectangles either: one thread, or a product too small to share, takes C whole
  * and skips the duplicate packing that rectangles cost. */
+/* The epilogue of F(gemm_bias_act) on rows i0..i1, columns j0..j1 of C: C += bias (per
+ * column), then ReLU when relu. The same operations, in the same order, as a separate pass
+ * after the product would do, so the bits are those of gemm followed by that pass; done on
+ * the rectangle a thread has just computed, while it is still in cache. */
+HM_SIMD
+static void F(bias_act)(REAL* C, size_t ldc, size_t i0, size_t i1, size_t j0, size_t j1,
+                        const REAL* bias, int relu)
+{
+    for (size_t i = i0; i < i1; i++) {
+        REAL* restrict c = C + i * ldc;
+        if (bias != NULL) {
+            for (size_t j = j0; j < j1; j++) {
+                c[j] += bias[j];
+            }
+        }
+        if (relu) {
+            for (size_t j = j0; j < j1; j++) {
+                c[j] = HM_RELU(c[j]);
+            }
+        }
+    }
+}
+
 void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
              size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
+    F(gemm_bias_act)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
+}
+
+void F(gemm_bias_act)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
+                      size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc,
+                      const REAL* bias, int relu)
+{
+    const int epilogue = bias != NULL || relu;
     if (M == 0 || N == 0) {
         return;
     }
     if (K == 0) {
         F(scale_only)(M, N, beta, C, ldc);
+        if (epilogue) {
+            F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+        }
         return;
     }
     size_t mr, nr;
@@ -225,6 +259,9 @@ void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL*
     if (threads == 1 || ((double)M * (double)N * (double)K < 1e6 && touched < 65536)) {
         region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,
                (REAL*)hm_gemm_work);
+        if (epilogue) {
+            F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+        }
         return;
     }
     size_t tm = (128 + mr - 1) / mr * mr, tn = (256 + nr - 1) / nr * nr;
@@ -252,6 +289,9 @@ void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL*
         const size_t j1 = j0 + tn < N ? j0 + tn : N;
         region(trans_a, trans_b, i0, i1, j0, j1, K, A, lda, B, ldb, beta, C, ldc,
                (REAL*)hm_gemm_work);
+        if (epilogue) {
+            F(bias_act)(C, ldc, i0, i1, j0, j1, bias, relu);
+        }
     }
 }
 

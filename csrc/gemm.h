@@ -11,6 +11,10 @@
  * element is summed by one thread in a fixed order, so the result does not depend on the
  * thread count.
  *
+ * gemm_bias_act_*: gemm_*, then C += bias (N,) on every row (bias may be NULL) and ReLU when
+ * relu != 0, applied by each thread to the rectangle it has just computed; the bits are those
+ * of gemm_* followed by that pass.
+ *
  * gemm_naive_*: the same contract with plain loops, single-threaded; the reference the tests
  * hold the fast kernels to. */
 #define HM_DECLARE_GEMM(R, S)                                                              \
@@ -19,6 +23,9 @@
                          size_t ldc);                                                         \
     void gemm_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,        \
                   size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);             \
+    void gemm_bias_act_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K,          \
+                           const R* A, size_t lda, const R* B, size_t ldb, R beta, R* C,     \
+                           size_t ldc, const R* bias, int relu);                             \
     void gemm_naive_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,  \
                         size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);
 HM_DECLARE_GEMM(float, f32)

@@ -86,14 +86,7 @@ static void F(hn_rows_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x
                                size_t E, size_t H, size_t O)
 {
     F(hn_first_forward)(pre, hidden, x, M, w1, b1, E, H);
-    F(gemm)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * O > HM_PARALLEL_MIN)
-    for (size_t i = 0; i < M; i++) {
-        REAL* restrict o = out + i * O;
-        for (size_t j = 0; j < O; j++) {
-            o[j] += b2[j];
-        }
-    }
+    F(gemm_bias_act)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O, b2, 0);
 }
 
 /* First layer backward on M consecutive valid rows, from dpre (M, H) (already masked):

@@ -12,23 +12,16 @@
 #define OUT_BIAS_COLS 256
 
 /* logits (B,L,V), padding rows 0; x (B,L,E); w (E,V); bias (1,V); lengths (B,).
- * One gemm over all B*L rows (a padding row of x only reaches its own logits row, which is
- * then cleared), then the bias is added to the real rows. */
+ * One gemm over all B*L rows with the bias added in its epilogue (a padding row of x only
+ * reaches its own logits row, which is then cleared). */
 void F(output_forward)(REAL* logits, const REAL* x, const REAL* w, const REAL* bias,
                        const int64_t* lengths, size_t B, size_t L, size_t E, size_t V)
 {
     const size_t rows = B * L;
-    F(gemm)(0, 0, rows, V, E, x, E, w, V, 0, logits, V);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)
-    for (size_t r = 0; r < rows; r++) {
-        REAL* restrict y = logits + r * V;
-        if ((int64_t)(r % L) >= lengths[r / L]) {
-            memset(y, 0, V * sizeof(REAL));
-            continue;
-        }
-        for (size_t j = 0; j < V; j++) {
-            y[j] += bias[j];
-        }
+    F(gemm_bias_act)(0, 0, rows, V, E, x, E, w, V, 0, logits, V, bias, 0);
+    for (size_t b = 0; b < B; b++) {
+        const size_t n = (size_t)lengths[b];
+        memset(logits + (b * L + n) * V, 0, (L - n) * V * sizeof(REAL));
     }
 }
 

@@ -9,6 +9,12 @@ cdef extern from "gemm.h" nogil:
     void gemm_serial_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K,
                          const double* A, size_t lda, const double* B, size_t ldb,
                          double beta, double* C, size_t ldc)
+    void gemm_bias_act_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                           const float* A, size_t lda, const float* B, size_t ldb, float beta,
+                           float* C, size_t ldc, const float* bias, int relu)
+    void gemm_bias_act_f64(int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                           const double* A, size_t lda, const double* B, size_t ldb,
+                           double beta, double* C, size_t ldc, const double* bias, int relu)
     int gemm_set_variant(int cap)
     int gemm_active_variant()
     void gemm_naive_f32(int trans_a, int trans_b, size_t M, size_t N, size_t K,
@@ -97,3 +103,21 @@ def gemm_instruction_set():
     """The instruction set the matrix kernels dispatched to on this CPU (for 'hypermixer
     check'): "AVX-512", "AVX2+FMA", "SSE2" (baseline x86-64) or "plain C"."""
     return ("plain C", "SSE2", "AVX2+FMA", "AVX-512")[gemm_active_variant()]
+
+
+def gemm_bias_act(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+                  const floating[::1] bias, bint relu):
+    """c = relu?(a @ b + bias): the parallel kernel with its bias/ReLU epilogue (for tests)."""
+    if a.shape[1] != b.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != b.shape[1]:
+        raise ValueError("gemm_bias_act: shapes do not match")
+    if bias.shape[0] != c.shape[1]:
+        raise ValueError("gemm_bias_act: bias must have one entry per column")
+    if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
+        raise ValueError("gemm_bias_act: empty product")
+    with nogil:
+        if floating is float:
+            gemm_bias_act_f32(0, 0, a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                              &b[0, 0], b.shape[1], 0, &c[0, 0], c.shape[1], &bias[0], relu)
+        else:
+            gemm_bias_act_f64(0, 0, a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                              &b[0, 0], b.shape[1], 0, &c[0, 0], c.shape[1], &bias[0], relu)

@@ -156,3 +156,30 @@ def test_rejects_mismatched_shapes():
             fn(a, b, c)
         with pytest.raises(ValueError):
             fn(a, np.zeros((4, 6)), np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 4), (300, 260, 70), (129, 517, 33)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_gemm_bias_act_epilogue_equals_gemm_then_the_pass_bitwise(dtype, shape, relu):
+    """The epilogue runs tile by tile inside the gemm; its bits must be those of the product
+    followed by a separate bias (+ ReLU) pass, NaN kept (as numpy.maximum keeps it)."""
+    m, n, k = shape
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    bias[n // 2] = np.nan
+    want = np.empty((m, n), dtype)
+    _kernels.gemm(a, b, want)
+    want += bias
+    if relu:
+        want = np.maximum(want, 0)
+    for threads in (1, 2):
+        hypermixer.set_num_threads(threads)
+        try:
+            got = np.full((m, n), 7.0, dtype)
+            _kernels.gemm_bias_act(a, b, got, bias, relu)
+        finally:
+            hypermixer.set_num_threads(None)
+        np.testing.assert_array_equal(got, want)
