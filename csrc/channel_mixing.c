@@ -9,9 +9,7 @@
  * offsets[b+1]-1, with 1 <= offsets[b+1] - offsets[b] <= L and offsets[0] = 0. */
 #ifndef REAL
 #include "channel_mixing.h"
-#include "gemm.h"
-#include "reduce.h"
-#include <string.h>
+#include "mlp.h"
 #define HM_TEMPLATE_FILE "channel_mixing.c"
 #include "template.h"
 #else
@@ -45,9 +43,8 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(xp, x, offsets, B, L, E);
-    /* hidden = relu(xp @ w1 + b1), bias and ReLU applied tile by tile inside the gemm */
-    F(gemm_bias_act)(0, 0, N, hid, width, xp, width, w1, hid, 0, hidden, hid, b1, 1);
-    F(gemm)(0, 0, N, width, hid, hidden, hid, w2, width, 0, mixed, width);
+    /* mixed = relu(xp @ w1 + b1) @ w2; b2 and the residual are added while unpacking */
+    F(mlp_forward)(mixed, NULL, hidden, xp, N, w1, b1, w2, NULL, width, hid, width);
     /* Unpack: y = x + mixed + b2 on valid rows, 0 on padding rows. */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
@@ -82,26 +79,10 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(gp, grad_output, offsets, B, L, E);
-    /* dw2 = hidden^T @ g, db2 = column sums of g */
-    F(gemm)(1, 0, hid, width, N, hidden, hid, gp, width, 0, dw2, width);
-    memset(db2, 0, (size_t)width * sizeof(REAL));
-    F(column_sums_add)(db2, gp, N, width);
-    /* dhidden = (g @ w2^T) * (hidden > 0); hidden > 0 exactly where the pre-activation is */
-    F(gemm)(0, 1, N, hid, width, gp, width, w2, width, 0, dhidden, hid);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
-    for (size_t r = 0; r < N; r++) {
-        REAL* restrict d = dhidden + r * hid;
-        const REAL* restrict h = hidden + r * hid;
-        for (size_t j = 0; j < hid; j++) {
-            d[j] = HM_RELU_GRAD(d[j], h[j]);
-        }
-    }
-    /* dw1 = xp^T @ dhidden, db1 = column sums of dhidden */
-    F(gemm)(1, 0, width, hid, N, xp, width, dhidden, hid, 0, dw1, hid);
-    memset(db1, 0, (size_t)hid * sizeof(REAL));
-    F(column_sums_add)(db1, dhidden, N, hid);
-    /* gp += dhidden @ w1^T: the residual path plus the MLP path, then unpack */
-    F(gemm)(0, 1, N, width, hid, dhidden, hid, w1, hid, 1, gp, width);
+    /* gp = g (the residual path) + the MLP's input gradient (gp is both the MLP's output
+     * gradient and, read last, its input gradient), then unpack */
+    F(mlp_backward)(gp, 1, dw1, db1, dw2, db2, 0, dhidden, gp, xp, hidden, N, w1, w2, width,
+                    hid, width);
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
     for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
         const size_t b = r / (size_t)L, t = r % (size_t)L;

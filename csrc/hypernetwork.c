@@ -9,6 +9,7 @@
  * column sums owned by one thread each, so they do not depend on the thread count. */
 #ifndef REAL
 #include "hypernetwork.h"
+#include "mlp.h"
 #include "reduce.h"
 #include "gemm.h"
 #include <string.h>
@@ -61,64 +62,6 @@ static size_t hn_run(size_t r, size_t S, size_t Ht, size_t L, size_t* src, size_
 
 #include "vecmath.h"
 
-/* First layer on M consecutive valid rows: x (M, E) -> pre = x @ w1 + b1, hidden = relu(pre). */
-HM_SIMD
-static void F(hn_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M,
-                                const REAL* w1, const REAL* b1, size_t E, size_t H)
-{
-    F(gemm)(0, 0, M, H, E, x, E, w1, H, 0, pre, H);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (M * H > HM_PARALLEL_MIN)
-    for (size_t i = 0; i < M; i++) {
-        REAL* restrict p = pre + i * H;
-        REAL* restrict h = hidden + i * H;
-        for (size_t j = 0; j < H; j++) {
-            const REAL v = p[j] + b1[j];
-            p[j] = v;
-            h[j] = HM_RELU(v);
-        }
-    }
-}
-
-/* Forward on M consecutive valid rows: x (M, E) -> pre, hidden (M, H) and out (M, O). */
-HM_SIMD
-static void F(hn_rows_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M,
-                               const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2,
-                               size_t E, size_t H, size_t O)
-{
-    F(hn_first_forward)(pre, hidden, x, M, w1, b1, E, H);
-    F(gemm_bias_act)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O, b2, 0);
-}
-
-/* First layer backward on M consecutive valid rows, from dpre (M, H) (already masked):
- * db1 += column sums, dw1 += x^T @ dpre, grad_input (M, E) = dpre @ w1^T. */
-HM_SIMD
-static void F(hn_first_backward)(REAL* grad_input, REAL* dw1, REAL* db1, const REAL* dpre,
-                                 const REAL* x, size_t M, const REAL* w1, size_t E, size_t H)
-{
-    F(column_sums_add)(db1, dpre, M, H);
-    F(gemm)(1, 0, E, H, M, x, E, dpre, H, 1, dw1, H);         /* dw1 += x^T @ dpre */
-    F(gemm)(0, 1, M, E, H, dpre, H, w1, H, 0, grad_input, E); /* grad_input = dpre @ w1^T */
-}
-
-/* Backward on M consecutive valid rows; accumulates into dw1, db1, dw2, db2 and writes
- * grad_input (M, E) and the workspace dpre (M, H). */
-HM_SIMD
-static void F(hn_rows_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2,
-                                REAL* dpre, const REAL* g, const REAL* x, const REAL* pre,
-                                const REAL* hidden, size_t M, const REAL* w1, const REAL* w2,
-                                size_t E, size_t H, size_t O)
-{
-    F(gemm)(1, 0, H, O, M, hidden, H, g, O, 1, dw2, O);       /* dw2 += hidden^T @ g */
-    F(column_sums_add)(db2, g, M, O);
-    F(gemm)(0, 1, M, H, O, g, O, w2, O, 0, dpre, H);          /* dpre = g @ w2^T ... */
-    const size_t count = M * H;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > HM_PARALLEL_MIN)
-    for (size_t idx = 0; idx < count; idx++) {
-        dpre[idx] = HM_RELU_GRAD(dpre[idx], pre[idx]);             /* ... * (pre > 0) */
-    }
-    F(hn_first_backward)(grad_input, dw1, db1, dpre, x, M, w1, E, H);
-}
-
 static int F(hn_all_full)(const int64_t* lengths, int B, int rows)
 {
     for (int b = 0; b < B; b++) {
@@ -146,13 +89,13 @@ void F(hypernetwork_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x,
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
     if (F(hn_all_full)(lengths, B, rows)) {
-        F(hn_rows_forward)(out, pre, hidden, x, (size_t)B * R, w1, b1, w2, b2, e, h, o);
+        F(mlp_forward)(out, pre, hidden, x, (size_t)B * R, w1, b1, w2, b2, e, h, o);
         return;
     }
     for (int b = 0; b < B; b++) {
         const size_t first = (size_t)b * R, n = (size_t)lengths[b];
-        F(hn_rows_forward)(out + first * o, pre + first * h, hidden + first * h, x + first * e,
-                           n, w1, b1, w2, b2, e, h, o);
+        F(mlp_forward)(out + first * o, pre + first * h, hidden + first * h, x + first * e, n,
+                       w1, b1, w2, b2, e, h, o);
         F(hn_zero)(out + (first + n) * o, (R - n) * o);
         F(hn_zero)(pre + (first + n) * h, (R - n) * h);
         F(hn_zero)(hidden + (first + n) * h, (R - n) * h);
@@ -175,15 +118,15 @@ void F(hypernetwork_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2,
     F(hn_zero)(dw2, h * o);
     F(hn_zero)(db2, o);
     if (F(hn_all_full)(lengths, B, rows)) {
-        F(hn_rows_backward)(grad_input, dw1, db1, dw2, db2, dpre, grad_output, x, pre, hidden,
-                            (size_t)B * R, w1, w2, e, h, o);
+        F(mlp_backward)(grad_input, 0, dw1, db1, dw2, db2, 1, dpre, grad_output, x, hidden,
+                        (size_t)B * R, w1, w2, e, h, o);
         return;
     }
     for (int b = 0; b < B; b++) {
         const size_t first = (size_t)b * R, n = (size_t)lengths[b];
-        F(hn_rows_backward)(grad_input + first * e, dw1, db1, dw2, db2, dpre + first * h,
-                            grad_output + first * o, x + first * e, pre + first * h,
-                            hidden + first * h, n, w1, w2, e, h, o);
+        F(mlp_backward)(grad_input + first * e, 0, dw1, db1, dw2, db2, 1, dpre + first * h,
+                        grad_output + first * o, x + first * e, hidden + first * h, n, w1, w2,
+                        e, h, o);
         F(hn_zero)(grad_input + (first + n) * e, (R - n) * e);
     }
 }
@@ -225,12 +168,13 @@ static void F(hn_first_all)(REAL* pre, REAL* hidden, const REAL* x, const int64_
                             const REAL* w1, const REAL* b1, int B, size_t R, size_t E, size_t H)
 {
     if (F(hn_all_full)(lengths, B, (int)R)) {
-        F(hn_first_forward)(pre, hidden, x, (size_t)B * R, w1, b1, E, H);
+        F(mlp_first_forward)(pre, hidden, x, (size_t)B * R, w1, b1, E, H);
         return;
     }
     for (int b = 0; b < B; b++) {
         const size_t first = (size_t)b * R, n = (size_t)lengths[b];
-        F(hn_first_forward)(pre + first * H, hidden + first * H, x + first * E, n, w1, b1, E, H);
+        F(mlp_first_forward)(pre + first * H, hidden + first * H, x + first * E, n, w1, b1, E,
+                             H);
         F(hn_zero)(pre + (first + n) * H, (R - n) * H);
         F(hn_zero)(hidden + (first + n) * H, (R - n) * H);
     }
@@ -582,13 +526,13 @@ void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL
     F(hn_zero)(dw1, e * h);
     F(hn_zero)(db1, h);
     if (F(hn_all_full)(lengths, B, rows)) {
-        F(hn_first_backward)(grad_input, dw1, db1, dpre, x, (size_t)B * R, w1, e, h);
+        F(mlp_first_backward)(grad_input, 0, dw1, db1, 1, dpre, x, (size_t)B * R, w1, e, h);
         return;
     }
     for (int b = 0; b < B; b++) {
         const size_t first = (size_t)b * R, n = (size_t)lengths[b];
-        F(hn_first_backward)(grad_input + first * e, dw1, db1, dpre + first * h, x + first * e,
-                             n, w1, e, h);
+        F(mlp_first_backward)(grad_input + first * e, 0, dw1, db1, 1, dpre + first * h,
+                              x + first * e, n, w1, e, h);
         F(hn_zero)(grad_input + (first + n) * e, (R - n) * e);
     }
 }

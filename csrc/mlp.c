@@ -1,0 +1,83 @@
+/* The two-layer perceptron shared by hypernetwork.c and channel_mixing.c (see mlp.h).
+ *
+ * Every product is one gemm over the M rows (which never splits a sum, see gemm.h) and every
+ * bias gradient a column sum in a fixed order, so the results do not depend on the thread
+ * count. */
+#ifndef REAL
+#include "mlp.h"
+#include "gemm.h"
+#include "reduce.h"
+#include <string.h>
+#define HM_TEMPLATE_FILE "mlp.c"
+#include "template.h"
+#else
+
+/* First layer: hidden = relu(x @ w1 + b1). pre receives x @ w1 + b1 when not NULL (the
+ * hypernetwork keeps it); without it bias and ReLU run inside the gemm's epilogue. */
+HM_SIMD
+void F(mlp_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1,
+                          const REAL* b1, size_t E, size_t H)
+{
+    if (pre == NULL) {
+        F(gemm_bias_act)(0, 0, M, H, E, x, E, w1, H, 0, hidden, H, b1, 1);
+        return;
+    }
+    F(gemm_bias_act)(0, 0, M, H, E, x, E, w1, H, 0, pre, H, b1, 0);
+    const size_t count = M * H;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > HM_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) {
+        hidden[i] = HM_RELU(pre[i]);
+    }
+}
+
+/* Both layers: out = hidden @ w2 + b2 (b2 NULL: no bias, the caller adds it). */
+void F(mlp_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M,
+                    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, size_t E,
+                    size_t H, size_t O)
+{
+    F(mlp_first_forward)(pre, hidden, x, M, w1, b1, E, H);
+    F(gemm_bias_act)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O, b2, 0);
+}
+
+/* First layer backward from dpre (M, H), already masked by the ReLU:
+ * grad_input (M, E) = input_beta * grad_input + dpre @ w1^T (input_beta 1 adds a residual
+ * path already there); dw1 = x^T @ dpre and db1 = column sums of dpre, overwritten, or added
+ * to what they hold when accumulate (a caller summing over several runs of rows). */
+void F(mlp_first_backward)(REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1,
+                           int accumulate, const REAL* dpre, const REAL* x, size_t M,
+                           const REAL* w1, size_t E, size_t H)
+{
+    if (!accumulate) {
+        memset(db1, 0, H * sizeof(REAL));
+    }
+    F(column_sums_add)(db1, dpre, M, H);
+    F(gemm)(1, 0, E, H, M, x, E, dpre, H, accumulate ? 1 : 0, dw1, H);
+    F(gemm)(0, 1, M, E, H, dpre, H, w1, H, input_beta, grad_input, E);
+}
+
+/* Both layers backward from grad_output (M, O); hidden as left by the forward (hidden > 0
+ * exactly where the pre-activation is, NaN included); dhidden (M, H) scratch. Parameter
+ * gradients overwritten or accumulated, grad_input as in F(mlp_first_backward). */
+HM_SIMD
+void F(mlp_backward)(REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1, REAL* dw2,
+                     REAL* db2, int accumulate, REAL* dhidden, const REAL* grad_output,
+                     const REAL* x, const REAL* hidden, size_t M, const REAL* w1,
+                     const REAL* w2, size_t E, size_t H, size_t O)
+{
+    const REAL* g = grad_output;
+    F(gemm)(1, 0, H, O, M, hidden, H, g, O, accumulate ? 1 : 0, dw2, O); /* dw2 = hidden^T g */
+    if (!accumulate) {
+        memset(db2, 0, O * sizeof(REAL));
+    }
+    F(column_sums_add)(db2, g, M, O);
+    F(gemm)(0, 1, M, H, O, g, O, w2, O, 0, dhidden, H);                 /* g @ w2^T ... */
+    const size_t count = M * H;
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (count > HM_PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++) {
+        dhidden[i] = HM_RELU_GRAD(dhidden[i], hidden[i]);                /* ... masked */
+    }
+    F(mlp_first_backward)(grad_input, input_beta, dw1, db1, accumulate, dhidden, x, M, w1, E,
+                          H);
+}
+
+#endif
