@@ -177,17 +177,15 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
             const REAL* restrict xh = xhat + r * width;
             /* dxhat = g * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) */
             /* in double: dx is a difference of these means and the row, which cancels */
-            /* d in double too: g * gamma can overflow REAL where dx, scaled by a small rstd,
-             * does not (float32 rows of spread 1e10 with gradients near 1e30) */
             double sum1 = 0, sum2 = 0;
             {
                 double s1[LN_LANES] = {0}, s2[LN_LANES] = {0};
                 size_t e = 0;
                 for (; e + LN_LANES <= width; e += LN_LANES) {
                     for (size_t j = 0; j < LN_LANES; j++) {
-                        const double d = (double)g[e + j] * (double)gamma[e + j];
-                        s1[j] += d;
-                        s2[j] += d * (double)xh[e + j];
+                        const REAL d = g[e + j] * gamma[e + j];
+                        s1[j] += (double)d;
+                        s2[j] += (double)d * (double)xh[e + j];
                     }
                 }
                 for (size_t j = 0; j < LN_LANES; j++) {
@@ -195,6 +193,19 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
                     sum2 += s2[j];
                 }
                 for (; e < width; e++) {
+                    const REAL d = g[e] * gamma[e];
+                    sum1 += (double)d;
+                    sum2 += (double)d * (double)xh[e];
+                }
+            }
+            if (!(fabs(sum1) <= DBL_MAX && fabs(sum2) <= DBL_MAX)) {
+                /* g * gamma overflowed REAL (float32 rows of spread 1e10 with gradients near
+                 * 1e30: dx, scaled by a small rstd, fits), or the row holds NaN/inf: the sums
+                 * again with the products in double, which the first case needs and which
+                 * changes nothing in the second */
+                sum1 = 0;
+                sum2 = 0;
+                for (size_t e = 0; e < width; e++) {
                     const double d = (double)g[e] * (double)gamma[e];
                     sum1 += d;
                     sum2 += d * (double)xh[e];
