@@ -113,6 +113,11 @@ static const double hmx_inv_factorial[14] = {
     1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 /* round-to-nearest of |y| < 2^(p-2) is (y + M) - M with M = 1.5 * 2^(p-1) */
 #define HMX_ROUND_F32 12582912.0f
+#if defined(__GNUC__)
+#define HMX_INLINE __attribute__((always_inline))
+#else
+#define HMX_INLINE
+#endif
 #define HMX_ROUND_F64 6755399441055744.0
 #endif
 
@@ -707,10 +712,11 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
  * backward's rebuild and the streaming step so all three add in the same order:
  * state += w1t (x) v; out = w2t @ gelu(state * (1 / count)) when out is not NULL (a product
  * with the reciprocal: one division per token, not one per state element). */
-HM_SIMD
-static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
-                            const REAL* restrict v, const REAL* restrict w1t,
-                            const REAL* restrict w2t, size_t kh, size_t dh, REAL count)
+HMX_INLINE
+static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const REAL* prev,
+                                        const REAL* restrict v, const REAL* restrict w1t,
+                                        const REAL* restrict w2t, size_t kh, size_t dh,
+                                        REAL count)
 {
     const REAL inv = (REAL)1 / count;
     if (out) {
@@ -722,11 +728,13 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
         const REAL a = w1t[e];
         const REAL* p = prev + e * dh;   /* may be next itself: updated in place */
         REAL* q = next + e * dh;
+        #pragma omp simd
         for (size_t f = 0; f < dh; f++) {
             q[f] = p[f] + a * v[f];
         }
         if (out) {
             const REAL c = w2t[e];
+            #pragma omp simd
             for (size_t f = 0; f < dh; f++) {
                 out[f] += c * F(gelu)(q[f] * inv);
             }
@@ -739,12 +747,13 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
  * += ds; dw2t (k_h,) = gelu(st u) @ g, dw1t (k_h,) = r @ v, dv (d_h,) = w1t @ r.
  * The two sums over d_h are vector reductions (omp simd): their order is fixed by the
  * instruction set chosen at load time, never by the thread count. */
-HM_SIMD
-static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL* restrict dv,
-                                 REAL* restrict suffix, const REAL* restrict st,
-                                 const REAL* restrict g, const REAL* restrict v,
-                                 const REAL* restrict w1t, const REAL* restrict w2t, size_t kh,
-                                 size_t dh, REAL count)
+HMX_INLINE
+static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict dw2t,
+                                             REAL* restrict dv, REAL* restrict suffix,
+                                             const REAL* restrict st, const REAL* restrict g,
+                                             const REAL* restrict v, const REAL* restrict w1t,
+                                             const REAL* restrict w2t, size_t kh, size_t dh,
+                                             REAL count)
 {
     const REAL inv = (REAL)1 / count;
     for (size_t f = 0; f < dh; f++) {
@@ -766,6 +775,40 @@ static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL*
         }
         dw2t[e] = acc2;
         dw1t[e] = acc1;
+    }
+}
+
+/* The two per-token kernels with the head width as a constant for the common widths (16 is
+ * the hypermixing LM's default: one AVX-512 register of float32 per row), so the row loops
+ * compile without loop control; other widths take the general loop. Same operations in the
+ * same order either way. */
+HM_SIMD
+static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
+                            const REAL* restrict v, const REAL* restrict w1t,
+                            const REAL* restrict w2t, size_t kh, size_t dh, REAL count)
+{
+    if (dh == 16) {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, 16, count);
+    } else if (dh == 8) {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, 8, count);
+    } else {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, dh, count);
+    }
+}
+
+HM_SIMD
+static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL* restrict dv,
+                                 REAL* restrict suffix, const REAL* restrict st,
+                                 const REAL* restrict g, const REAL* restrict v,
+                                 const REAL* restrict w1t, const REAL* restrict w2t, size_t kh,
+                                 size_t dh, REAL count)
+{
+    if (dh == 16) {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, 16, count);
+    } else if (dh == 8) {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, 8, count);
+    } else {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, dh, count);
     }
 }
 
