@@ -113,6 +113,8 @@ static const double hmx_inv_factorial[14] = {
     1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 /* round-to-nearest of |y| < 2^(p-2) is (y + M) - M with M = 1.5 * 2^(p-1) */
 #define HMX_ROUND_F32 12582912.0f
+/* the causal backward's per-row sums use a pairwise tree up to this width */
+#define HMX_TREE 64
 #if defined(__GNUC__)
 #define HMX_INLINE __attribute__((always_inline))
 #else
@@ -745,8 +747,9 @@ static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const RE
 /* One token of the causal backward's reverse scan for one unit: with st its running sum
  * (k_h, d_h), u = 1 / count and ds = (w2t u (x) g) * gelu'(st u), the suffix sum r (k_h, d_h)
  * += ds; dw2t (k_h,) = gelu(st u) @ g, dw1t (k_h,) = r @ v, dv (d_h,) = w1t @ r.
- * The two sums over d_h are vector reductions (omp simd): their order is fixed by the
- * instruction set chosen at load time, never by the thread count. */
+ * The two sums over d_h run in a fixed pairwise tree (power-of-two widths up to HMX_TREE) or
+ * as omp simd reductions, whose order is fixed by the instruction set chosen at load time;
+ * never by the thread count. */
 HMX_INLINE
 static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict dw2t,
                                              REAL* restrict dv, REAL* restrict suffix,
@@ -759,10 +762,33 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
     for (size_t f = 0; f < dh; f++) {
         dv[f] = 0;
     }
+    /* widths that are powers of two up to HMX_TREE sum the products in a fixed pairwise tree
+     * (short dependency chains); others in an omp simd reduction */
+    const int tree = dh <= HMX_TREE && (dh & (dh - 1)) == 0;
     for (size_t e = 0; e < kh; e++) {
         const REAL* restrict se = st + e * dh;
         REAL* restrict re = suffix + e * dh;
         const REAL c2 = w2t[e] * inv, c1 = w1t[e];
+        if (tree) {
+            REAL t2[HMX_TREE], t1[HMX_TREE];
+            #pragma omp simd
+            for (size_t f = 0; f < dh; f++) {
+                REAL slope;
+                t2[f] = F(gelu_slope)(se[f] * inv, &slope) * g[f];
+                re[f] += c2 * g[f] * slope;
+                t1[f] = re[f] * v[f];
+                dv[f] += re[f] * c1;
+            }
+            for (size_t w = dh / 2; w >= 1; w /= 2) {
+                for (size_t f = 0; f < w; f++) {
+                    t2[f] += t2[f + w];
+                    t1[f] += t1[f + w];
+                }
+            }
+            dw2t[e] = t2[0];
+            dw1t[e] = t1[0];
+            continue;
+        }
         REAL acc2 = 0, acc1 = 0;
         #pragma omp simd reduction(+:acc1, acc2)
         for (size_t f = 0; f < dh; f++) {
