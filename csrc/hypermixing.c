@@ -15,7 +15,8 @@
  * Causal memory: the forward keeps only the running sum of each unit, saving a copy of it every
  * `chunk` tokens (checkpoints). The backward walks the chunks from last to first: it rebuilds
  * the chunk's running sums from its checkpoint (the same additions in the same order, so the
- * same bits as the forward), then runs the reverse scan through them, carrying
+ * same bits as the forward; stored transposed, feature-major, for the vector sums of the
+ * reverse scan), then runs the reverse scan through them, carrying
  * r(i) = sum over t >= i of ds(t). Memory: L/chunk checkpoints per unit plus chunk sums per
  * thread, instead of L sums per unit. */
 #ifndef REAL
@@ -46,8 +47,8 @@ static int hmx_threads(int n_slots)
 size_t hypermixing_causal_work_size(int d, int k, int h, int chunk)
 {
     const size_t state = (size_t)(k / h) * (size_t)(d / h);
-    /* running sum / suffix sum, the chunk's sums, and two rows of d_h */
-    return state * ((size_t)chunk + 1) + 2 * (size_t)(d / h);
+    /* running sum / suffix sum, the chunk's sums, a transposed checkpoint, two rows of d_h */
+    return state * ((size_t)chunk + 2) + 2 * (size_t)(d / h);
 }
 
 int hypermixing_causal_checkpoints(int L, int chunk)
@@ -78,9 +79,10 @@ size_t hypermixing_mix_work_size(int d, int k, int h)
  *             erfc(a) exp(a^2); past a = 6, erfc < 2.2e-17 and is taken as 0.
  *   12 + 17 terms, truncation error below 1e-17 relative.
  * float32, cheaper (no exp, no division), a = min(|x|, 4), split at 1.5:
- *   a < 1.5:  erf(a) = a * P(a^2 / 1.125 - 1), P fitted to erf(a)/a (9 terms);
- *   a >= 1.5: erfc(a) = Q(0.8 a - 2.2) (14 terms), absolute error 1.2e-9, far below half an
- *             ulp of erf there; past a = 4 erf rounds to 1.
+ *   a < 1.5:  erf(a) = a * P(a^2 / 1.125 - 1), P fitted to erf(a)/a (9 terms, Horner);
+ *   a >= 1.5: erfc(a) = Q(0.8 a - 2.2) (14 terms, even and odd powers in two chains),
+ *             absolute error 1.2e-9, far below half an ulp of erf there; past a = 4 erf
+ *             rounds to 1.
  * The coefficients are Chebyshev interpolants computed with 40-50 digit arithmetic (mpmath),
  * the float32 ones turned into plain polynomials. A NaN stays NaN; +-inf give +-1. */
 #ifndef HMX_ERF_ONCE
@@ -113,6 +115,13 @@ static const double hmx_inv_factorial[14] = {
     1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 /* round-to-nearest of |y| < 2^(p-2) is (y + M) - M with M = 1.5 * 2^(p-1) */
 #define HMX_ROUND_F32 12582912.0f
+/* the causal backward's per-row sums use a pairwise tree up to this width */
+#define HMX_TREE 64
+#if defined(__GNUC__)
+#define HMX_INLINE __attribute__((always_inline))
+#else
+#define HMX_INLINE
+#endif
 #define HMX_ROUND_F64 6755399441055744.0
 #endif
 
@@ -189,6 +198,23 @@ static inline REAL F(hmx_erfc_large)(REAL a)
     return a < (REAL)6 ? e : (REAL)0;
 }
 
+/* c[0] + c[1] y + ... + c[n-1] y^(n-1) as two interleaved Horner chains in y^2 (even and odd
+ * powers), half as long as one: the latency, not the number of operations, bounds these
+ * kernels' per-row cost */
+static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
+{
+    const REAL yy = y * y;
+    const int last_even = (n - 1) & ~1, last_odd = (n - 2) | 1;
+    REAL even = c[last_even], odd = c[last_odd];
+    for (int i = last_even - 2; i >= 0; i -= 2) {
+        even = even * yy + c[i];
+    }
+    for (int i = last_odd - 2; i >= 1; i -= 2) {
+        odd = odd * yy + c[i];
+    }
+    return even + y * odd;
+}
+
 /* float32: erf(|x|), NaN kept */
 static inline REAL F(hmx_erf_abs32)(REAL x)
 {
@@ -198,13 +224,11 @@ static inline REAL F(hmx_erf_abs32)(REAL x)
     const REAL a = ax > (REAL)4 ? (REAL)4 : ax;
     const REAL y1 = a * a * (REAL)0.888888889 - (REAL)1;
     const REAL y2 = a * (REAL)0.8 - (REAL)2.2;
-    REAL small = p[8], tail = q[13];
+    REAL small = p[8];
     for (int i = 7; i >= 0; i--) {
         small = small * y1 + p[i];
     }
-    for (int i = 12; i >= 0; i--) {
-        tail = tail * y2 + q[i];
-    }
+    const REAL tail = F(hmx_poly_split)(q, 14, y2);
     const REAL large = a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail;
     return a < (REAL)1.5 ? a * small : large;
 }
@@ -707,10 +731,11 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
  * backward's rebuild and the streaming step so all three add in the same order:
  * state += w1t (x) v; out = w2t @ gelu(state * (1 / count)) when out is not NULL (a product
  * with the reciprocal: one division per token, not one per state element). */
-HM_SIMD
-static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
-                            const REAL* restrict v, const REAL* restrict w1t,
-                            const REAL* restrict w2t, size_t kh, size_t dh, REAL count)
+HMX_INLINE
+static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const REAL* prev,
+                                        const REAL* restrict v, const REAL* restrict w1t,
+                                        const REAL* restrict w2t, size_t kh, size_t dh,
+                                        REAL count)
 {
     const REAL inv = (REAL)1 / count;
     if (out) {
@@ -722,11 +747,13 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
         const REAL a = w1t[e];
         const REAL* p = prev + e * dh;   /* may be next itself: updated in place */
         REAL* q = next + e * dh;
+        #pragma omp simd
         for (size_t f = 0; f < dh; f++) {
             q[f] = p[f] + a * v[f];
         }
         if (out) {
             const REAL c = w2t[e];
+            #pragma omp simd
             for (size_t f = 0; f < dh; f++) {
                 out[f] += c * F(gelu)(q[f] * inv);
             }
@@ -734,11 +761,99 @@ static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
     }
 }
 
-/* One token of the causal backward's reverse scan for one unit: with st its running sum
- * (k_h, d_h), u = 1 / count and ds = (w2t u (x) g) * gelu'(st u), the suffix sum r (k_h, d_h)
- * += ds; dw2t (k_h,) = gelu(st u) @ g, dw1t (k_h,) = r @ v, dv (d_h,) = w1t @ r.
- * The two sums over d_h are vector reductions (omp simd): their order is fixed by the
- * instruction set chosen at load time, never by the thread count. */
+/* The causal backward keeps its states feature-major, (d_h, k_h): one row per feature f,
+ * vectors along k_h. Then the sums over d_h that the weights' gradients need are plain vector
+ * additions across rows, and only dv needs a sum within a row.
+ *
+ * Rebuild one token's running sum from the previous one, next = prev + v (x) w1t (the same
+ * products and additions as causal_token, transposed). */
+HMX_INLINE
+static inline void F(causal_rebuild_body)(REAL* restrict next, const REAL* restrict prev,
+                                          const REAL* restrict v, const REAL* restrict w1t,
+                                          size_t kh, size_t dh)
+{
+    for (size_t f = 0; f < dh; f++) {
+        const REAL vf = v[f];
+        #pragma omp simd
+        for (size_t e = 0; e < kh; e++) {
+            next[f * kh + e] = prev[f * kh + e] + w1t[e] * vf;
+        }
+    }
+}
+
+/* One token of the reverse scan for one unit: with st its running sum (d_h, k_h),
+ * u = 1 / count and ds = (g (x) w2t u) * gelu'(st u), the suffix sum r (d_h, k_h) += ds;
+ * dw2t (k_h,) = g @ gelu(st u), dw1t (k_h,) = v @ r, dv (d_h,) = r @ w1t. The sums over d_h
+ * run row by row in order; the sum over k_h within a row in a fixed pairwise tree
+ * (power-of-two k_h up to HMX_TREE) or an omp simd reduction (order fixed by the instruction
+ * set chosen at load time). Never by the thread count. */
+HMX_INLINE
+static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict dw2t,
+                                             REAL* restrict dv, REAL* restrict suffix,
+                                             const REAL* restrict st, const REAL* restrict g,
+                                             const REAL* restrict v, const REAL* restrict w1t,
+                                             const REAL* restrict w2t, size_t kh, size_t dh,
+                                             REAL count)
+{
+    const REAL inv = (REAL)1 / count;
+    const int tree = kh <= HMX_TREE && (kh & (kh - 1)) == 0;
+    for (size_t e = 0; e < kh; e++) {
+        dw1t[e] = 0;
+        dw2t[e] = 0;
+    }
+    for (size_t f = 0; f < dh; f++) {
+        const REAL* restrict sf = st + f * kh;
+        REAL* restrict rf = suffix + f * kh;
+        const REAL gf = g[f], vf = v[f];
+        if (tree) {
+            REAL t[HMX_TREE];
+            #pragma omp simd
+            for (size_t e = 0; e < kh; e++) {
+                REAL slope;
+                dw2t[e] += F(gelu_slope)(sf[e] * inv, &slope) * gf;
+                rf[e] += w2t[e] * inv * gf * slope;
+                dw1t[e] += rf[e] * vf;
+                t[e] = rf[e] * w1t[e];
+            }
+            for (size_t w = kh / 2; w >= 1; w /= 2) {
+                for (size_t e = 0; e < w; e++) {
+                    t[e] += t[e + w];
+                }
+            }
+            dv[f] = t[0];
+            continue;
+        }
+        REAL acc = 0;
+        #pragma omp simd reduction(+:acc)
+        for (size_t e = 0; e < kh; e++) {
+            REAL slope;
+            dw2t[e] += F(gelu_slope)(sf[e] * inv, &slope) * gf;
+            rf[e] += w2t[e] * inv * gf * slope;
+            dw1t[e] += rf[e] * vf;
+            acc += rf[e] * w1t[e];
+        }
+        dv[f] = acc;
+    }
+}
+
+/* The per-token kernels with the row width (d_h forward, k_h backward) as a constant for the
+ * common widths (16 is the hypermixing LM's default: one AVX-512 register of float32 per
+ * row), so the row loops compile without loop control; other widths take the general loop.
+ * Same operations in the same order either way. */
+HM_SIMD
+static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,
+                            const REAL* restrict v, const REAL* restrict w1t,
+                            const REAL* restrict w2t, size_t kh, size_t dh, REAL count)
+{
+    if (dh == 16) {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, 16, count);
+    } else if (dh == 8) {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, 8, count);
+    } else {
+        F(causal_token_body)(out, next, prev, v, w1t, w2t, kh, dh, count);
+    }
+}
+
 HM_SIMD
 static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL* restrict dv,
                                  REAL* restrict suffix, const REAL* restrict st,
@@ -746,26 +861,26 @@ static void F(causal_back_token)(REAL* restrict dw1t, REAL* restrict dw2t, REAL*
                                  const REAL* restrict w1t, const REAL* restrict w2t, size_t kh,
                                  size_t dh, REAL count)
 {
-    const REAL inv = (REAL)1 / count;
-    for (size_t f = 0; f < dh; f++) {
-        dv[f] = 0;
+    if (kh == 16) {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, 16, dh, count);
+    } else if (kh == 8) {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, 8, dh, count);
+    } else {
+        F(causal_back_token_body)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, dh, count);
     }
-    for (size_t e = 0; e < kh; e++) {
-        const REAL* restrict se = st + e * dh;
-        REAL* restrict re = suffix + e * dh;
-        const REAL c2 = w2t[e] * inv, c1 = w1t[e];
-        REAL acc2 = 0, acc1 = 0;
-        #pragma omp simd reduction(+:acc1, acc2)
-        for (size_t f = 0; f < dh; f++) {
-            const REAL sv = se[f] * inv;
-            REAL slope;
-            acc2 += F(gelu_slope)(sv, &slope) * g[f];
-            re[f] += c2 * g[f] * slope;
-            acc1 += re[f] * v[f];
-            dv[f] += re[f] * c1;
-        }
-        dw2t[e] = acc2;
-        dw1t[e] = acc1;
+}
+
+HM_SIMD
+static void F(causal_rebuild)(REAL* restrict next, const REAL* restrict prev,
+                              const REAL* restrict v, const REAL* restrict w1t, size_t kh,
+                              size_t dh)
+{
+    if (kh == 16) {
+        F(causal_rebuild_body)(next, prev, v, w1t, 16, dh);
+    } else if (kh == 8) {
+        F(causal_rebuild_body)(next, prev, v, w1t, 8, dh);
+    } else {
+        F(causal_rebuild_body)(next, prev, v, w1t, kh, dh);
     }
 }
 
@@ -827,9 +942,10 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
     for (int u = 0; u < units; u++) {
         const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
         const size_t row0 = b * (size_t)L;
-        REAL* suffix = work + (size_t)hmx_slot() * slot_size;  /* r, (k_h, d_h) */
-        REAL* sums = suffix + state;                            /* (chunk, k_h, d_h) */
-        REAL* dv = sums + C * state;                            /* (d_h,) */
+        REAL* suffix = work + (size_t)hmx_slot() * slot_size;  /* r, (d_h, k_h) */
+        REAL* sums = suffix + state;                            /* (chunk, d_h, k_h) */
+        REAL* start = sums + C * state;                         /* a checkpoint, (d_h, k_h) */
+        REAL* dv = start + state;                               /* (d_h,) */
         const REAL* ck = checkpoints + (size_t)u * n_ck * state;
         for (size_t t = n; t < (size_t)L; t++) {
             for (size_t e = 0; e < kh; e++) {
@@ -845,12 +961,18 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
         }
         for (size_t c = (n + C - 1) / C; c-- > 0;) {
             const size_t t0 = c * C, t1 = t0 + C < n ? t0 + C : n;
-            /* rebuild the running sums of tokens t0..t1-1 exactly as the forward did */
+            /* rebuild the running sums of tokens t0..t1-1 as the forward did, transposed */
+            const REAL* ckc = ck + c * state;
+            for (size_t e = 0; e < kh; e++) {
+                for (size_t f = 0; f < dh; f++) {
+                    start[f * kh + e] = ckc[e * dh + f];
+                }
+            }
             for (size_t t = t0; t < t1; t++) {
-                F(causal_token)(NULL, sums + (t - t0) * state,
-                                t == t0 ? ck + c * state : sums + (t - t0 - 1) * state,
-                                x + (row0 + t) * D + j * dh, w1 + (row0 + t) * K + j * kh,
-                                NULL, kh, dh, 1);
+                F(causal_rebuild)(sums + (t - t0) * state,
+                                  t == t0 ? start : sums + (t - t0 - 1) * state,
+                                  x + (row0 + t) * D + j * dh, w1 + (row0 + t) * K + j * kh, kh,
+                                  dh);
             }
             for (size_t t = t1; t-- > t0;) {
                 const REAL* st = sums + (t - t0) * state;

@@ -239,24 +239,32 @@ class HyperMixingBlockBase(Layer):
         self.causal = self.hypermixing.causal
 
     def _forward(self, x, lengths):
-        valid = _valid_mask(lengths, x.shape[1])
+        # without padding rows the masks change nothing: skip them (and their copies)
+        valid = None if int(lengths.min()) == x.shape[1] else _valid_mask(lengths, x.shape[1])
         mixed = self.hypermixing._forward(self.norm1._forward(x, lengths), lengths)
-        y = np.where(valid, x + mixed, 0).astype(self.dtype)
+        y = x + mixed if valid is None else np.where(valid, x + mixed, 0).astype(self.dtype)
         c = self.norm2._forward(y, lengths)
-        # FeedForward adds its own input back; this block's residual is y, not c
-        out = y + (self.feed_forward._forward(c, lengths) - c)
+        # FeedForward adds its own input back; this block's residual is y, not c:
+        # out = y + (FF(c) - c), computed in place in FF's fresh output
+        out = self.feed_forward._forward(c, lengths)
+        out -= c
+        out += y
         self._valid = valid
         return out
 
     def _backward(self, grad_output):
         valid = self._valid
-        g = np.where(valid, grad_output, 0).astype(self.dtype)
+        g = grad_output if valid is None else np.where(valid, grad_output, 0).astype(self.dtype)
         gc, ff_grads = self.feed_forward._backward(g)
-        gy, n2_grads = self.norm2._backward(gc - g)
-        gy = g + gy
+        gc -= g
+        gy, n2_grads = self.norm2._backward(gc)
+        gy += g
         ga, hm_grads = self.hypermixing._backward(gy)
         gx, n1_grads = self.norm1._backward(ga)
-        gx = np.where(valid, gy + gx, 0).astype(self.dtype)
+        if valid is None:
+            gx += gy
+        else:
+            gx = np.where(valid, gy + gx, 0).astype(self.dtype)
         return gx, self._merge_gradients([(self.norm1, n1_grads), (self.hypermixing, hm_grads),
                                           (self.norm2, n2_grads),
                                           (self.feed_forward, ff_grads)])
