@@ -10,6 +10,7 @@
 #ifndef REAL
 #include "channel_mixing.h"
 #include "mlp.h"
+#include <string.h>
 #define HM_TEMPLATE_FILE "channel_mixing.c"
 #include "template.h"
 #else
@@ -78,6 +79,14 @@ void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
+    if (N == (size_t)B * (size_t)L) {
+        /* no padding: grad_input itself is the packed gradient; it starts as the residual
+         * path and receives the MLP's (gp is not needed) */
+        memcpy(grad_input, grad_output, N * width * sizeof(REAL));
+        F(mlp_backward)(grad_input, 1, dw1, db1, dw2, db2, 0, dhidden, grad_output, xp, hidden,
+                        N, w1, w2, width, hid, width);
+        return;
+    }
     F(pack_rows)(gp, grad_output, offsets, B, L, E);
     /* gp = g (the residual path) + the MLP's input gradient (gp is both the MLP's output
      * gradient and, read last, its input gradient), then unpack */

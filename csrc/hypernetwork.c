@@ -194,21 +194,11 @@ void F(hypernetwork_theta_forward)(REAL* theta, REAL* pre, REAL* hidden, REAL* w
     const size_t L = (size_t)L_;
     if (!causal) {
         const size_t M = (size_t)B * R, OL = 2 * L * Ht + Ht + L, runs = hn_runs(S, Ht, L);
-        for (size_t r = 0; r < runs; r++) {
+        for (size_t r = 0; r < runs; r++) {   /* each run with its slice of b2 */
             size_t src, dst;
             const size_t width = hn_run(r, S, Ht, L, &src, &dst);
-            F(gemm)(0, 0, M, width, h, hidden, h, w2 + src, O, 0, theta + dst, OL);
-        }
-        for (size_t i = 0; i < M; i++) {
-            for (size_t r = 0; r < runs; r++) {
-                size_t src, dst;
-                const size_t width = hn_run(r, S, Ht, L, &src, &dst);
-                REAL* restrict o = theta + i * OL + dst;
-                const REAL* restrict bias = b2 + src;
-                for (size_t j = 0; j < width; j++) {
-                    o[j] += bias[j];
-                }
-            }
+            F(gemm_bias_act)(0, 0, M, width, h, hidden, h, w2 + src, O, 0, theta + dst, OL,
+                             b2 + src, 0);
         }
         return;
     }
@@ -337,6 +327,10 @@ void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL
                 F(hn_dot_rows)(dpre, dtheta + dst, OL, w2 + src, O, M, h, width, r != 0);
             } else {
                 F(gemm)(0, 1, M, h, width, dtheta + dst, OL, w2 + src, O, r ? 1 : 0, dpre, h);
+            }
+            if (width == OL) {   /* one run, contiguous rows: the parallel column sums */
+                F(column_sums_add)(db2 + src, dtheta + dst, M, width);
+                continue;
             }
             for (size_t i = 0; i < M; i++) {
                 const REAL* restrict d = dtheta + i * OL + dst;
