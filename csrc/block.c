@@ -172,9 +172,12 @@ void F(hypermixer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* scr
                                       S, Ht, L, 0);
         F(token_mixing_forward)(s.t, c.act, n1, c.theta, lengths, B, L, E, L, Ht);
     }
-    F(layernorm_forward)(s.n2, c.xhat2, c.mean2, c.rstd2, s.t, lengths, params[6], params[7],
-                         B, L, E);
-    F(channel_mixing_forward)(y, c.xp, c.hid_c, s.mixed, s.n2, offsets, params[8], params[9],
+    /* without padding the channel mixing's packed input is norm2's output itself: written
+     * straight into its place in the cache, it needs no copy */
+    REAL* n2 = offsets[d->B] == (int64_t)(d->B * d->L) ? (REAL*)c.xp : (REAL*)s.n2;
+    F(layernorm_forward)(n2, c.xhat2, c.mean2, c.rstd2, s.t, lengths, params[6], params[7], B,
+                         L, E);
+    F(channel_mixing_forward)(y, c.xp, c.hid_c, s.mixed, n2, offsets, params[8], params[9],
                               params[10], params[11], B, L, E, H);
 }
 

@@ -118,10 +118,12 @@ void F(transformer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* sc
     }
     F(attention_forward)(s.a, c.xc, c.qkv, c.probs, s.kt, s.wcat, x, params[0], params[1],
                          params[2], lengths, d->B, d->L, d->E);
-    F(layernorm_forward)(s.n1, c.xhat1, c.mean1, c.rstd1, s.a, lengths, params[3], params[4],
-                         B, L, E);
-    F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.mixed, s.n1, offsets, params[5],
-                              params[6], params[7], params[8], B, L, E, H);
+    /* without padding the feed-forward's packed input is norm1's output itself (no copy) */
+    REAL* n1 = offsets[d->B] == (int64_t)(d->B * d->L) ? (REAL*)c.xp : (REAL*)s.n1;
+    F(layernorm_forward)(n1, c.xhat1, c.mean1, c.rstd1, s.a, lengths, params[3], params[4], B,
+                         L, E);
+    F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.mixed, n1, offsets, params[5], params[6],
+                              params[7], params[8], B, L, E, H);
     F(layernorm_forward)(y, c.xhat2, c.mean2, c.rstd2, s.f, lengths, params[9], params[10], B,
                          L, E);
 }
