@@ -215,8 +215,9 @@ static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
     return even + y * odd;
 }
 
-/* float32: erf(|x|), NaN kept */
-static inline REAL F(hmx_erf_abs32)(REAL x)
+/* float32: erf(|x|) for |x| < 1.5 (returned) and erfc(|x|) for 1.5 <= |x| <= 4 (*tail, from
+ * Q; |x| is taken as 4 beyond), NaN kept */
+static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 {
     const REAL* p = (const REAL*)(const void*)hmx_poly_small_f32;
     const REAL* q = (const REAL*)(const void*)hmx_poly_large_f32;
@@ -228,9 +229,18 @@ static inline REAL F(hmx_erf_abs32)(REAL x)
     for (int i = 7; i >= 0; i--) {
         small = small * y1 + p[i];
     }
-    const REAL tail = F(hmx_poly_split)(q, 14, y2);
+    *tail_out = F(hmx_poly_split)(q, 14, y2);
+    return a * small;
+}
+
+/* float32: erf(|x|), NaN kept */
+static inline REAL F(hmx_erf_abs32)(REAL x)
+{
+    REAL tail;
+    const REAL small = F(hmx_erf_pieces32)(x, &tail);
+    const REAL a = x < 0 ? -x : x;
     const REAL large = a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail;
-    return a < (REAL)1.5 ? a * small : large;
+    return a < (REAL)1.5 ? small : large;
 }
 
 static inline REAL F(hmx_erf)(REAL x)
@@ -266,9 +276,18 @@ static inline REAL F(hmx_cdf)(REAL v)
 {
     const REAL x = v * (REAL)HMX_SQRT1_2;
     if (HMX_SINGLE) {
-        const REAL half = (REAL)0.5 * F(hmx_erf_abs32)(x);
-        const REAL far = (REAL)0.5 * F(hmx_erfc_asymptotic)(-x);
-        return x < (REAL)-4 ? far : (x < 0 ? (REAL)0.5 - half : (REAL)0.5 + half);
+        /* The lower tail straight from erfc, never as 0.5 - erf / 2, which lost everything
+         * below v = -5.2 (erf rounds to 1 there: a GELU of exactly 0, and inf * 0 = NaN
+         * where the reference gives +-inf): Q for 1.5 <= |x| < 3.2, then the asymptotic
+         * series (Q's absolute error, 1.2e-9, is fine for erf near 1 but not relative to a
+         * tiny erfc; the series is within 2e-4 relative at |x| = 3.2). */
+        REAL tail;
+        const REAL small = F(hmx_erf_pieces32)(x, &tail);
+        const REAL a = x < 0 ? -x : x;
+        const REAL erf_abs = a < (REAL)1.5 ? small : (a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail);
+        const REAL lower = a < (REAL)1.5 ? (REAL)0.5 - (REAL)0.5 * small : (REAL)0.5 * tail;
+        const REAL far = (REAL)0.5 * F(hmx_erfc_asymptotic)(a);
+        return x < (REAL)-3.2 ? far : (x < 0 ? lower : (REAL)0.5 + (REAL)0.5 * erf_abs);
     }
     const REAL a = x < 0 ? -x : x;
     const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a)
