@@ -394,29 +394,6 @@ void F(hypermixing_token_info_backward)(REAL* grad_input, const REAL* dz,
 /* Elementwise passes. They live in functions of their own, called once per row or per state,
  * because the HM_SIMD clones do not reach the bodies OpenMP outlines from a parallel loop. */
 
-/* row (n,) := gelu(row + bias); slope (n,) := gelu'(row + bias) unless NULL; bias may be NULL */
-HM_SIMD
-static void F(gelu_row)(REAL* restrict row, REAL* restrict slope, const REAL* restrict bias,
-                        size_t n)
-{
-    if (bias) {
-        for (size_t e = 0; e < n; e++) {
-            row[e] += bias[e];
-        }
-    }
-    if (slope) {
-        for (size_t e = 0; e < n; e++) {
-            REAL g;
-            row[e] = F(gelu_slope)(row[e], &g);
-            slope[e] = g;
-        }
-    } else {
-        for (size_t e = 0; e < n; e++) {
-            row[e] = F(gelu)(row[e]);
-        }
-    }
-}
-
 /* The mixing state of one sequence and head: s (k_h, d_h) += c (x) colsum (when c is not NULL),
  * then s /= count (mean), m = gelu(s). */
 HM_SIMD
@@ -472,6 +449,89 @@ static void F(hmx_column_sums)(REAL* restrict out, const REAL* restrict a, size_
     }
 }
 
+/* block (rows, width) with row stride ld := gelu(block + bias); slope := gelu' (same layout)
+ * unless NULL; bias (width,) may be NULL */
+HM_SIMD
+static void F(gelu_block)(REAL* restrict block, REAL* restrict slope, const REAL* restrict bias,
+                          size_t rows, size_t width, size_t ld)
+{
+    for (size_t r = 0; r < rows; r++) {
+        REAL* restrict row = block + r * ld;
+        if (bias) {
+            for (size_t e = 0; e < width; e++) {
+                row[e] += bias[e];
+            }
+        }
+        if (slope) {
+            REAL* restrict sr = slope + r * ld;
+            for (size_t e = 0; e < width; e++) {
+                REAL g;
+                row[e] = F(gelu_slope)(row[e], &g);
+                sr[e] = g;
+            }
+        } else {
+            for (size_t e = 0; e < width; e++) {
+                row[e] = F(gelu)(row[e]);
+            }
+        }
+    }
+}
+
+/* block (rows, width), stride ld: *= the same block of other (stride ld) */
+HM_SIMD
+static void F(scale_block)(REAL* restrict block, const REAL* restrict other, size_t rows,
+                           size_t width, size_t ld)
+{
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t e = 0; e < width; e++) {
+            block[r * ld + e] *= other[r * ld + e];
+        }
+    }
+}
+
+/* block (rows, width), stride ld: += bias (width,) on every row */
+static void F(bias_block)(REAL* restrict block, const REAL* restrict bias, size_t rows,
+                          size_t width, size_t ld)
+{
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t e = 0; e < width; e++) {
+            block[r * ld + e] += bias[e];
+        }
+    }
+}
+
+/* The generators work in tasks of HMX_GEN_TILE rows and one head, each done by one thread
+ * start to end (products, GELU, next product) while its rows are in cache; the tiles are
+ * fixed, so the results do not depend on the thread count. */
+#ifndef HMX_GEN_TILE
+#define HMX_GEN_TILE 128
+#endif
+
+/* C_j = op(A_j) @ op(B_j) for heads j = 0..h-1, A_j = A + j * a_step (leading dimension lda),
+ * likewise B_j and C_j (ldc; C_j overwritten). With at least as many heads as threads, one
+ * parallel region hands out whole heads (gemm_serial: one barrier instead of h); otherwise
+ * each head is split over the threads by gemm. Either way every element is summed by one
+ * thread in gemm's fixed order. */
+static void F(per_head_gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t Kd,
+                             const REAL* A, size_t a_step, size_t lda, const REAL* Bm,
+                             size_t b_step, size_t ldb, REAL* Cm, size_t c_step, size_t ldc,
+                             size_t h)
+{
+    const int threads = hm_num_threads();
+    if ((size_t)threads > 1 && h >= (size_t)threads && M * N * Kd * h > HM_PARALLEL_MIN) {
+        #pragma omp parallel for schedule(static) num_threads(threads)
+        for (size_t j = 0; j < h; j++) {
+            F(gemm_serial)(trans_a, trans_b, M, N, Kd, A + j * a_step, lda, Bm + j * b_step,
+                           ldb, 0, Cm + j * c_step, ldc);
+        }
+        return;
+    }
+    for (size_t j = 0; j < h; j++) {
+        F(gemm)(trans_a, trans_b, M, N, Kd, A + j * a_step, lda, Bm + j * b_step, ldb, 0,
+                Cm + j * c_step, ldc);
+    }
+}
+
 /* act, slope, z: (rows, d); w: (rows, k) or NULL; A: (h, d_h, d_h); a: (h, d_h) or NULL;
  * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z:
  * act_j = gelu(z_j @ A_j^T + a_j), slope_j = gelu'(z_j @ A_j^T + a_j) (not computed when
@@ -482,27 +542,22 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* act, REAL* slope, const REA
 {
     const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
     const size_t dh = D / (size_t)h, kh = K / (size_t)h;
-    for (size_t j = 0; j < (size_t)h; j++) {
-        F(gemm)(0, 1, R, dh, dh, z + j * dh, D, A + j * dh * dh, dh, 0, act + j * dh, D);
-    }
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * (size_t)h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (R * D > HM_PARALLEL_MIN)
-    for (size_t r = 0; r < R; r++) {
-        F(gelu_row)(act + r * D, slope ? slope + r * D : NULL, a, D);
-    }
-    if (!w) {
-        return;
-    }
-    for (size_t j = 0; j < (size_t)h; j++) {
-        F(gemm)(0, 1, R, kh, dh, act + j * dh, D, C + j * kh * dh, dh, 0, w + j * kh, K);
-    }
-    if (c) {
-        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-            if (R * K > HM_PARALLEL_MIN)
-        for (size_t r = 0; r < R; r++) {
-            REAL* restrict wr = w + r * K;
-            for (size_t e = 0; e < K; e++) {
-                wr[e] += c[e];
+        if (R * D > HM_PARALLEL_MIN && tasks > 1)
+    for (size_t task = 0; task < tasks; task++) {
+        const size_t j = task % (size_t)h, r0 = (task / (size_t)h) * HMX_GEN_TILE;
+        const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
+        REAL* act_j = act + r0 * D + j * dh;
+        F(gemm_serial)(0, 1, m, dh, dh, z + r0 * D + j * dh, D, A + j * dh * dh, dh, 0, act_j,
+                       D);
+        F(gelu_block)(act_j, slope ? slope + r0 * D + j * dh : NULL, a ? a + j * dh : NULL, m,
+                      dh, D);
+        if (w) {
+            REAL* w_j = w + r0 * K + j * kh;
+            F(gemm_serial)(0, 1, m, kh, dh, act_j, D, C + j * kh * dh, dh, 0, w_j, K);
+            if (c) {
+                F(bias_block)(w_j, c + j * kh, m, kh, K);
             }
         }
     }
@@ -521,6 +576,7 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
 {
     const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
     const size_t dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * (size_t)h;
     if (dw) {
         if (dc) {
             for (size_t e = 0; e < K; e++) {
@@ -528,21 +584,24 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
             }
             F(column_sums_add)(dc, dw, R, K);
         }
-        for (size_t j = 0; j < (size_t)h; j++) {
-            /* dC_j = dw_j^T @ act_j; dact_j = dw_j @ C_j */
-            F(gemm)(1, 0, kh, dh, R, dw + j * kh, K, act + j * dh, D, 0, dC + j * kh * dh,
-                    dh);
-            F(gemm)(0, 0, R, dh, kh, dw + j * kh, K, C + j * kh * dh, dh, 0, dact + j * dh, D);
-        }
+        /* dC_j = dw_j^T @ act_j (a sum over all rows) */
+        F(per_head_gemm)(1, 0, kh, dh, R, dw, kh, K, act, dh, D, dC, kh * dh, dh, (size_t)h);
     }
+    /* row-local, per tile and head: dact_j = dw_j @ C_j; dpre = dact * slope;
+     * dz_j (+)= dpre_j @ A_j */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (R * D > HM_PARALLEL_MIN)
-    for (size_t r = 0; r < R; r++) {
-        REAL* restrict q = dact + r * D;
-        const REAL* restrict p = slope + r * D;
-        for (size_t e = 0; e < D; e++) {
-            q[e] *= p[e];
+        if (R * D > HM_PARALLEL_MIN && tasks > 1)
+    for (size_t task = 0; task < tasks; task++) {
+        const size_t j = task % (size_t)h, r0 = (task / (size_t)h) * HMX_GEN_TILE;
+        const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
+        REAL* dact_j = dact + r0 * D + j * dh;
+        if (dw) {
+            F(gemm_serial)(0, 0, m, dh, kh, dw + r0 * K + j * kh, K, C + j * kh * dh, dh, 0,
+                           dact_j, D);
         }
+        F(scale_block)(dact_j, slope + r0 * D + j * dh, m, dh, D);
+        F(gemm_serial)(0, 0, m, dh, dh, dact_j, D, A + j * dh * dh, dh,
+                       accumulate ? (REAL)1 : (REAL)0, dz + r0 * D + j * dh, D);
     }
     if (da) {
         for (size_t e = 0; e < D; e++) {
@@ -550,12 +609,8 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
         }
         F(column_sums_add)(da, dact, R, D);
     }
-    for (size_t j = 0; j < (size_t)h; j++) {
-        /* dA_j = dpre_j^T @ z_j; dz_j (+)= dpre_j @ A_j */
-        F(gemm)(1, 0, dh, dh, R, dact + j * dh, D, z + j * dh, D, 0, dA + j * dh * dh, dh);
-        F(gemm)(0, 0, R, dh, dh, dact + j * dh, D, A + j * dh * dh, dh,
-                accumulate ? (REAL)1 : (REAL)0, dz + j * dh, D);
-    }
+    /* dA_j = dpre_j^T @ z_j (a sum over all rows) */
+    F(per_head_gemm)(1, 0, dh, dh, R, dact, dh, D, z, dh, D, dA, dh * dh, dh, (size_t)h);
 }
 
 /* Bidirectional mixing without forming the generated weights. With W1 = act1_j C1_j^T + 1 c1_j^T

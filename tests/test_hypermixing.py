@@ -207,6 +207,26 @@ def test_one_and_two_threads_bit_identical(causal):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("tied, bias", [(False, True), (True, False)])
+def test_threads_bit_identical_above_parallel_threshold(causal, tied, bias):
+    """Shapes large enough that every kernel runs its parallel paths (the generators' whole-
+    head tasks need M*N*K*h above HM_PARALLEL_MIN); 1, 2 and 3 threads give the same bits."""
+    layer = hypermixer.HyperMixing(64, 128, heads=4, causal=causal, tied=tied,
+                                   hypernetwork_bias=bias, normalize="mean", seed=3)
+    x, g = batch(11, (3, 160, 64))
+    lengths = np.array([160, 97, 1])
+    results = []
+    for threads in (1, 2, 3):
+        hypermixer.set_num_threads(threads)
+        y = layer.forward(x, lengths)
+        gi, grads = layer.compute_gradients(x, g, lengths)
+        results.append([y, gi] + grads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
 # ---------------------------------------------------------------- causality
 @pytest.mark.parametrize("impl", [hypermixer, ref], ids=["compiled", "reference"])
 def test_causal_rows_ignore_the_future(impl):

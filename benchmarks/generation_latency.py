@@ -1,0 +1,90 @@
+"""Time to produce one new token at a given position: the streaming ``hypermixing`` LM against
+our Transformer LM, which recomputes its window for every token (issue 8, generation).
+
+    python benchmarks/generation_latency.py [--threads 1] [--positions 10 100 1000]
+                                            [--plot docs/generation_latency.png]
+
+Both models: E=128, H=256, 3 layers, float32, untrained (the cost does not depend on the
+weights). The Transformer's window is as long as the position (max_seq_len is set above the
+largest one). hypermixing: the stream is fed up to the position, then the next tokens are
+timed one by one. Each point is the median of --repeats timings.
+"""
+
+import argparse
+import time
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--positions", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--vocab", type=int, default=533)
+    parser.add_argument("--plot", default=None, help="PNG to write (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import hypermixer
+    from hypermixer import ModelConfig, build_network
+    hypermixer.set_num_threads(args.threads)
+    top = max(args.positions)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, args.vocab, size=top + args.repeats + 1)
+
+    def network(arch):
+        config = ModelConfig(architecture=arch, embedding_dim=128, hidden_dim=256,
+                             num_layers=3, max_seq_len=top + 1)
+        return build_network(config, args.vocab, seed=0, dtype=np.float32)
+
+    transformer, hypermixing = network("transformer"), network("hypermixing")
+    rows = []
+    for pos in sorted(args.positions):
+        window = ids[:pos + 1]
+        transformer.forward(window)
+        tr = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            transformer.forward(window)
+            tr.append(time.perf_counter() - start)
+        stream = hypermixing.stream()
+        for token in ids[:pos]:
+            stream.feed(int(token))
+        hm = []
+        for token in ids[pos:pos + args.repeats]:
+            start = time.perf_counter()
+            stream.feed(int(token))
+            hm.append(time.perf_counter() - start)
+        rows.append((pos, median(hm), median(tr)))
+    print(f"{args.threads} thread(s); ms per new token, medians of {args.repeats}\n")
+    print("| position | hypermixing (stream) | Transformer (window) |")
+    print("| --- | --- | --- |")
+    for pos, hm, tr in rows:
+        print(f"| {pos} | {hm * 1e3:.3f} | {tr * 1e3:.3f} |")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        pos = [r[0] for r in rows]
+        ax.plot(pos, [r[1] * 1e3 for r in rows], "o-", label="hypermixing (running sums)")
+        ax.plot(pos, [r[2] * 1e3 for r in rows], "s-", label="Transformer (recomputed window)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("position of the new token")
+        ax.set_ylabel("ms per new token")
+        ax.set_title(f"Generation, E=128, 3 layers, {args.threads} thread(s)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        print(f"\nwrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
