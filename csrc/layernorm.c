@@ -232,6 +232,25 @@ void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* pa
         dgamma[e] = sg;
         dbeta[e] = sb;
     }
+    for (size_t e = 0; e < width; e++) {
+        if (isfinite(dgamma[e]) && isfinite(dbeta[e])) {
+            continue;
+        }
+        /* a partial sum overflowed REAL (float32 gradients near 1e38 whose sum fits), or the
+         * column holds NaN/inf: this column again over every valid row, in double, which the
+         * first case needs and which changes nothing in the second */
+        double dg = 0, db = 0;
+        for (size_t r = 0; r < rows; r++) {
+            if ((int64_t)(r % (size_t)L) >= lengths[r / (size_t)L]) {
+                continue;
+            }
+            const double gv = grad_output[r * width + e];
+            dg += gv * (double)xhat[r * width + e];
+            db += gv;
+        }
+        dgamma[e] = (REAL)dg;
+        dbeta[e] = (REAL)db;
+    }
 }
 
 #undef LN_EPS

@@ -298,3 +298,27 @@ def test_float32_gelu_lower_tail_is_nonzero_and_close_to_the_reference():
     assert np.all(slope != 0)
     rel = np.abs(value.astype(np.float64) - want_value) / np.abs(want_value.astype(np.float64))
     assert rel.max() < 3e-4
+
+
+def test_layernorm_float32_parameter_gradients_no_intermediate_overflow():
+    # dgamma / dbeta were float32 sums over rows: gradients near 1e38 of both signs overflowed
+    # a partial sum where the total fits; now such a column is summed again in double
+    rng = np.random.default_rng(1)
+    x = np.tile(rng.normal(size=8), (2, 6, 1))   # equal rows: g * xhat cancels down a column
+    g = np.tile(np.array([3e38, 3e38, -3e38, -3e38, 1.0, -2.0]), (2, 8, 1)).transpose(0, 2, 1)
+    g[1] *= -1
+    lengths = np.array([6, 5])
+    exact = ref.LayerNorm(8, dtype=np.float64)
+    exact.forward(x, lengths)
+    _, (want_dgamma, want_dbeta) = exact.compute_gradients(x, g, lengths)
+    assert np.isfinite(want_dgamma.astype(np.float32)).all(), "premise: the sums fit float32"
+    for module in (hm, ref):
+        layer = module.LayerNorm(8, dtype=np.float32)
+        x32, g32 = x.astype(np.float32), g.astype(np.float32)
+        layer.forward(x32, lengths)
+        _, (dgamma, dbeta) = layer.compute_gradients(x32, g32, lengths)
+        for got, want in ((dgamma, want_dgamma), (dbeta, want_dbeta)):
+            assert np.isfinite(got).all(), module.__name__
+            scale = max(np.abs(want).max(), 1.0)
+            assert np.abs(got.reshape(-1) - want.reshape(-1)).max() <= 1e-6 * scale + 3e31, \
+                module.__name__

@@ -56,12 +56,14 @@ class LayerNorm(ReferenceAdam, bp.LayerNormBase):
 
     def _backward(self, grad_output):
         grad_input = np.zeros_like(grad_output)
-        dgamma = np.zeros_like(self.gamma)
-        dbeta = np.zeros_like(self.beta)
+        # parameter gradients summed in float64 too: float32 partial sums of gradients near
+        # 1e38 overflow where the total fits
+        dgamma = np.zeros(self.gamma.shape, np.float64)
+        dbeta = np.zeros(self.beta.shape, np.float64)
         for b, (xhat, rstd) in enumerate(self._saved):
             g = grad_output[b, :len(xhat)]
-            dgamma += (g * xhat).sum(axis=0, keepdims=True)
-            dbeta += g.sum(axis=0, keepdims=True)
+            dgamma += (g.astype(np.float64) * xhat).sum(axis=0, keepdims=True)
+            dbeta += g.astype(np.float64).sum(axis=0, keepdims=True)
             # In float64, like the statistics: in float32, g * gamma and its row sums can
             # overflow where the input gradient, scaled by a small rstd, does not.
             g64, xhat64 = g.astype(np.float64), xhat.astype(np.float64)
@@ -71,7 +73,8 @@ class LayerNorm(ReferenceAdam, bp.LayerNormBase):
                 dxhat
                 - dxhat.mean(axis=1, keepdims=True)
                 - xhat64 * (dxhat * xhat64).mean(axis=1, keepdims=True))
-        return grad_input, [dgamma, dbeta]
+        with np.errstate(over="ignore"):   # a sum beyond float32 is inf, as it should be
+            return grad_input, [dgamma.astype(self.dtype), dbeta.astype(self.dtype)]
 
 
 class Hypernetwork(ReferenceAdam, bp.HypernetworkBase):
