@@ -71,3 +71,17 @@ def finite_difference_check(layer, x, grad_output, lengths=None, samples=6, eps=
     check(x, grad_input, "input")
     for (name, param), g in zip(layer.named_parameters(), grads):
         check(param, g, name)
+
+
+def assert_same_non_finite(actual, expected, what):
+    """NaN in the same places, and the same infinities (with their signs)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, what
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    assert np.array_equal(nan_a, nan_e), (
+        f"{what}: NaN only in compiled at {np.argwhere(nan_a & ~nan_e)[:3].tolist()}, only "
+        f"in the reference at {np.argwhere(nan_e & ~nan_a)[:3].tolist()}")
+    inf_e = np.isinf(expected)
+    assert np.array_equal(np.isinf(actual), inf_e), f"{what}: infinities differ"
+    assert np.array_equal(actual[inf_e], expected[inf_e]), f"{what}: signs of inf differ"

@@ -10,21 +10,10 @@ import pytest
 import hypermixer as hm
 from hypermixer import reference as ref
 from hypermixer import _hypermixing_reference as hmx_ref
+from helpers import assert_same_non_finite
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 LENGTHS = np.array([6, 3])
-
-
-def _same_non_finite(actual, expected, what):
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    assert np.array_equal(nan_a, nan_e), (
-        f"{what}: NaN only in compiled at {np.argwhere(nan_a & ~nan_e)[:3].tolist()}, only "
-        f"in the reference at {np.argwhere(nan_e & ~nan_a)[:3].tolist()}")
-    inf_e = np.isinf(expected)
-    assert np.array_equal(np.isinf(actual), inf_e), f"{what}: infinities differ"
-    assert np.array_equal(actual[inf_e], expected[inf_e]), f"{what}: signs of inf differ"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +53,7 @@ def test_infinite_generated_weight_matches_reference(dtype, causal, layer_norm, 
         np.testing.assert_allclose(compiled[~bad_e], expected[~bad_e],
                                    rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-6)
         return
-    _same_non_finite(compiled, expected, "HyperMixing output")
+    assert_same_non_finite(compiled, expected, "HyperMixing output")
 
 
 @pytest.mark.parametrize("z", [-5.9, -8.5, -12.0, -30.0, 0.3, 7.0])

@@ -14,7 +14,7 @@ import pytest
 import hypermixer as hm
 from hypermixer import reference as ref
 from hypermixer.model import ModelConfig, build_network
-from helpers import RTOL
+from helpers import RTOL, assert_same_non_finite
 
 DTYPES = [np.float32, np.float64]
 # NumPy warns about the invalid operations the reference performs on purpose here.
@@ -47,16 +47,9 @@ FACTORIES = _factories()
 
 def _assert_same_pattern(actual, expected, dtype, what):
     """Same NaN positions, same infinities, finite entries within the parity tolerance."""
+    assert_same_non_finite(actual, expected, what)
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, what
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    assert np.array_equal(nan_a, nan_e), (
-        f"{what}: NaN at {np.argwhere(nan_a & ~nan_e)[:3].tolist()} only in compiled, at "
-        f"{np.argwhere(nan_e & ~nan_a)[:3].tolist()} only in the reference")
-    inf_e = np.isinf(expected)
-    assert np.array_equal(np.isinf(actual), inf_e), f"{what}: infinities differ"
-    assert np.array_equal(actual[inf_e], expected[inf_e]), f"{what}: signs of inf differ"
     fin = np.isfinite(expected)
     if fin.any():
         scale = max(np.abs(expected[fin]).max(), 1e-30)

@@ -252,7 +252,33 @@ __all__ += ["TokenMixingMLP"]
 
 # ---- HyperMixerBlock (composite of the above) ----
 
-class HyperMixerBlock(bp.HyperMixerBlockBase):
+class OneCallBlock:
+    """Glue shared by the blocks whose forward and backward are one C call each
+    (csrc/block.c, csrc/transformer_block.c)."""
+
+    def _one_call_workspaces(self, sizes):
+        """(cache, scratch, index) of the element counts ``sizes``, kept on the block: the
+        cache holds the forward's results until the backward, scratch is reused by both."""
+        cache_n, scratch_n, index_n = sizes
+        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
+        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
+        index = self.__dict__.get("_ws_index")
+        if index is None or index.size < index_n:
+            index = self._ws_index = np.empty(index_n, np.int64)
+        return cache, scratch, index
+
+    def _one_call_gradients(self, params):
+        """Where the backward writes the parameter gradients: straight into the flat
+        gradient buffer during this block's own ``backward(g, lr)``, else new arrays (which
+        ``compute_gradients`` hands to its caller). A block holds one hypernetwork, so its
+        parameters are exactly its named_parameters(), in order."""
+        store = self._gradient_target
+        if store is not None and store.root is self:
+            return store.gradient_views()
+        return [np.empty_like(p) for p in params]
+
+
+class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
     __doc__ = bp.HyperMixerBlockBase.__doc__
     LayerNorm = LayerNorm
     TokenMixingMLP = TokenMixingMLP
@@ -272,14 +298,8 @@ class HyperMixerBlock(bp.HyperMixerBlockBase):
                 self.token_mixing.token_mixing_hidden_dim, self.causal, slots)
 
     def _block_workspaces(self, batch, seq_len, sizes):
-        cache_n, scratch_n, index_n = _kernels.block_workspace_sizes(
-            batch, seq_len, self.embedding_dim, *sizes)
-        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
-        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
-        index = self.__dict__.get("_ws_index")
-        if index is None or index.size < index_n:
-            index = self._ws_index = np.empty(index_n, np.int64)
-        return cache, scratch, index
+        return self._one_call_workspaces(_kernels.block_workspace_sizes(
+            batch, seq_len, self.embedding_dim, *sizes))
 
     def _forward(self, x, lengths):
         batch, seq_len, _ = x.shape
@@ -297,17 +317,11 @@ class HyperMixerBlock(bp.HyperMixerBlockBase):
         sizes = self._block_sizes(*shape[:2])
         cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
         params = self._block_parameters()
-        store = self._gradient_target
-        if store is not None and store.root is self:
-            grads = store.gradient_views()   # backward(): straight into the flat buffer
-        else:
-            grads = [np.empty_like(p) for p in params]
+        grads = self._one_call_gradients(params)
         grad_input = np.empty(shape, self.dtype)
         _kernels.block_backward(grad_input, grads, cache, index, scratch,
                                 np.ascontiguousarray(grad_output), lengths,
                                 params, self.token_mixing.max_seq_len, *sizes)
-        # a block holds one hypernetwork (its own or a shared one), so these twelve are
-        # exactly its named_parameters(), in order
         return grad_input, grads
 
 
@@ -373,7 +387,7 @@ class FeedForward(ChannelMixingMLP):
     """The Transformer's position-wise MLP: the same math and parameters as ChannelMixingMLP."""
 
 
-class TransformerBlock(bp.TransformerBlockBase):
+class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
     __doc__ = bp.TransformerBlockBase.__doc__
     SelfAttention = SelfAttention
     LayerNorm = LayerNorm
@@ -386,14 +400,8 @@ class TransformerBlock(bp.TransformerBlockBase):
                 n2.gamma, n2.beta]
 
     def _block_workspaces(self, batch, seq_len):
-        cache_n, scratch_n, index_n = _kernels.transformer_block_workspace_sizes(
-            batch, seq_len, self.embedding_dim, self.hidden_dim)
-        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
-        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
-        index = self.__dict__.get("_ws_index")
-        if index is None or index.size < index_n:
-            index = self._ws_index = np.empty(index_n, np.int64)
-        return cache, scratch, index
+        return self._one_call_workspaces(_kernels.transformer_block_workspace_sizes(
+            batch, seq_len, self.embedding_dim, self.hidden_dim))
 
     def _forward(self, x, lengths):
         cache, scratch, index = self._block_workspaces(x.shape[0], x.shape[1])
@@ -408,11 +416,7 @@ class TransformerBlock(bp.TransformerBlockBase):
         self._saved = None
         cache, scratch, index = self._block_workspaces(shape[0], shape[1])
         params = self._block_parameters()
-        store = self._gradient_target
-        if store is not None and store.root is self:
-            grads = store.gradient_views()   # backward(): straight into the flat buffer
-        else:
-            grads = [np.empty_like(p) for p in params]
+        grads = self._one_call_gradients(params)
         grad_input = np.empty(shape, self.dtype)
         _kernels.transformer_block_backward(grad_input, grads, cache, index, scratch,
                                             np.ascontiguousarray(grad_output), lengths,
