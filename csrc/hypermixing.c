@@ -117,6 +117,9 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_ROUND_F32 12582912.0f
 /* the causal backward's per-row sums use a pairwise tree up to this width */
 #define HMX_TREE 64
+/* Forced inlining: the erf/GELU helpers must be inlined into the SIMD-cloned loops that call
+ * them, or they run as scalar calls compiled for the baseline ISA (gcc stopped inlining
+ * hmx_cdf once it grew, and the causal forward became 100x slower). */
 #if defined(__GNUC__)
 #define HMX_INLINE __attribute__((always_inline))
 #else
@@ -130,6 +133,7 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
 
 /* sum of c[i] T_i(y) for i = 0..n-1 (Clenshaw's recurrence) */
+HMX_INLINE
 static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
 {
     const REAL y2 = y + y;
@@ -146,6 +150,7 @@ static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
  * is exact; exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64: remainder
  * under 6e-9 and 4e-18 relative); 2^n from the exponent bits. Below -87 (float32) / -708
  * (float64) the result, tinier than the smallest normal number, is 0. */
+HMX_INLINE
 static inline REAL F(hmx_exp_nonpos)(REAL x)
 {
     const REAL lo = HMX_SINGLE ? (REAL)-87 : (REAL)-708;
@@ -182,6 +187,7 @@ static inline REAL F(hmx_exp_nonpos)(REAL x)
 }
 
 /* float64: erf(x) for |x| < 1 */
+HMX_INLINE
 static inline REAL F(hmx_erf_small)(REAL x)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_small_f64;
@@ -189,6 +195,7 @@ static inline REAL F(hmx_erf_small)(REAL x)
 }
 
 /* float64: erfc(a) for a >= 1 (0 past 6) */
+HMX_INLINE
 static inline REAL F(hmx_erfc_large)(REAL a)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_tail_f64;
@@ -201,6 +208,7 @@ static inline REAL F(hmx_erfc_large)(REAL a)
 /* c[0] + c[1] y + ... + c[n-1] y^(n-1) as two interleaved Horner chains in y^2 (even and odd
  * powers), half as long as one: the latency, not the number of operations, bounds these
  * kernels' per-row cost */
+HMX_INLINE
 static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 {
     const REAL yy = y * y;
@@ -217,6 +225,7 @@ static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 
 /* float32: erf(|x|) for |x| < 1.5 (returned) and erfc(|x|) for 1.5 <= |x| <= 4 (*tail, from
  * Q; |x| is taken as 4 beyond), NaN kept */
+HMX_INLINE
 static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 {
     const REAL* p = (const REAL*)(const void*)hmx_poly_small_f32;
@@ -234,6 +243,7 @@ static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 }
 
 /* float32: erf(|x|), NaN kept */
+HMX_INLINE
 static inline REAL F(hmx_erf_abs32)(REAL x)
 {
     REAL tail;
@@ -243,6 +253,7 @@ static inline REAL F(hmx_erf_abs32)(REAL x)
     return a < (REAL)1.5 ? small : large;
 }
 
+HMX_INLINE
 static inline REAL F(hmx_erf)(REAL x)
 {
     if (HMX_SINGLE) {
@@ -260,6 +271,7 @@ static inline REAL F(hmx_erf)(REAL x)
  * relative error under 3e-5 at a = 4 and 5e-7 at a = 6, on values below 1.6e-8 and 2.2e-17.
  * It keeps the lower tail of GELU nonzero as the reference's erfc does: a GELU of exactly 0
  * turned an infinite generated weight into inf * 0 = NaN where the reference gives +-inf. */
+HMX_INLINE
 static inline REAL F(hmx_erfc_asymptotic)(REAL a)
 {
     const REAL u = (REAL)0.5 / (a * a);
@@ -272,6 +284,7 @@ static inline REAL F(hmx_erfc_asymptotic)(REAL a)
  * v < -sqrt 2 straight from erfc (no cancellation in 1 - erf); far in the lower tail (both
  * precisions) from the asymptotic erfc. Both sides are computed and one selected, so a loop of
  * it still vectorises. */
+HMX_INLINE
 static inline REAL F(hmx_cdf)(REAL v)
 {
     const REAL x = v * (REAL)HMX_SQRT1_2;
@@ -297,12 +310,14 @@ static inline REAL F(hmx_cdf)(REAL v)
 }
 
 /* Exact GELU v * Phi(v) */
+HMX_INLINE
 static inline REAL F(gelu)(REAL v)
 {
     return v * F(hmx_cdf)(v);
 }
 
 /* Both at once: *slope = gelu'(v) = Phi(v) + v phi(v); returns gelu(v). */
+HMX_INLINE
 static inline REAL F(gelu_slope)(REAL v, REAL* slope)
 {
     const REAL cdf = F(hmx_cdf)(v);
@@ -310,6 +325,7 @@ static inline REAL F(gelu_slope)(REAL v, REAL* slope)
     return v * cdf;
 }
 
+HMX_INLINE
 static inline REAL F(gelu_grad)(REAL v)
 {
     REAL slope;
