@@ -272,12 +272,19 @@ static inline REAL F(hmx_erf)(REAL x)
  * It keeps the lower tail of GELU nonzero as the reference's erfc does: a GELU of exactly 0
  * turned an infinite generated weight into inf * 0 = NaN where the reference gives +-inf. */
 HMX_INLINE
-static inline REAL F(hmx_erfc_asymptotic)(REAL a)
+static inline REAL F(hmx_erfc_asymptotic_e)(REAL a, REAL e)
 {
+    /* e = exp(-a^2), which the GELU slope computes anyway */
     const REAL u = (REAL)0.5 / (a * a);
     const REAL series =
         (REAL)1 - u * ((REAL)1 - (REAL)3 * u * ((REAL)1 - (REAL)5 * u * ((REAL)1 - (REAL)7 * u)));
-    return F(hmx_exp_nonpos)(-a * a) * series / (a * (REAL)1.77245385090551602730);
+    return e * series / (a * (REAL)1.77245385090551602730);
+}
+
+HMX_INLINE
+static inline REAL F(hmx_erfc_asymptotic)(REAL a)
+{
+    return F(hmx_erfc_asymptotic_e)(a, F(hmx_exp_nonpos)(-a * a));
 }
 
 /* Phi(v) = (1 + erf(v / sqrt 2)) / 2, the standard normal CDF; in float64, for
@@ -285,9 +292,12 @@ static inline REAL F(hmx_erfc_asymptotic)(REAL a)
  * precisions) from the asymptotic erfc. Both sides are computed and one selected, so a loop of
  * it still vectorises. */
 HMX_INLINE
-static inline REAL F(hmx_cdf)(REAL v)
+static inline REAL F(hmx_cdf_e)(REAL v, const REAL* e)
 {
+    /* e: NULL, or &exp(-v^2 / 2) when the caller has it (the far tail needs exp(-x^2)) */
     const REAL x = v * (REAL)HMX_SQRT1_2;
+    const REAL ax = x < 0 ? -x : x;
+    const REAL asym = e ? F(hmx_erfc_asymptotic_e)(ax, *e) : F(hmx_erfc_asymptotic)(ax);
     if (HMX_SINGLE) {
         /* The lower tail straight from erfc, never as 0.5 - erf / 2, which lost everything
          * below v = -5.2 (erf rounds to 1 there: a GELU of exactly 0, and inf * 0 = NaN
@@ -299,14 +309,19 @@ static inline REAL F(hmx_cdf)(REAL v)
         const REAL a = x < 0 ? -x : x;
         const REAL erf_abs = a < (REAL)1.5 ? small : (a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail);
         const REAL lower = a < (REAL)1.5 ? (REAL)0.5 - (REAL)0.5 * small : (REAL)0.5 * tail;
-        const REAL far = (REAL)0.5 * F(hmx_erfc_asymptotic)(a);
+        const REAL far = (REAL)0.5 * asym;
         return x < (REAL)-3.2 ? far : (x < 0 ? lower : (REAL)0.5 + (REAL)0.5 * erf_abs);
     }
     const REAL a = x < 0 ? -x : x;
-    const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a)
-                                               : F(hmx_erfc_asymptotic)(a));
+    const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a) : asym);
     const REAL small = (REAL)0.5 + (REAL)0.5 * F(hmx_erf_small)(x);
     return a >= (REAL)1 ? (x < 0 ? tail : (REAL)1 - tail) : small;
+}
+
+HMX_INLINE
+static inline REAL F(hmx_cdf)(REAL v)
+{
+    return F(hmx_cdf_e)(v, NULL);
 }
 
 /* Exact GELU v * Phi(v) */
@@ -320,8 +335,9 @@ static inline REAL F(gelu)(REAL v)
 HMX_INLINE
 static inline REAL F(gelu_slope)(REAL v, REAL* slope)
 {
-    const REAL cdf = F(hmx_cdf)(v);
-    *slope = cdf + v * (REAL)HMX_INV_SQRT_2PI * F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
+    const REAL e = F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
+    const REAL cdf = F(hmx_cdf_e)(v, &e);
+    *slope = cdf + v * (REAL)HMX_INV_SQRT_2PI * e;
     return v * cdf;
 }
 
