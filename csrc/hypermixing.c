@@ -117,6 +117,9 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_ROUND_F32 12582912.0f
 /* the causal backward's per-row sums use a pairwise tree up to this width */
 #define HMX_TREE 64
+/* Forced inlining: the erf/GELU helpers must be inlined into the SIMD-cloned loops that call
+ * them, or they run as scalar calls compiled for the baseline ISA (gcc stopped inlining
+ * hmx_cdf once it grew, and the causal forward became 100x slower). */
 #if defined(__GNUC__)
 #define HMX_INLINE __attribute__((always_inline))
 #else
@@ -130,6 +133,7 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
 
 /* sum of c[i] T_i(y) for i = 0..n-1 (Clenshaw's recurrence) */
+HMX_INLINE
 static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
 {
     const REAL y2 = y + y;
@@ -146,6 +150,7 @@ static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
  * is exact; exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64: remainder
  * under 6e-9 and 4e-18 relative); 2^n from the exponent bits. Below -87 (float32) / -708
  * (float64) the result, tinier than the smallest normal number, is 0. */
+HMX_INLINE
 static inline REAL F(hmx_exp_nonpos)(REAL x)
 {
     const REAL lo = HMX_SINGLE ? (REAL)-87 : (REAL)-708;
@@ -182,6 +187,7 @@ static inline REAL F(hmx_exp_nonpos)(REAL x)
 }
 
 /* float64: erf(x) for |x| < 1 */
+HMX_INLINE
 static inline REAL F(hmx_erf_small)(REAL x)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_small_f64;
@@ -189,6 +195,7 @@ static inline REAL F(hmx_erf_small)(REAL x)
 }
 
 /* float64: erfc(a) for a >= 1 (0 past 6) */
+HMX_INLINE
 static inline REAL F(hmx_erfc_large)(REAL a)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_tail_f64;
@@ -201,6 +208,7 @@ static inline REAL F(hmx_erfc_large)(REAL a)
 /* c[0] + c[1] y + ... + c[n-1] y^(n-1) as two interleaved Horner chains in y^2 (even and odd
  * powers), half as long as one: the latency, not the number of operations, bounds these
  * kernels' per-row cost */
+HMX_INLINE
 static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 {
     const REAL yy = y * y;
@@ -217,6 +225,7 @@ static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 
 /* float32: erf(|x|) for |x| < 1.5 (returned) and erfc(|x|) for 1.5 <= |x| <= 4 (*tail, from
  * Q; |x| is taken as 4 beyond), NaN kept */
+HMX_INLINE
 static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 {
     const REAL* p = (const REAL*)(const void*)hmx_poly_small_f32;
@@ -234,6 +243,7 @@ static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 }
 
 /* float32: erf(|x|), NaN kept */
+HMX_INLINE
 static inline REAL F(hmx_erf_abs32)(REAL x)
 {
     REAL tail;
@@ -243,6 +253,7 @@ static inline REAL F(hmx_erf_abs32)(REAL x)
     return a < (REAL)1.5 ? small : large;
 }
 
+HMX_INLINE
 static inline REAL F(hmx_erf)(REAL x)
 {
     if (HMX_SINGLE) {
@@ -260,21 +271,33 @@ static inline REAL F(hmx_erf)(REAL x)
  * relative error under 3e-5 at a = 4 and 5e-7 at a = 6, on values below 1.6e-8 and 2.2e-17.
  * It keeps the lower tail of GELU nonzero as the reference's erfc does: a GELU of exactly 0
  * turned an infinite generated weight into inf * 0 = NaN where the reference gives +-inf. */
-static inline REAL F(hmx_erfc_asymptotic)(REAL a)
+HMX_INLINE
+static inline REAL F(hmx_erfc_asymptotic_e)(REAL a, REAL e)
 {
+    /* e = exp(-a^2), which the GELU slope computes anyway */
     const REAL u = (REAL)0.5 / (a * a);
     const REAL series =
         (REAL)1 - u * ((REAL)1 - (REAL)3 * u * ((REAL)1 - (REAL)5 * u * ((REAL)1 - (REAL)7 * u)));
-    return F(hmx_exp_nonpos)(-a * a) * series / (a * (REAL)1.77245385090551602730);
+    return e * series / (a * (REAL)1.77245385090551602730);
+}
+
+HMX_INLINE
+static inline REAL F(hmx_erfc_asymptotic)(REAL a)
+{
+    return F(hmx_erfc_asymptotic_e)(a, F(hmx_exp_nonpos)(-a * a));
 }
 
 /* Phi(v) = (1 + erf(v / sqrt 2)) / 2, the standard normal CDF; in float64, for
  * v < -sqrt 2 straight from erfc (no cancellation in 1 - erf); far in the lower tail (both
  * precisions) from the asymptotic erfc. Both sides are computed and one selected, so a loop of
  * it still vectorises. */
-static inline REAL F(hmx_cdf)(REAL v)
+HMX_INLINE
+static inline REAL F(hmx_cdf_e)(REAL v, const REAL* e)
 {
+    /* e: NULL, or &exp(-v^2 / 2) when the caller has it (the far tail needs exp(-x^2)) */
     const REAL x = v * (REAL)HMX_SQRT1_2;
+    const REAL ax = x < 0 ? -x : x;
+    const REAL asym = e ? F(hmx_erfc_asymptotic_e)(ax, *e) : F(hmx_erfc_asymptotic)(ax);
     if (HMX_SINGLE) {
         /* The lower tail straight from erfc, never as 0.5 - erf / 2, which lost everything
          * below v = -5.2 (erf rounds to 1 there: a GELU of exactly 0, and inf * 0 = NaN
@@ -286,30 +309,39 @@ static inline REAL F(hmx_cdf)(REAL v)
         const REAL a = x < 0 ? -x : x;
         const REAL erf_abs = a < (REAL)1.5 ? small : (a >= (REAL)4 ? (REAL)1 : (REAL)1 - tail);
         const REAL lower = a < (REAL)1.5 ? (REAL)0.5 - (REAL)0.5 * small : (REAL)0.5 * tail;
-        const REAL far = (REAL)0.5 * F(hmx_erfc_asymptotic)(a);
+        const REAL far = (REAL)0.5 * asym;
         return x < (REAL)-3.2 ? far : (x < 0 ? lower : (REAL)0.5 + (REAL)0.5 * erf_abs);
     }
     const REAL a = x < 0 ? -x : x;
-    const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a)
-                                               : F(hmx_erfc_asymptotic)(a));
+    const REAL tail = (REAL)0.5 * (a < (REAL)6 ? F(hmx_erfc_large)(a) : asym);
     const REAL small = (REAL)0.5 + (REAL)0.5 * F(hmx_erf_small)(x);
     return a >= (REAL)1 ? (x < 0 ? tail : (REAL)1 - tail) : small;
 }
 
+HMX_INLINE
+static inline REAL F(hmx_cdf)(REAL v)
+{
+    return F(hmx_cdf_e)(v, NULL);
+}
+
 /* Exact GELU v * Phi(v) */
+HMX_INLINE
 static inline REAL F(gelu)(REAL v)
 {
     return v * F(hmx_cdf)(v);
 }
 
 /* Both at once: *slope = gelu'(v) = Phi(v) + v phi(v); returns gelu(v). */
+HMX_INLINE
 static inline REAL F(gelu_slope)(REAL v, REAL* slope)
 {
-    const REAL cdf = F(hmx_cdf)(v);
-    *slope = cdf + v * (REAL)HMX_INV_SQRT_2PI * F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
+    const REAL e = F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
+    const REAL cdf = F(hmx_cdf_e)(v, &e);
+    *slope = cdf + v * (REAL)HMX_INV_SQRT_2PI * e;
     return v * cdf;
 }
 
+HMX_INLINE
 static inline REAL F(gelu_grad)(REAL v)
 {
     REAL slope;
