@@ -241,9 +241,12 @@ void F(hypernetwork_theta_forward)(REAL* theta, REAL* pre, REAL* hidden, REAL* w
 /* dpre (M, h) (+)= g (M, width; row stride ldg) @ w^T, w (h, width; row stride ldw), for a
  * few rows M: a (1, width) @ (width, h) product is h long dot products over the generated
  * weights (1.3 MB at the seeds' size), which gemm's packed panels handle poorly. Split over
- * the h rows of w, so both cores stream half of it. Up to HN_DOT_ROWS rows (measured at the
- * seeds' size, 2 threads: B=8 141 -> 92 us, even at B=16, gemm ahead at B=32). */
+ * the h rows of w, so both cores stream half of it. Used for up to 4 rows, and up to
+ * HN_DOT_ROWS rows while those rows of g stay in cache (HN_DOT_ELEMENTS): every row of w
+ * reads all of them again (measured at the seeds' size, 2 threads: B=8 141 -> 92 us, even
+ * at B=16, gemm ahead at B=32; at the big size, B=8, gemm is ahead). */
 #define HN_DOT_ROWS 12
+#define HN_DOT_ELEMENTS 131072
 HM_SIMD
 static void F(hn_dot_rows)(REAL* dpre, const REAL* g, size_t ldg, const REAL* w, size_t ldw,
                            size_t M, size_t h, size_t width, int accumulate)
@@ -324,7 +327,7 @@ void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL
             size_t src, dst;
             const size_t width = hn_run(r, S, Ht, L, &src, &dst);
             F(gemm)(1, 0, h, width, M, hidden, h, dtheta + dst, OL, 0, dw2 + src, O);
-            if (M <= HN_DOT_ROWS) {
+            if (M <= 4 || (M <= HN_DOT_ROWS && M * width <= HN_DOT_ELEMENTS)) {
                 F(hn_dot_rows)(dpre, dtheta + dst, OL, w2 + src, O, M, h, width, r != 0);
             } else {
                 F(gemm)(0, 1, M, h, width, dtheta + dst, OL, w2 + src, O, r ? 1 : 0, dpre, h);
