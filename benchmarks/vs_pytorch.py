@@ -18,7 +18,10 @@ Implementations:
                   full), autograd, torch.optim.Adam (fused=True where available),
                   clip_grad_norm_
   torch-compile   the same modules through torch.compile (compile time reported apart,
-                  never inside a sample); a case that fails to compile is reported as such
+                  never inside a sample); a case that fails to compile is reported as such.
+                  It compiles in its own process (TORCHINDUCTOR_COMPILE_THREADS=1): a pool of
+                  compile workers left alive beside the measurements slowed the other
+                  implementations' samples.
 The ratio column is (best peer time) / (hypermixer time): above 1 means hypermixer is faster.
 """
 
@@ -260,7 +263,10 @@ def worker(impl, threads):
 class Worker:
     def __init__(self, impl, threads):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+                   OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   # torch.compile compiles in its own process: no pool of compile workers
+                   # left alive beside the measurements (they slowed the others' samples)
+                   TORCHINDUCTOR_COMPILE_THREADS="1")
         self.impl = impl
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", impl,
