@@ -20,14 +20,6 @@
 #include "layernorm.h"
 #include "token_mixing.h"
 
-/* Positions per partial-sum chunk of the causal token-mixing backward: about 16 chunks
- * whatever L is (depends on L only, never on the thread count). */
-static size_t block_causal_chunk(size_t L)
-{
-    const size_t c = (L + 15) / 16;
-    return c > 4 ? c : 4;
-}
-
 static size_t block_rows(const BlockDims* d)
 {
     return d->causal ? d->L : 1;
@@ -108,7 +100,7 @@ static size_t carve_backward(BackwardParts* p, void* base, size_t item, const Bl
     p->work = hm_carve(&c, d->slots * d->Ht * d->E);
     p->tm_partial = hm_carve(&c, d->causal ? d->B * token_mixing_causal_partial_size(
                                               (int)d->L, (int)d->E,
-                                              (int)block_causal_chunk(d->L)) : 0);
+                                              (int)token_mixing_causal_chunk(d->L)) : 0);
     return c.used;
 }
 
@@ -205,7 +197,7 @@ void F(hypermixer_block_backward)(REAL* grad_input, REAL* const* grads, REAL* ca
     if (d->causal) {
         F(token_mixing_causal_backward)(s.dn1, s.dtheta, s.tm_partial, s.work, slots, s.dt,
                                         c.n1, c.theta, lengths, B, L, E, L, Ht,
-                                        (int)block_causal_chunk(d->L));
+                                        (int)token_mixing_causal_chunk(d->L));
         F(hypernetwork_theta_backward)(s.dmeans, grads[2], grads[3], grads[4], grads[5],
                                        s.dpre, s.wcol, s.dtheta, c.means, c.pre, c.hid_h,
                                        lengths, params[2], params[4], B, L, E, Hh, S, Ht, L,

@@ -40,6 +40,12 @@ static int tm_threads(int n_slots)
     return n < n_slots ? n : n_slots;
 }
 
+size_t token_mixing_causal_chunk(size_t L)
+{
+    const size_t c = (L + 15) / 16;
+    return c > 4 ? c : 4;
+}
+
 size_t token_mixing_causal_partial_size(int L, int E, int chunk)
 {
     const size_t chunks = ((size_t)L + (size_t)chunk - 1) / (size_t)chunk;

@@ -32,6 +32,11 @@ HM_DECLARE_TOKEN_MIXING(float, f32)
 HM_DECLARE_TOKEN_MIXING(double, f64)
 #undef HM_DECLARE_TOKEN_MIXING
 
+/* Positions per partial-sum chunk of the causal backward, for sequences of L: about 16
+ * chunks whatever L is (at least 4 positions each), so the partial buffers stay near 8x the
+ * input size. Depends on L only, never on the thread count. */
+size_t token_mixing_causal_chunk(size_t L);
+
 /* Elements of the causal backward's partial-sum buffer for one sequence: chunk c of `chunk`
  * consecutive positions t keeps rows 0..min((c+1)*chunk, L)-1 of its (L, E) contribution. */
 size_t token_mixing_causal_partial_size(int L, int E, int chunk);

@@ -103,12 +103,7 @@ cdef int _blk_dims(BlockDims* d, cnp.ndarray x, cnp.ndarray lengths, size_t H, s
     if d.L > max_seq_len or max_seq_len > 1 << 20 or d.B * d.L * (d.E + H) >= 1 << 31:
         raise ValueError("block: sizes out of range")
     _blk_array("lengths", lengths, cnp.NPY_INT64, d.B)
-    cdef const int64_t* n = <const int64_t*>cnp.PyArray_DATA(lengths)
-    cdef size_t b
-    for b in range(d.B):
-        if n[b] < 1 or <size_t>n[b] > d.L:
-            raise ValueError("block: lengths must lie in 1..L")
-    return 0
+    return _check_length_values(<const int64_t*>cnp.PyArray_DATA(lengths), d.B, d.L)
 
 
 def block_workspace_sizes(size_t B, size_t L, size_t E, size_t H, size_t Hh, size_t Ht,

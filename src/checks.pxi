@@ -17,11 +17,16 @@ cdef int _check_dims(tuple dims) except -1:
 
 cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t B, Py_ssize_t L) except -1:
     """ValueError unless lengths is (B,) with every entry in 1..L."""
-    cdef Py_ssize_t b
     if B < 1 or L < 1:
         raise ValueError(f"empty batch (B={B}, L={L})")
     if lengths.shape[0] != B:
         raise ValueError(f"lengths has {lengths.shape[0]} entries, the batch has {B}")
+    return _check_length_values(&lengths[0], B, L)
+
+
+cdef int _check_length_values(const int64_t* lengths, Py_ssize_t B, Py_ssize_t L) except -1:
+    """ValueError unless lengths[0..B) all lie in 1..L (for callers holding a pointer)."""
+    cdef Py_ssize_t b
     for b in range(B):
         if lengths[b] < 1 or lengths[b] > L:
             raise ValueError(f"lengths[{b}] = {lengths[b]} is outside 1..{L}")

@@ -48,6 +48,7 @@ cdef extern from "token_mixing.h" nogil:
                                           int L, int E, int S, int Ht, int chunk)
     size_t token_mixing_causal_partial_size_c "token_mixing_causal_partial_size"(
         int L, int E, int chunk)
+    size_t token_mixing_causal_chunk_c "token_mixing_causal_chunk"(size_t L)
 
 
 cdef Py_ssize_t _tm_theta_size(Py_ssize_t L, Py_ssize_t S, Py_ssize_t Ht) except -1:
@@ -67,6 +68,13 @@ cdef int _tm_check_work(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t need) excep
     if rows < 1 or rows > 2147483647 or cols != need:
         raise ValueError(f"work has shape ({rows}, {cols}), expected (n_slots >= 1, {need})")
     return 0
+
+
+def token_mixing_causal_chunk(Py_ssize_t L):
+    """Positions per partial-sum chunk of the causal backward (csrc/token_mixing.h)."""
+    if L < 1:
+        raise ValueError("L must be >= 1")
+    return token_mixing_causal_chunk_c(<size_t>L)
 
 
 def token_mixing_causal_partial_size(int L, int E, int chunk):

@@ -177,13 +177,6 @@ __all__ += ["Hypernetwork"]
 
 # ---- TokenMixingMLP (csrc/token_mixing.c) ----
 
-def _causal_chunk(seq_len):
-    """Positions per partial-sum chunk in the causal backward: about 16 chunks whatever L is,
-    so the partial buffers stay near 8x the input size. Depends on L only, never on the
-    thread count, which keeps results thread-count independent."""
-    return max(4, -(-seq_len // 16))
-
-
 class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
     __doc__ = bp.TokenMixingMLPBase.__doc__
     Hypernetwork = Hypernetwork
@@ -226,7 +219,7 @@ class TokenMixingMLP(CompiledAdam, bp.TokenMixingMLPBase):
         grad_input = np.empty_like(x)
         dtheta = np.empty_like(theta)
         if self.causal:
-            chunk = _causal_chunk(seq_len)
+            chunk = _kernels.token_mixing_causal_chunk(seq_len)   # the rule block.c uses
             per_seq = _kernels.token_mixing_causal_partial_size(seq_len, width, chunk)
             partial = _keep_buffer(self, "_ws_partial", (batch, per_seq))
             work = self._work(h * width)
@@ -292,7 +285,7 @@ class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
         return [n1.gamma, n1.beta, hn.w1, hn.b1, hn.w2, hn.b2, n2.gamma, n2.beta,
                 cm.w1, cm.b1, cm.w2, cm.b2]
 
-    def _block_sizes(self, batch, seq_len):
+    def _block_sizes(self):
         slots = max(1, _kernels.get_num_threads())
         return (self.hidden_dim, self.hypernetwork.hidden_dim,
                 self.token_mixing.token_mixing_hidden_dim, self.causal, slots)
@@ -303,7 +296,7 @@ class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
 
     def _forward(self, x, lengths):
         batch, seq_len, _ = x.shape
-        sizes = self._block_sizes(batch, seq_len)
+        sizes = self._block_sizes()
         cache, scratch, index = self._block_workspaces(batch, seq_len, sizes)
         y = np.empty_like(x)
         _kernels.block_forward(y, cache, index, scratch, x, lengths, self._block_parameters(),
@@ -314,7 +307,7 @@ class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
     def _backward(self, grad_output):
         lengths, shape = self._saved
         self._saved = None
-        sizes = self._block_sizes(*shape[:2])
+        sizes = self._block_sizes()
         cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
         params = self._block_parameters()
         grads = self._one_call_gradients(params)
