@@ -28,6 +28,19 @@ def _chained(block, x, lengths, g):
     return y, grad_input, grads
 
 
+def _assert_fused_equals_chain(block, x, lens, g):
+    """Output, input gradient and every parameter gradient of the one-call block equal,
+    bit for bit, those of the sublayer chain on the same input."""
+    y_fused = block._forward(x.copy(), lens)
+    gi_fused, grads_fused = block._backward(g.copy())
+    y_ref, gi_ref, grads_ref = _chained(block, x.copy(), lens, g.copy())
+    np.testing.assert_array_equal(y_fused, y_ref)
+    np.testing.assert_array_equal(gi_fused, gi_ref)
+    assert len(grads_fused) == len(grads_ref) == len(block.named_parameters())
+    for (name, _), a, b in zip(block.named_parameters(), grads_fused, grads_ref):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("lengths", [None, [9, 1, 4]])
@@ -40,14 +53,7 @@ def test_fused_block_equals_sublayer_chain_bitwise(dtype, causal, lengths, seq_l
     g = rng.standard_normal((batch, seq_len, 12)).astype(dtype)
     lens = np.full(batch, seq_len, np.int64) if lengths is None else \
         np.minimum(np.array(lengths, np.int64), seq_len)
-    y_fused = block._forward(x.copy(), lens)
-    gi_fused, grads_fused = block._backward(g.copy())
-    y_ref, gi_ref, grads_ref = _chained(block, x.copy(), lens, g.copy())
-    np.testing.assert_array_equal(y_fused, y_ref)
-    np.testing.assert_array_equal(gi_fused, gi_ref)
-    assert len(grads_fused) == len(grads_ref) == len(block.named_parameters())
-    for (name, _), a, b in zip(block.named_parameters(), grads_fused, grads_ref):
-        np.testing.assert_array_equal(a, b, err_msg=name)
+    _assert_fused_equals_chain(block, x, lens, g)
 
 
 def test_fused_block_shared_hypernetwork_in_a_pair():
@@ -73,7 +79,7 @@ def test_block_kernel_refuses_bad_arguments_without_crashing():
     params = block._block_parameters()
     x = np.zeros((1, 9, 12), np.float32)
     lens = np.array([9], np.int64)
-    sizes = block._block_sizes(1, 9)
+    sizes = block._block_sizes()
     cache, scratch, index = block._block_workspaces(1, 9, sizes)
     y = np.empty_like(x)
     _kernels.block_forward(y, cache, index, scratch, x, lens, params, 9, *sizes)  # valid
@@ -104,14 +110,7 @@ def test_fused_transformer_block_equals_sublayer_chain_bitwise(dtype, lengths):
     x = rng.standard_normal((3, 7, 12)).astype(dtype)
     g = rng.standard_normal((3, 7, 12)).astype(dtype)
     lens = np.full(3, 7, np.int64) if lengths is None else np.array(lengths, np.int64)
-    y_fused = block._forward(x.copy(), lens)
-    gi_fused, grads_fused = block._backward(g.copy())
-    y_ref, gi_ref, grads_ref = _chained(block, x.copy(), lens, g.copy())
-    np.testing.assert_array_equal(y_fused, y_ref)
-    np.testing.assert_array_equal(gi_fused, gi_ref)
-    assert len(grads_fused) == len(grads_ref) == len(block.named_parameters())
-    for (name, _), a, b in zip(block.named_parameters(), grads_fused, grads_ref):
-        np.testing.assert_array_equal(a, b, err_msg=name)
+    _assert_fused_equals_chain(block, x, lens, g)
 
 
 def test_transformer_block_kernel_refuses_bad_arguments():
