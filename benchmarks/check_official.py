@@ -435,6 +435,10 @@ def main(argv=None):
           "float64, 2e-4 float32")
     cases = draw_cases(seed, args.cases)
     failures = []
+    summary = {}   # (case, column) -> worst error over implementations and directions
+
+    def note(i, column, value):
+        summary[(i, column)] = max(summary.get((i, column), 0.0), value)
 
     print("\n1. ours padded (NaN in padding) vs theirs one sequence at a time; worst over "
           "both transfer directions (theirs->ours, ours->theirs)")
@@ -456,6 +460,9 @@ def main(argv=None):
                             into[f"{direction} {name}"] = err
                 ws, _ = worst(shipped)
                 wt, wt_name = worst(table)
+                bits = "64" if dtype == np.float64 else "32"
+                note(i, f"f{bits} shipped", ws)
+                note(i, f"f{bits} table", wt)
                 verdict = []
                 if ws > tol:
                     verdict.append("FAIL shipped")
@@ -474,6 +481,7 @@ def main(argv=None):
             for impl in IMPLEMENTATIONS:
                 errors, pad_rows = run_masked(cls, case, dtype, impl)
                 w, name = worst(errors)
+                note(i, f"f{'64' if dtype == np.float64 else '32'} mask", w)
                 ok = w <= TOLERANCE[dtype]
                 if not ok:
                     failures.append(f"case {i} {np.dtype(dtype).name} {impl} masked {w:.1e}")
@@ -489,12 +497,21 @@ def main(argv=None):
             for impl in IMPLEMENTATIONS:
                 errors, far = run_official_rule(cls, case, dtype, impl)
                 w, name = worst(errors)
+                note(i, f"f{'64' if dtype == np.float64 else '32'} official", w)
                 ok = w <= TOLERANCE[dtype]
                 if not ok:
                     failures.append(f"case {i} {np.dtype(dtype).name} {impl} official {w:.1e}")
                 print(f"{i:<4d} {np.dtype(dtype).name:7s} {impl:9s} {w:9.1e}  {name:28s} "
                       f"{'ok' if ok else 'FAIL'}; vs shipped: output {far:.1e}")
 
+    columns = [f"f{b} {c}" for c in ("shipped", "table", "mask", "official")
+               for b in ("64", "32")]
+    print("\nsummary: worst error per case over both implementations and directions "
+          "(f64 tolerance 1e-9, f32 2e-4)")
+    print(f"{'case':4s} {'shape':55s} " + " ".join(f"{c:>11s}" for c in columns))
+    for i, case in enumerate(cases):
+        print(f"{i:<4d} {describe(case).split(' lengths')[0]:55s} "
+              + " ".join(f"{summary[(i, c)]:11.1e}" for c in columns))
     print()
     if failures:
         print(f"{len(failures)} FAILED:")
