@@ -37,9 +37,9 @@ Two columns per comparison. "shipped": their module exactly as built, position t
 included. "table": the same after writing our layer's position rows into their
 ``positional_encoding.pe`` buffer, which isolates everything but the table. SpeechBrain
 computes its table in float32 arithmetic (float32 positions times float32 frequencies, float32
-sin/cos), while ours computes it in float64 and rounds to float32: the values differ by up to
-~4e-7 in the first rows and ~1e-4 near position 3000, so in float64 "shipped" can not reach
-1e-9; that is reported as a failure, not hidden.
+sin/cos), while ours computes it in float64 and rounds to float32: at d=256 the values differ
+by up to 4e-7 in the first 10 rows and 2e-4 over the 3000 rows, so in float64 "shipped" can
+not reach 1e-9; that is reported as a failure, not hidden.
 
 The official rule (idiap/hypermixing, ``token_information="official"``: sqrt(d) * X + rows
 1..L of a table whose exponent uses the column index) is not SpeechBrain's. Section 3 runs
