@@ -45,9 +45,10 @@ static void F(attention_concat_weights)(REAL* restrict wcat, const REAL* wq, con
  * kt (B,E,L) and wcat (E,3E); x (B,L,E); wq, wk, wv (E,E); lengths (B,) with
  * 1 <= lengths[b] <= L. Padding rows of out and probs are 0. */
 HM_SIMD
-void F(attention_forward)(REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt, REAL* wcat,
-                          const REAL* x, const REAL* wq, const REAL* wk, const REAL* wv,
-                          const int64_t* lengths, size_t B, size_t L, size_t E)
+void KERNEL_NAME(attention_forward_f32, attention_forward_f64)(
+    REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt, REAL* wcat, const REAL* x,
+    const REAL* wq, const REAL* wk, const REAL* wv, const int64_t* lengths, size_t B, size_t L,
+    size_t E)
 {
     const size_t rows = B * L, E3 = 3 * E;
     const REAL scale = (REAL)(1.0 / sqrt((double)E));
@@ -108,11 +109,11 @@ void F(attention_forward)(REAL* out, REAL* xc, REAL* qkv, REAL* probs, REAL* kt,
  * (overwritten); workspaces dqkv (B,L,3E), dscores (B,L,L), vt (B,E,L), wcat and dwcat
  * (E,3E); grad (B,L,E) = dL/dY; xc, qkv, probs as cached by the forward; wq, wk, wv (E,E). */
 HM_SIMD
-void F(attention_backward)(REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dqkv,
-                           REAL* dscores, REAL* vt, REAL* wcat, REAL* dwcat, const REAL* grad,
-                           const REAL* xc, const REAL* qkv, const REAL* probs, const REAL* wq,
-                           const REAL* wk, const REAL* wv, const int64_t* lengths, size_t B,
-                           size_t L, size_t E)
+void KERNEL_NAME(attention_backward_f32, attention_backward_f64)(
+    REAL* dx, REAL* dwq, REAL* dwk, REAL* dwv, REAL* dqkv, REAL* dscores, REAL* vt, REAL* wcat,
+    REAL* dwcat, const REAL* grad, const REAL* xc, const REAL* qkv, const REAL* probs,
+    const REAL* wq, const REAL* wk, const REAL* wv, const int64_t* lengths, size_t B, size_t L,
+    size_t E)
 {
     const size_t rows = B * L, E3 = 3 * E;
     const REAL scale = (REAL)(1.0 / sqrt((double)E));

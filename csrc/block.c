@@ -128,10 +128,9 @@ size_t block_index_size(const BlockDims* d)
 #else
 
 /* y, x (B, L, E); see block.h. */
-void F(hypermixer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* scratch,
-                                 const REAL* x, const int64_t* lengths,
-                                 const REAL* const* params, size_t max_seq_len,
-                                 const BlockDims* d)
+void KERNEL_NAME(hypermixer_block_forward_f32, hypermixer_block_forward_f64)(
+    REAL* y, REAL* cache, int64_t* index, REAL* scratch, const REAL* x, const int64_t* lengths,
+    const REAL* const* params, size_t max_seq_len, const BlockDims* d)
 {
     CacheParts c;
     ForwardParts s;
@@ -175,10 +174,10 @@ void F(hypermixer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* scr
 
 /* grad_input, grad_output (B, L, E); grads: HM_BLOCK_PARAMS outputs, overwritten; cache and
  * index as the forward left them; see block.h. */
-void F(hypermixer_block_backward)(REAL* grad_input, REAL* const* grads, REAL* cache,
-                                  int64_t* index, REAL* scratch, const REAL* grad_output,
-                                  const int64_t* lengths, const REAL* const* params,
-                                  size_t max_seq_len, const BlockDims* d)
+void KERNEL_NAME(hypermixer_block_backward_f32, hypermixer_block_backward_f64)(
+    REAL* grad_input, REAL* const* grads, REAL* cache, int64_t* index, REAL* scratch,
+    const REAL* grad_output, const int64_t* lengths, const REAL* const* params, size_t max_seq_len,
+    const BlockDims* d)
 {
     CacheParts c;
     BackwardParts s;

@@ -41,9 +41,9 @@ static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int
  * hidden (N, H) receives relu(xp @ w1 + b1), both kept for backward; mixed (N, E) is
  * scratch. */
 HM_SIMD
-void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, const REAL* x,
-                               const int64_t* offsets, const REAL* w1, const REAL* b1,
-                               const REAL* w2, const REAL* b2, int B, int L, int E, int H)
+void KERNEL_NAME(channel_mixing_forward_f32, channel_mixing_forward_f64)(
+    REAL* y, REAL* xp, REAL* hidden, REAL* mixed, const REAL* x, const int64_t* offsets,
+    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
@@ -76,10 +76,10 @@ void F(channel_mixing_forward)(REAL* y, REAL* xp, REAL* hidden, REAL* mixed, con
  * packed rows (which tiles its output and never splits the sum) or a column sum, so the
  * result does not depend on the thread count. */
 HM_SIMD
-void F(channel_mixing_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2,
-                                REAL* gp, REAL* dhidden, const REAL* grad_output,
-                                const REAL* xp, const REAL* hidden, const int64_t* offsets,
-                                const REAL* w1, const REAL* w2, int B, int L, int E, int H)
+void KERNEL_NAME(channel_mixing_backward_f32, channel_mixing_backward_f64)(
+    REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* gp, REAL* dhidden,
+    const REAL* grad_output, const REAL* xp, const REAL* hidden, const int64_t* offsets,
+    const REAL* w1, const REAL* w2, int B, int L, int E, int H)
 {
     const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
     const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;

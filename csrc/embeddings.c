@@ -14,9 +14,9 @@
 /* out (B,L,E); ids (B,L) in [0,V) at t < lengths[b] (padding ids are never read);
  * lengths (B,); token (V,E); position (S,E) with S >= L. Padding rows of out are 0. */
 HM_SIMD
-void F(embeddings_forward)(REAL* out, const int64_t* ids, const int64_t* lengths,
-                           const REAL* token, const REAL* position, size_t B, size_t L,
-                           size_t E)
+void KERNEL_NAME(embeddings_forward_f32, embeddings_forward_f64)(
+    REAL* out, const int64_t* ids, const int64_t* lengths, const REAL* token, const REAL* position,
+    size_t B, size_t L, size_t E)
 {
     const size_t rows = B * L;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * E > HM_PARALLEL_MIN)
@@ -42,9 +42,9 @@ void F(embeddings_forward)(REAL* out, const int64_t* ids, const int64_t* lengths
  * EMB_TILE_COLS columns: one thread owns a block and adds the tokens in (b, t) order, so
  * repeated ids accumulate in the same order for any thread count. */
 HM_SIMD
-void F(embeddings_backward)(REAL* dtoken, REAL* dposition, const REAL* grad,
-                            const int64_t* ids, const int64_t* lengths, size_t B, size_t L,
-                            size_t E, size_t V, size_t S)
+void KERNEL_NAME(embeddings_backward_f32, embeddings_backward_f64)(
+    REAL* dtoken, REAL* dposition, const REAL* grad, const int64_t* ids, const int64_t* lengths,
+    size_t B, size_t L, size_t E, size_t V, size_t S)
 {
     memset(dtoken, 0, V * E * sizeof(REAL));
     memset(dposition, 0, S * E * sizeof(REAL));

@@ -102,8 +102,9 @@ static void F(naive_tile)(int trans_a, int trans_b, size_t i0, size_t i1, size_t
     }
 }
 
-void F(gemm_naive)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
-                   size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+void KERNEL_NAME(gemm_naive_f32, gemm_naive_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
     for (size_t j0 = 0; j0 < N; j0 += GEMM_NAIVE_TILE_COLS) {
         size_t j1 = j0 + GEMM_NAIVE_TILE_COLS < N ? j0 + GEMM_NAIVE_TILE_COLS : N;
@@ -184,8 +185,9 @@ static void F(scale_only)(size_t M, size_t N, REAL beta, REAL* C, size_t ldc)
     }
 }
 
-void F(gemm_serial)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
-                    size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+void KERNEL_NAME(gemm_serial_f32, gemm_serial_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
     if (M == 0 || N == 0) {
         return;
@@ -228,15 +230,16 @@ static void F(bias_act)(REAL* C, size_t ldc, size_t i0, size_t i1, size_t j0, si
     }
 }
 
-void F(gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
-             size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+void KERNEL_NAME(gemm_f32, gemm_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
 {
     F(gemm_bias_act)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
 }
 
-void F(gemm_bias_act)(int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A,
-                      size_t lda, const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc,
-                      const REAL* bias, int relu)
+void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
 {
     const int epilogue = bias != NULL || relu;
     if (M == 0 || N == 0) {

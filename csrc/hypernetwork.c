@@ -82,10 +82,9 @@ static void F(hn_zero)(REAL* a, size_t n)
 /* out (B, rows, O); pre, hidden (B, rows, H) keep m @ w1 + b1 and its relu for backward;
  * x (B, rows, E); lengths (B,) with 1 <= lengths[b] <= rows; w1 (E, H); b1 (H,); w2 (H, O);
  * b2 (O,). Padding rows of out, pre and hidden are set to 0. */
-void F(hypernetwork_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x,
-                             const int64_t* lengths, const REAL* w1, const REAL* b1,
-                             const REAL* w2, const REAL* b2, int B, int rows, int E, int H,
-                             int O)
+void KERNEL_NAME(hypernetwork_forward_f32, hypernetwork_forward_f64)(
+    REAL* out, REAL* pre, REAL* hidden, const REAL* x, const int64_t* lengths, const REAL* w1,
+    const REAL* b1, const REAL* w2, const REAL* b2, int B, int rows, int E, int H, int O)
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
     if (F(hn_all_full)(lengths, B, rows)) {
@@ -106,11 +105,10 @@ void F(hypernetwork_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x,
  * db2 (O,) are overwritten; dpre (B, rows, H) is a
  * workspace; grad_output (B, rows, O), whose padding rows are never read; x, pre, hidden and
  * lengths as given to / produced by the forward; w1 (E, H); w2 (H, O). */
-void F(hypernetwork_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2,
-                              REAL* dpre, const REAL* grad_output, const REAL* x,
-                              const REAL* pre, const REAL* hidden, const int64_t* lengths,
-                              const REAL* w1, const REAL* w2, int B, int rows, int E, int H,
-                              int O)
+void KERNEL_NAME(hypernetwork_backward_f32, hypernetwork_backward_f64)(
+    REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* dpre,
+    const REAL* grad_output, const REAL* x, const REAL* pre, const REAL* hidden,
+    const int64_t* lengths, const REAL* w1, const REAL* w2, int B, int rows, int E, int H, int O)
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
     F(hn_zero)(dw1, e * h);   /* the row runs below accumulate into them */
@@ -183,10 +181,10 @@ static void F(hn_first_all)(REAL* pre, REAL* hidden, const REAL* x, const int64_
 /* theta, pre, hidden, x, lengths, w1 (E, H), b1 (H,), w2 (H, O), b2 (O,), wcol: see above;
  * rows = 1 (bidirectional) or L (causal). */
 HM_SIMD
-void F(hypernetwork_theta_forward)(REAL* theta, REAL* pre, REAL* hidden, REAL* wcol,
-                                   const REAL* x, const int64_t* lengths, const REAL* w1,
-                                   const REAL* b1, const REAL* w2, const REAL* b2, int B,
-                                   int rows, int E, int H, int S_, int Ht_, int L_, int causal)
+void KERNEL_NAME(hypernetwork_theta_forward_f32, hypernetwork_theta_forward_f64)(
+    REAL* theta, REAL* pre, REAL* hidden, REAL* wcol, const REAL* x, const int64_t* lengths,
+    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, int B, int rows, int E, int H,
+    int S_, int Ht_, int L_, int causal)
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, S = (size_t)S_;
     const size_t Ht = (size_t)Ht_, O = 2 * S * Ht + Ht + S;
@@ -269,12 +267,11 @@ static void F(hn_dot_rows)(REAL* dpre, const REAL* g, size_t ldg, const REAL* w,
  * Every sum runs over rows in a fixed order on one thread, so results do not depend on the
  * thread count. */
 HM_SIMD
-void F(hypernetwork_theta_backward)(REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2,
-                                    REAL* db2, REAL* dpre, REAL* wcol, const REAL* dtheta,
-                                    const REAL* x, const REAL* pre, const REAL* hidden,
-                                    const int64_t* lengths, const REAL* w1, const REAL* w2,
-                                    int B, int rows, int E, int H, int S_, int Ht_, int L_,
-                                    int causal)
+void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f64)(
+    REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* dpre, REAL* wcol,
+    const REAL* dtheta, const REAL* x, const REAL* pre, const REAL* hidden, const int64_t* lengths,
+    const REAL* w1, const REAL* w2, int B, int rows, int E, int H, int S_, int Ht_, int L_,
+    int causal)
 {
     const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, S = (size_t)S_;
     const size_t Ht = (size_t)Ht_, O = 2 * S * Ht + Ht + S, L = (size_t)L_;

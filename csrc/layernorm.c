@@ -112,9 +112,9 @@ static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
  * gamma, beta: (E,).
  * xhat = (x - mean) * rstd is kept for backward, so the caller may change x afterwards. */
 HM_SIMD
-void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x,
-                          const int64_t* lengths, const REAL* gamma, const REAL* beta, int B,
-                          int L, int E)
+void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
+    REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x, const int64_t* lengths,
+    const REAL* gamma, const REAL* beta, int B, int L, int E)
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
     const int parallel = rows * width > HM_PARALLEL_MIN;
@@ -148,9 +148,10 @@ void F(layernorm_forward)(REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REA
  * dgamma / dbeta sums of rows k*HM_TILE_ROWS .. (k+1)*HM_TILE_ROWS-1 (rows in order); the
  * tiles are then added in order, so the result does not depend on the thread count. */
 HM_SIMD
-void F(layernorm_backward)(REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial,
-                           const REAL* grad_output, const REAL* xhat, const REAL* rstd,
-                           const int64_t* lengths, const REAL* gamma, int B, int L, int E)
+void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
+    REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial, const REAL* grad_output,
+    const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, int B, int L,
+    int E)
 {
     const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
     const size_t tiles = layernorm_partial_tiles(rows);

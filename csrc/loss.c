@@ -15,9 +15,9 @@
  * padding; probs (B,L,V) = softmax of each real row, 0 at padding; logits (B,L,V); targets
  * (B,L) in [0,V) at real positions; lengths (B,). */
 HM_SIMD
-void F(cross_entropy_forward)(double* loss, double* row_loss, REAL* probs, const REAL* logits,
-                              const int64_t* targets, const int64_t* lengths, size_t B,
-                              size_t L, size_t V)
+void KERNEL_NAME(cross_entropy_forward_f32, cross_entropy_forward_f64)(
+    double* loss, double* row_loss, REAL* probs, const REAL* logits, const int64_t* targets,
+    const int64_t* lengths, size_t B, size_t L, size_t V)
 {
     const size_t rows = B * L;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)
@@ -50,8 +50,9 @@ void F(cross_entropy_forward)(double* loss, double* row_loss, REAL* probs, const
 /* grad (B,L,V) = d loss / d logits = (probs - onehot(target)) / (lengths[b] * B) on real rows,
  * 0 on padding; probs as produced by the forward. grad may be the probs buffer itself. */
 HM_SIMD
-void F(cross_entropy_backward)(REAL* grad, const REAL* probs, const int64_t* targets,
-                               const int64_t* lengths, size_t B, size_t L, size_t V)
+void KERNEL_NAME(cross_entropy_backward_f32, cross_entropy_backward_f64)(
+    REAL* grad, const REAL* probs, const int64_t* targets, const int64_t* lengths, size_t B,
+    size_t L, size_t V)
 {
     const size_t rows = B * L;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (rows * V > HM_PARALLEL_MIN)

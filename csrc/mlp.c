@@ -15,8 +15,9 @@
 /* First layer: hidden = relu(x @ w1 + b1). pre receives x @ w1 + b1 when not NULL (the
  * hypernetwork keeps it); without it bias and ReLU run inside the gemm's epilogue. */
 HM_SIMD
-void F(mlp_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1,
-                          const REAL* b1, size_t E, size_t H)
+void KERNEL_NAME(mlp_first_forward_f32, mlp_first_forward_f64)(
+    REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1, const REAL* b1, size_t E,
+    size_t H)
 {
     if (pre == NULL) {
         F(gemm_bias_act)(0, 0, M, H, E, x, E, w1, H, 0, hidden, H, b1, 1);
@@ -31,9 +32,9 @@ void F(mlp_first_forward)(REAL* pre, REAL* hidden, const REAL* x, size_t M, cons
 }
 
 /* Both layers: out = hidden @ w2 + b2 (b2 NULL: no bias, the caller adds it). */
-void F(mlp_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M,
-                    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, size_t E,
-                    size_t H, size_t O)
+void KERNEL_NAME(mlp_forward_f32, mlp_forward_f64)(
+    REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1, const REAL* b1,
+    const REAL* w2, const REAL* b2, size_t E, size_t H, size_t O)
 {
     F(mlp_first_forward)(pre, hidden, x, M, w1, b1, E, H);
     F(gemm_bias_act)(0, 0, M, O, H, hidden, H, w2, O, 0, out, O, b2, 0);
@@ -43,9 +44,9 @@ void F(mlp_forward)(REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M,
  * grad_input (M, E) = input_beta * grad_input + dpre @ w1^T (input_beta 1 adds a residual
  * path already there); dw1 = x^T @ dpre and db1 = column sums of dpre, overwritten, or added
  * to what they hold when accumulate (a caller summing over several runs of rows). */
-void F(mlp_first_backward)(REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1,
-                           int accumulate, const REAL* dpre, const REAL* x, size_t M,
-                           const REAL* w1, size_t E, size_t H)
+void KERNEL_NAME(mlp_first_backward_f32, mlp_first_backward_f64)(
+    REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1, int accumulate, const REAL* dpre,
+    const REAL* x, size_t M, const REAL* w1, size_t E, size_t H)
 {
     if (!accumulate) {
         memset(db1, 0, H * sizeof(REAL));
@@ -59,10 +60,10 @@ void F(mlp_first_backward)(REAL* grad_input, REAL input_beta, REAL* dw1, REAL* d
  * exactly where the pre-activation is, NaN included); dhidden (M, H) scratch. Parameter
  * gradients overwritten or accumulated, grad_input as in F(mlp_first_backward). */
 HM_SIMD
-void F(mlp_backward)(REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1, REAL* dw2,
-                     REAL* db2, int accumulate, REAL* dhidden, const REAL* grad_output,
-                     const REAL* x, const REAL* hidden, size_t M, const REAL* w1,
-                     const REAL* w2, size_t E, size_t H, size_t O)
+void KERNEL_NAME(mlp_backward_f32, mlp_backward_f64)(
+    REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, int accumulate,
+    REAL* dhidden, const REAL* grad_output, const REAL* x, const REAL* hidden, size_t M,
+    const REAL* w1, const REAL* w2, size_t E, size_t H, size_t O)
 {
     const REAL* g = grad_output;
     F(gemm)(1, 0, H, O, M, hidden, H, g, O, accumulate ? 1 : 0, dw2, O); /* dw2 = hidden^T g */

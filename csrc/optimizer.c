@@ -15,7 +15,8 @@
  * Returns sqrt(sum grad[i]^2): each block summed in float64 with 8 fixed lanes, the block sums
  * added in block order, so the result does not depend on the thread count. */
 HM_SIMD
-double F(gradient_norm)(const REAL* grad, size_t n, double* partial)
+double KERNEL_NAME(gradient_norm_f32, gradient_norm_f64)(
+    const REAL* grad, size_t n, double* partial)
 {
     const size_t blocks = (n + HM_NORM_BLOCK - 1) / HM_NORM_BLOCK;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
@@ -51,9 +52,9 @@ double F(gradient_norm)(const REAL* grad, size_t n, double* partial)
  * scales every gradient by max_norm / norm (rounded to REAL) before pass 2, the Adam update.
  * Returns the norm before clipping. Same operation order as the NumPy reference. */
 HM_SIMD
-double F(adam_step)(REAL* param, REAL* m, REAL* v, const REAL* grad, double* partial,
-                    size_t n, double lr, double beta1, double beta2, double eps, long step,
-                    double max_norm)
+double KERNEL_NAME(adam_step_f32, adam_step_f64)(
+    REAL* param, REAL* m, REAL* v, const REAL* grad, double* partial, size_t n, double lr,
+    double beta1, double beta2, double eps, long step, double max_norm)
 {
     double norm = 0.0;
     int clip = 0;

@@ -14,8 +14,9 @@
 /* logits (B,L,V), padding rows 0; x (B,L,E); w (E,V); bias (1,V); lengths (B,).
  * One gemm over all B*L rows with the bias added in its epilogue (a padding row of x only
  * reaches its own logits row, which is then cleared). */
-void F(output_forward)(REAL* logits, const REAL* x, const REAL* w, const REAL* bias,
-                       const int64_t* lengths, size_t B, size_t L, size_t E, size_t V)
+void KERNEL_NAME(output_forward_f32, output_forward_f64)(
+    REAL* logits, const REAL* x, const REAL* w, const REAL* bias, const int64_t* lengths, size_t B,
+    size_t L, size_t E, size_t V)
 {
     const size_t rows = B * L;
     F(gemm_bias_act)(0, 0, rows, V, E, x, E, w, V, 0, logits, V, bias, 0);
@@ -28,9 +29,9 @@ void F(output_forward)(REAL* logits, const REAL* x, const REAL* w, const REAL* b
 /* dx (B,L,E), padding rows 0; dw (E,V) and dbias (1,V) overwritten; workspaces xp (B*L,E)
  * and gp (B*L,V) receive the real rows of x and grad packed together (left unused when
  * every sequence is full); grad (B,L,V) = dL/dlogits; x (B,L,E); w (E,V). */
-void F(output_backward)(REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, const REAL* grad,
-                        const REAL* x, const REAL* w, const int64_t* lengths, size_t B,
-                        size_t L, size_t E, size_t V)
+void KERNEL_NAME(output_backward_f32, output_backward_f64)(
+    REAL* dx, REAL* dw, REAL* dbias, REAL* xp, REAL* gp, const REAL* grad, const REAL* x,
+    const REAL* w, const int64_t* lengths, size_t B, size_t L, size_t E, size_t V)
 {
     size_t real_rows = 0;
     for (size_t b = 0; b < B; b++) {

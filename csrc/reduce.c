@@ -9,7 +9,8 @@
 #define REDUCE_BLOCK_COLS 64
 
 HM_SIMD
-void F(column_sums_add)(REAL* out, const REAL* a, size_t rows, size_t cols)
+void KERNEL_NAME(column_sums_add_f32, column_sums_add_f64)(
+    REAL* out, const REAL* a, size_t rows, size_t cols)
 {
     const size_t blocks = (cols + REDUCE_BLOCK_COLS - 1) / REDUCE_BLOCK_COLS;
     const int parallel = rows * cols > HM_PARALLEL_MIN;

@@ -81,8 +81,8 @@ static inline void F(tm_zero)(REAL* a, size_t n)
 
 /* means (B, E): means[b] = mean of rows 0..lengths[b]-1 of x (B, L, E). */
 HM_SIMD
-void F(token_mixing_pool_forward)(REAL* means, const REAL* x, const int64_t* lengths, int B,
-                                  int L, int E)
+void KERNEL_NAME(token_mixing_pool_forward_f32, token_mixing_pool_forward_f64)(
+    REAL* means, const REAL* x, const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
@@ -108,8 +108,8 @@ void F(token_mixing_pool_forward)(REAL* means, const REAL* x, const int64_t* len
 /* grad_input (B, L, E) += dmeans[b] / lengths[b] on the valid rows of sequence b;
  * dmeans (B, E). */
 HM_SIMD
-void F(token_mixing_pool_backward)(REAL* grad_input, const REAL* dmeans,
-                                   const int64_t* lengths, int B, int L, int E)
+void KERNEL_NAME(token_mixing_pool_backward_f32, token_mixing_pool_backward_f64)(
+    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
@@ -130,8 +130,8 @@ void F(token_mixing_pool_backward)(REAL* grad_input, const REAL* dmeans,
 /* means (B, L, E): means[b, t] = mean of rows 0..t of x (B, L, E) for t < lengths[b], 0 on
  * padding rows. Running sums in order, divided by t + 1. */
 HM_SIMD
-void F(token_mixing_prefix_pool_forward)(REAL* means, const REAL* x, const int64_t* lengths,
-                                         int B, int L, int E)
+void KERNEL_NAME(token_mixing_prefix_pool_forward_f32, token_mixing_prefix_pool_forward_f64)(
+    REAL* means, const REAL* x, const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
@@ -162,8 +162,8 @@ void F(token_mixing_prefix_pool_forward)(REAL* means, const REAL* x, const int64
 /* grad_input (B, L, E) += exact gradient of the prefix means: row s of sequence b receives
  * dmeans[b, t] / (t + 1) from every t with s <= t < lengths[b]; dmeans (B, L, E). */
 HM_SIMD
-void F(token_mixing_prefix_pool_backward)(REAL* grad_input, const REAL* dmeans,
-                                          const int64_t* lengths, int B, int L, int E)
+void KERNEL_NAME(token_mixing_prefix_pool_backward_f32, token_mixing_prefix_pool_backward_f64)(
+    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, int B, int L, int E)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
@@ -228,8 +228,9 @@ static void F(tm_forward_one)(F(tm_gemm_fn) mm, REAL* Y, REAL* A, const REAL* X,
 /* y, x (B, L, E); act (B, Ht, E) receives relu(W1[:n]^T @ X + c1^T) of every sequence for
  * the backward; theta (B, O), O = 2*S*Ht + Ht + S. One sequence per thread; with fewer
  * sequences than threads, the sequences run one after another on parallel gemms instead. */
-void F(token_mixing_forward)(REAL* y, REAL* act, const REAL* x, const REAL* theta,
-                             const int64_t* lengths, int B, int L, int E, int S_, int Ht)
+void KERNEL_NAME(token_mixing_forward_f32, token_mixing_forward_f64)(
+    REAL* y, REAL* act, const REAL* x, const REAL* theta, const int64_t* lengths, int B, int L,
+    int E, int S_, int Ht)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
@@ -287,10 +288,9 @@ static void F(tm_backward_one)(F(tm_gemm_fn) mm, REAL* GI, REAL* dth, REAL* D, c
 /* grad_input (B, L, E) and dtheta (B, O) are written in full; work (n_slots, Ht*E) is
  * scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E) from the forward.
  * Parallel as F(token_mixing_forward). */
-void F(token_mixing_backward)(REAL* grad_input, REAL* dtheta, REAL* work, int n_slots,
-                              const REAL* grad_output, const REAL* x, const REAL* theta,
-                              const REAL* act, const int64_t* lengths, int B, int L, int E,
-                              int S_, int Ht)
+void KERNEL_NAME(token_mixing_backward_f32, token_mixing_backward_f64)(
+    REAL* grad_input, REAL* dtheta, REAL* work, int n_slots, const REAL* grad_output, const REAL* x,
+    const REAL* theta, const REAL* act, const int64_t* lengths, int B, int L, int E, int S_, int Ht)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
@@ -338,9 +338,9 @@ static void F(tm_causal_act)(REAL* A, const REAL* X, const REAL* th, size_t t, s
  * work (n_slots, Ht*E) scratch. Parallel over (sequence, position) pairs, dealt round-robin
  * because position t costs O(t). */
 HM_SIMD
-void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL* x,
-                                    const REAL* theta, const int64_t* lengths, int B, int L,
-                                    int E, int S_, int Ht)
+void KERNEL_NAME(token_mixing_causal_forward_f32, token_mixing_causal_forward_f64)(
+    REAL* y, REAL* work, int n_slots, const REAL* x, const REAL* theta, const int64_t* lengths,
+    int B, int L, int E, int S_, int Ht)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = hypernetwork_prefix_record(s_n, h_n);
@@ -379,10 +379,10 @@ void F(token_mixing_causal_forward)(REAL* y, REAL* work, int n_slots, const REAL
  * chunk's contributions to the input gradient summed in its own partial buffer.
  * Phase 2, parallel over rows: grad_input = sum of the chunks' partials in order + residual. */
 HM_SIMD
-void F(token_mixing_causal_backward)(REAL* grad_input, REAL* dtheta, REAL* partial, REAL* work,
-                                     int n_slots, const REAL* grad_output, const REAL* x,
-                                     const REAL* theta, const int64_t* lengths, int B, int L,
-                                     int E, int S_, int Ht, int chunk)
+void KERNEL_NAME(token_mixing_causal_backward_f32, token_mixing_causal_backward_f64)(
+    REAL* grad_input, REAL* dtheta, REAL* partial, REAL* work, int n_slots, const REAL* grad_output,
+    const REAL* x, const REAL* theta, const int64_t* lengths, int B, int L, int E, int S_, int Ht,
+    int chunk)
 {
     const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
     const size_t o_n = hypernetwork_prefix_record(s_n, h_n);

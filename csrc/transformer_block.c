@@ -102,9 +102,9 @@ size_t transformer_block_index_size(const TransformerBlockDims* d)
 #else
 
 /* y, x (B, L, E); see transformer_block.h. */
-void F(transformer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* scratch,
-                                  const REAL* x, const int64_t* lengths,
-                                  const REAL* const* params, const TransformerBlockDims* d)
+void KERNEL_NAME(transformer_block_forward_f32, transformer_block_forward_f64)(
+    REAL* y, REAL* cache, int64_t* index, REAL* scratch, const REAL* x, const int64_t* lengths,
+    const REAL* const* params, const TransformerBlockDims* d)
 {
     TbCache c;
     TbForward s;
@@ -130,10 +130,10 @@ void F(transformer_block_forward)(REAL* y, REAL* cache, int64_t* index, REAL* sc
 
 /* grad_input, grad_output (B, L, E); grads: HM_TRANSFORMER_BLOCK_PARAMS outputs,
  * overwritten; cache and index as the forward left them. */
-void F(transformer_block_backward)(REAL* grad_input, REAL* const* grads, REAL* cache,
-                                   int64_t* index, REAL* scratch, const REAL* grad_output,
-                                   const int64_t* lengths, const REAL* const* params,
-                                   const TransformerBlockDims* d)
+void KERNEL_NAME(transformer_block_backward_f32, transformer_block_backward_f64)(
+    REAL* grad_input, REAL* const* grads, REAL* cache, int64_t* index, REAL* scratch,
+    const REAL* grad_output, const int64_t* lengths, const REAL* const* params,
+    const TransformerBlockDims* d)
 {
     TbCache c;
     TbBackward s;
