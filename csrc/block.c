@@ -99,8 +99,7 @@ static size_t carve_backward(BackwardParts* p, void* base, size_t item, const Bl
     p->wcol = hm_carve(&c, wcol_size(d));
     p->work = hm_carve(&c, d->slots * d->Ht * d->E);
     p->tm_partial = hm_carve(&c, d->causal ? d->B * token_mixing_causal_partial_size(
-                                              (int)d->L, (int)d->E,
-                                              (int)token_mixing_causal_chunk(d->L)) : 0);
+                                              d->L, d->E, token_mixing_causal_chunk(d->L)) : 0);
     return c.used;
 }
 
@@ -136,8 +135,8 @@ void KERNEL_NAME(hypermixer_block_forward_f32, hypermixer_block_forward_f64)(
     ForwardParts s;
     carve_cache(&c, cache, sizeof(REAL), d);
     carve_forward(&s, scratch, sizeof(REAL), d);
-    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H, Hh = (int)d->Hh;
-    const int Ht = (int)d->Ht, slots = (int)d->slots, S = (int)max_seq_len;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, Hh = d->Hh, Ht = d->Ht;
+    const size_t slots = d->slots, S = max_seq_len;
     int64_t* offsets = index;
     int64_t* ones = index + d->B + 1;
     offsets[0] = 0;
@@ -183,8 +182,8 @@ void KERNEL_NAME(hypermixer_block_backward_f32, hypermixer_block_backward_f64)(
     BackwardParts s;
     carve_cache(&c, cache, sizeof(REAL), d);
     carve_backward(&s, scratch, sizeof(REAL), d);
-    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H, Hh = (int)d->Hh;
-    const int Ht = (int)d->Ht, slots = (int)d->slots, S = (int)max_seq_len;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, Hh = d->Hh, Ht = d->Ht;
+    const size_t slots = d->slots, S = max_seq_len;
     const int64_t* offsets = index;
     const int64_t* ones = index + d->B + 1;
 
@@ -196,7 +195,7 @@ void KERNEL_NAME(hypermixer_block_backward_f32, hypermixer_block_backward_f64)(
     if (d->causal) {
         F(token_mixing_causal_backward)(s.dn1, s.dtheta, s.tm_partial, s.work, slots, s.dt,
                                         c.n1, c.theta, lengths, B, L, E, L, Ht,
-                                        (int)token_mixing_causal_chunk(d->L));
+                                        token_mixing_causal_chunk(d->L));
         F(hypernetwork_theta_backward)(s.dmeans, grads[2], grads[3], grads[4], grads[5],
                                        s.dpre, s.wcol, s.dtheta, c.means, c.pre, c.hid_h,
                                        lengths, params[2], params[4], B, L, E, Hh, S, Ht, L,

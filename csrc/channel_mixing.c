@@ -17,18 +17,18 @@
 
 /* Copy the valid rows of src (B, L, E) into the packed dst (N, E); nothing to do when dst
  * is src and no row is padding (the layouts then coincide). */
-static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int B, int L,
-                         int E)
+static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, size_t B,
+                         size_t L, size_t E)
 {
-    const size_t width = (size_t)E;
-    if (dst == src && (size_t)offsets[B] == (size_t)B * (size_t)L) {
+    const size_t width = E;
+    if (dst == src && (size_t)offsets[B] == B * L) {
         return;   /* no padding and already in place (a whole-block kernel wrote it there) */
     }
-    const int big = (size_t)B * (size_t)L * width > HM_PARALLEL_MIN;
+    const int big = B * L * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
-    for (int b = 0; b < B; b++) {
+    for (size_t b = 0; b < B; b++) {
         const size_t n = (size_t)(offsets[b + 1] - offsets[b]);
-        const REAL* s = src + (size_t)b * (size_t)L * width;
+        const REAL* s = src + b * L * width;
         REAL* d = dst + (size_t)offsets[b] * width;
         for (size_t i = 0; i < n * width; i++) {
             d[i] = s[i];
@@ -43,17 +43,18 @@ static void F(pack_rows)(REAL* dst, const REAL* src, const int64_t* offsets, int
 HM_SIMD
 void KERNEL_NAME(channel_mixing_forward_f32, channel_mixing_forward_f64)(
     REAL* y, REAL* xp, REAL* hidden, REAL* mixed, const REAL* x, const int64_t* offsets,
-    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, int B, int L, int E, int H)
+    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, size_t B, size_t L, size_t E,
+    size_t H)
 {
-    const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
-    const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
+    const size_t N = (size_t)offsets[B], width = E, hid = H;
+    const int big = B * L * (width + hid) > HM_PARALLEL_MIN;
     F(pack_rows)(xp, x, offsets, B, L, E);
     /* mixed = relu(xp @ w1 + b1) @ w2; b2 and the residual are added while unpacking */
     F(mlp_forward)(mixed, NULL, hidden, xp, N, w1, b1, w2, NULL, width, hid, width);
     /* Unpack: y = x + mixed + b2 on valid rows, 0 on padding rows. */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
-    for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
-        const size_t b = r / (size_t)L, t = r % (size_t)L;
+    for (size_t r = 0; r < B * L; r++) {
+        const size_t b = r / L, t = r % L;
         REAL* restrict out = y + r * width;
         if ((int64_t)t >= offsets[b + 1] - offsets[b]) {
             for (size_t e = 0; e < width; e++) {
@@ -79,11 +80,11 @@ HM_SIMD
 void KERNEL_NAME(channel_mixing_backward_f32, channel_mixing_backward_f64)(
     REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* gp, REAL* dhidden,
     const REAL* grad_output, const REAL* xp, const REAL* hidden, const int64_t* offsets,
-    const REAL* w1, const REAL* w2, int B, int L, int E, int H)
+    const REAL* w1, const REAL* w2, size_t B, size_t L, size_t E, size_t H)
 {
-    const size_t N = (size_t)offsets[B], width = (size_t)E, hid = (size_t)H;
-    const int big = (size_t)B * (size_t)L * (width + hid) > HM_PARALLEL_MIN;
-    if (N == (size_t)B * (size_t)L) {
+    const size_t N = (size_t)offsets[B], width = E, hid = H;
+    const int big = B * L * (width + hid) > HM_PARALLEL_MIN;
+    if (N == B * L) {
         /* no padding: grad_input itself is the packed gradient; it starts as the residual
          * path and receives the MLP's (gp is not needed) */
         memcpy(grad_input, grad_output, N * width * sizeof(REAL));
@@ -97,8 +98,8 @@ void KERNEL_NAME(channel_mixing_backward_f32, channel_mixing_backward_f64)(
     F(mlp_backward)(gp, 1, dw1, db1, dw2, db2, 0, dhidden, gp, xp, hidden, N, w1, w2, width,
                     hid, width);
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
-    for (size_t r = 0; r < (size_t)B * (size_t)L; r++) {
-        const size_t b = r / (size_t)L, t = r % (size_t)L;
+    for (size_t r = 0; r < B * L; r++) {
+        const size_t b = r / L, t = r % L;
         REAL* restrict dx = grad_input + r * width;
         if ((int64_t)t >= offsets[b + 1] - offsets[b]) {
             for (size_t e = 0; e < width; e++) {

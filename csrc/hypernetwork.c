@@ -62,10 +62,10 @@ static size_t hn_run(size_t r, size_t S, size_t Ht, size_t L, size_t* src, size_
 
 #include "vecmath.h"
 
-static int F(hn_all_full)(const int64_t* lengths, int B, int rows)
+static int F(hn_all_full)(const int64_t* lengths, size_t B, size_t rows)
 {
-    for (int b = 0; b < B; b++) {
-        if (lengths[b] != rows) {
+    for (size_t b = 0; b < B; b++) {
+        if ((size_t)lengths[b] != rows) {
             return 0;
         }
     }
@@ -84,15 +84,16 @@ static void F(hn_zero)(REAL* a, size_t n)
  * b2 (O,). Padding rows of out, pre and hidden are set to 0. */
 void KERNEL_NAME(hypernetwork_forward_f32, hypernetwork_forward_f64)(
     REAL* out, REAL* pre, REAL* hidden, const REAL* x, const int64_t* lengths, const REAL* w1,
-    const REAL* b1, const REAL* w2, const REAL* b2, int B, int rows, int E, int H, int O)
+    const REAL* b1, const REAL* w2, const REAL* b2, size_t B, size_t rows, size_t E, size_t H,
+    size_t O)
 {
-    const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
+    const size_t R = rows, e = E, h = H, o = O;
     if (F(hn_all_full)(lengths, B, rows)) {
-        F(mlp_forward)(out, pre, hidden, x, (size_t)B * R, w1, b1, w2, b2, e, h, o);
+        F(mlp_forward)(out, pre, hidden, x, B * R, w1, b1, w2, b2, e, h, o);
         return;
     }
-    for (int b = 0; b < B; b++) {
-        const size_t first = (size_t)b * R, n = (size_t)lengths[b];
+    for (size_t b = 0; b < B; b++) {
+        const size_t first = b * R, n = (size_t)lengths[b];
         F(mlp_forward)(out + first * o, pre + first * h, hidden + first * h, x + first * e, n,
                        w1, b1, w2, b2, e, h, o);
         F(hn_zero)(out + (first + n) * o, (R - n) * o);
@@ -108,20 +109,21 @@ void KERNEL_NAME(hypernetwork_forward_f32, hypernetwork_forward_f64)(
 void KERNEL_NAME(hypernetwork_backward_f32, hypernetwork_backward_f64)(
     REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* dpre,
     const REAL* grad_output, const REAL* x, const REAL* pre, const REAL* hidden,
-    const int64_t* lengths, const REAL* w1, const REAL* w2, int B, int rows, int E, int H, int O)
+    const int64_t* lengths, const REAL* w1, const REAL* w2, size_t B, size_t rows, size_t E,
+    size_t H, size_t O)
 {
-    const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, o = (size_t)O;
+    const size_t R = rows, e = E, h = H, o = O;
     F(hn_zero)(dw1, e * h);   /* the row runs below accumulate into them */
     F(hn_zero)(db1, h);
     F(hn_zero)(dw2, h * o);
     F(hn_zero)(db2, o);
     if (F(hn_all_full)(lengths, B, rows)) {
         F(mlp_backward)(grad_input, 0, dw1, db1, dw2, db2, 1, dpre, grad_output, x, hidden,
-                        (size_t)B * R, w1, w2, e, h, o);
+                        B * R, w1, w2, e, h, o);
         return;
     }
-    for (int b = 0; b < B; b++) {
-        const size_t first = (size_t)b * R, n = (size_t)lengths[b];
+    for (size_t b = 0; b < B; b++) {
+        const size_t first = b * R, n = (size_t)lengths[b];
         F(mlp_backward)(grad_input + first * e, 0, dw1, db1, dw2, db2, 1, dpre + first * h,
                         grad_output + first * o, x + first * e, hidden + first * h, n, w1, w2,
                         e, h, o);
@@ -163,14 +165,14 @@ static void F(hn_gather_columns)(REAL* wcol, const REAL* w2, size_t H, size_t O,
 
 /* First layer on the valid rows, padding rows of pre and hidden zeroed. */
 static void F(hn_first_all)(REAL* pre, REAL* hidden, const REAL* x, const int64_t* lengths,
-                            const REAL* w1, const REAL* b1, int B, size_t R, size_t E, size_t H)
+                            const REAL* w1, const REAL* b1, size_t B, size_t R, size_t E, size_t H)
 {
-    if (F(hn_all_full)(lengths, B, (int)R)) {
-        F(mlp_first_forward)(pre, hidden, x, (size_t)B * R, w1, b1, E, H);
+    if (F(hn_all_full)(lengths, B, R)) {
+        F(mlp_first_forward)(pre, hidden, x, B * R, w1, b1, E, H);
         return;
     }
-    for (int b = 0; b < B; b++) {
-        const size_t first = (size_t)b * R, n = (size_t)lengths[b];
+    for (size_t b = 0; b < B; b++) {
+        const size_t first = b * R, n = (size_t)lengths[b];
         F(mlp_first_forward)(pre + first * H, hidden + first * H, x + first * E, n, w1, b1, E,
                              H);
         F(hn_zero)(pre + (first + n) * H, (R - n) * H);
@@ -183,15 +185,13 @@ static void F(hn_first_all)(REAL* pre, REAL* hidden, const REAL* x, const int64_
 HM_SIMD
 void KERNEL_NAME(hypernetwork_theta_forward_f32, hypernetwork_theta_forward_f64)(
     REAL* theta, REAL* pre, REAL* hidden, REAL* wcol, const REAL* x, const int64_t* lengths,
-    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, int B, int rows, int E, int H,
-    int S_, int Ht_, int L_, int causal)
+    const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, size_t B, size_t rows, size_t E,
+    size_t H, size_t S, size_t Ht, size_t L, int causal)
 {
-    const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, S = (size_t)S_;
-    const size_t Ht = (size_t)Ht_, O = 2 * S * Ht + Ht + S;
+    const size_t R = rows, e = E, h = H, O = 2 * S * Ht + Ht + S;
     F(hn_first_all)(pre, hidden, x, lengths, w1, b1, B, R, e, h);
-    const size_t L = (size_t)L_;
     if (!causal) {
-        const size_t M = (size_t)B * R, OL = 2 * L * Ht + Ht + L, runs = hn_runs(S, Ht, L);
+        const size_t M = B * R, OL = 2 * L * Ht + Ht + L, runs = hn_runs(S, Ht, L);
         for (size_t r = 0; r < runs; r++) {   /* each run with its slice of b2 */
             size_t src, dst;
             const size_t width = hn_run(r, S, Ht, L, &src, &dst);
@@ -204,7 +204,7 @@ void KERNEL_NAME(hypernetwork_theta_forward_f32, hypernetwork_theta_forward_f64)
     const size_t tiles = (L + HM_PREFIX_TILE - 1) / HM_PREFIX_TILE;
     F(hn_gather_columns)(wcol, w2, h, O, S, Ht, L);
     #pragma omp parallel for schedule(dynamic, 1) num_threads(hm_num_threads())
-    for (size_t item = 0; item < (size_t)B * tiles; item++) {
+    for (size_t item = 0; item < B * tiles; item++) {
         const size_t b = item / tiles, t0 = (item % tiles) * HM_PREFIX_TILE;
         const size_t n = (size_t)lengths[b];
         if (t0 >= n) {
@@ -270,17 +270,16 @@ HM_SIMD
 void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f64)(
     REAL* grad_input, REAL* dw1, REAL* db1, REAL* dw2, REAL* db2, REAL* dpre, REAL* wcol,
     const REAL* dtheta, const REAL* x, const REAL* pre, const REAL* hidden, const int64_t* lengths,
-    const REAL* w1, const REAL* w2, int B, int rows, int E, int H, int S_, int Ht_, int L_,
-    int causal)
+    const REAL* w1, const REAL* w2, size_t B, size_t rows, size_t E, size_t H, size_t S, size_t Ht,
+    size_t L, int causal)
 {
-    const size_t R = (size_t)rows, e = (size_t)E, h = (size_t)H, S = (size_t)S_;
-    const size_t Ht = (size_t)Ht_, O = 2 * S * Ht + Ht + S, L = (size_t)L_;
+    const size_t R = rows, e = E, h = H, O = 2 * S * Ht + Ht + S;
     /* db1 holds 0 * (column sums of hidden) until the first layer's backward overwrites it */
     REAL* hz = db1;
     F(hn_zero)(hz, h);
-    for (int b = 0; b < B; b++) {
+    for (size_t b = 0; b < B; b++) {
         for (size_t t = 0; t < (size_t)lengths[b]; t++) {
-            const REAL* restrict hr = hidden + ((size_t)b * R + t) * h;
+            const REAL* restrict hr = hidden + (b * R + t) * h;
             for (size_t k = 0; k < h; k++) {
                 hz[k] += hr[k];
             }
@@ -302,7 +301,7 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
      * w2 entry turns the products with those zeros into NaN. The terms below are exactly 0
      * or NaN (sums of v * 0) and reproduce that without doing the zero products. */
     if (!causal) {
-        const size_t M = (size_t)B * R, OL = 2 * L * Ht + Ht + L, runs = hn_runs(S, Ht, L);
+        const size_t M = B * R, OL = 2 * L * Ht + Ht + L, runs = hn_runs(S, Ht, L);
         REAL* wout = wcol;   /* (h,): 0 * the w2 columns no row generated */
         for (size_t k = 0; k < h; k++) {
             const REAL* restrict row = w2 + k * O;
@@ -370,9 +369,9 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
                 }
                 cp[(t + 1) * h + k] = cp[t * h + k] + z;
             }
-            for (int b = 0; b < B; b++) {
+            for (size_t b = 0; b < B; b++) {
                 if ((size_t)lengths[b] > t) {
-                    const REAL* restrict hr = hidden + ((size_t)b * R + t) * h;
+                    const REAL* restrict hr = hidden + (b * R + t) * h;
                     for (size_t k = 0; k < h; k++) {
                         hp[(t + 1) * h + k] += hr[k] * 0;
                     }
@@ -388,9 +387,9 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
                 }
                 cs[t * h + k] = cs[(t + 1) * h + k] + z;
             }
-            for (int b = 0; b < B; b++) {
+            for (size_t b = 0; b < B; b++) {
                 if ((size_t)lengths[b] > t) {
-                    const REAL* restrict hr = hidden + ((size_t)b * R + t) * h;
+                    const REAL* restrict hr = hidden + (b * R + t) * h;
                     for (size_t k = 0; k < h; k++) {
                         hs[t * h + k] += hr[k] * 0;
                     }
@@ -420,7 +419,7 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
         }
         /* dpre, HM_PREFIX_TILE positions of one sequence per item */
         #pragma omp parallel for schedule(dynamic, 1) num_threads(hm_num_threads())
-        for (size_t item = 0; item < (size_t)B * tiles; item++) {
+        for (size_t item = 0; item < B * tiles; item++) {
             const size_t b = item / tiles, t0 = (item % tiles) * HM_PREFIX_TILE;
             const size_t n = (size_t)lengths[b];
             if (t0 >= n) {
@@ -456,12 +455,12 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
             const size_t j1 = j0 + HM_PREFIX_TILE < L ? j0 + HM_PREFIX_TILE : L;
             const size_t width = (j1 - j0) * Ht;
             int first = 1;
-            for (int b = 0; b < B; b++) {
+            for (size_t b = 0; b < B; b++) {
                 const size_t n = (size_t)lengths[b];
                 if (n <= j0) {
                     continue;
                 }
-                const REAL* rec = dtheta + ((size_t)b * L + j0) * P + j0 * Ht;
+                const REAL* rec = dtheta + (b * L + j0) * P + j0 * Ht;
                 if (first) {   /* positions < j of every sequence skip W1 row j */
                     for (size_t k = 0; k < h; k++) {
                         for (size_t j = j0; j < j1; j++) {
@@ -472,7 +471,7 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
                     }
                 }
                 first = 0;
-                F(gemm_serial)(1, 0, h, width, n - j0, hidden + ((size_t)b * R + j0) * h, h,
+                F(gemm_serial)(1, 0, h, width, n - j0, hidden + (b * R + j0) * h, h,
                                rec, P, 1, dw2 + j0 * Ht, O);
                 for (size_t t = j0; t < n; t++) {
                     const REAL* restrict d = rec + (t - j0) * P;
@@ -484,10 +483,10 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
             }
         }
         /* c1: every valid position */
-        for (int b = 0; b < B; b++) {
+        for (size_t b = 0; b < B; b++) {
             const size_t n = (size_t)lengths[b];
-            const REAL* rec = dtheta + (size_t)b * L * P + L * Ht;
-            F(gemm)(1, 0, h, Ht, n, hidden + (size_t)b * R * h, h, rec, P, b ? 1 : 0,
+            const REAL* rec = dtheta + b * L * P + L * Ht;
+            F(gemm)(1, 0, h, Ht, n, hidden + b * R * h, h, rec, P, b ? 1 : 0,
                     dw2 + S * Ht, O);
             for (size_t t = 0; t < n; t++) {
                 for (size_t j = 0; j < Ht; j++) {
@@ -501,10 +500,10 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
             for (size_t j = 0; j <= Ht; j++) {
                 const size_t col = j < Ht ? S * Ht + Ht + j * S + t : 2 * S * Ht + Ht + t;
                 int used = 0;
-                for (int b = 0; b < B; b++) {
+                for (size_t b = 0; b < B; b++) {
                     if ((size_t)lengths[b] > t) {
-                        const REAL g = dtheta[((size_t)b * L + t) * P + L * Ht + Ht + j];
-                        const REAL* restrict hr = hidden + ((size_t)b * R + t) * h;
+                        const REAL g = dtheta[(b * L + t) * P + L * Ht + Ht + j];
+                        const REAL* restrict hr = hidden + (b * R + t) * h;
                         for (size_t k = 0; k < h; k++) {
                             const REAL start = hp[t * h + k] + hs[(t + 1) * h + k];
                             dw2[k * O + col] = (used ? dw2[k * O + col] : start) + hr[k] * g;
@@ -521,11 +520,11 @@ void KERNEL_NAME(hypernetwork_theta_backward_f32, hypernetwork_theta_backward_f6
     F(hn_zero)(dw1, e * h);
     F(hn_zero)(db1, h);
     if (F(hn_all_full)(lengths, B, rows)) {
-        F(mlp_first_backward)(grad_input, 0, dw1, db1, 1, dpre, x, (size_t)B * R, w1, e, h);
+        F(mlp_first_backward)(grad_input, 0, dw1, db1, 1, dpre, x, B * R, w1, e, h);
         return;
     }
-    for (int b = 0; b < B; b++) {
-        const size_t first = (size_t)b * R, n = (size_t)lengths[b];
+    for (size_t b = 0; b < B; b++) {
+        const size_t first = b * R, n = (size_t)lengths[b];
         F(mlp_first_backward)(grad_input + first * e, 0, dw1, db1, 1, dpre + first * h,
                               x + first * e, n, w1, e, h);
         F(hn_zero)(grad_input + (first + n) * e, (R - n) * e);

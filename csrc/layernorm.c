@@ -114,13 +114,13 @@ static void F(ln_row)(REAL* restrict xh, double* mean_out, double* rstd_out,
 HM_SIMD
 void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
     REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x, const int64_t* lengths,
-    const REAL* gamma, const REAL* beta, int B, int L, int E)
+    const REAL* gamma, const REAL* beta, size_t B, size_t L, size_t E)
 {
-    const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
+    const size_t rows = B * L, width = E;
     const int parallel = rows * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t r = 0; r < rows; r++) {
-        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        const size_t b = r / L, t = r % L;
         REAL* restrict out = y + r * width;
         REAL* restrict xh = xhat + r * width;
         if ((int64_t)t >= lengths[b]) {
@@ -150,10 +150,10 @@ void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
 HM_SIMD
 void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
     REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial, const REAL* grad_output,
-    const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, int B, int L,
-    int E)
+    const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, size_t B,
+    size_t L, size_t E)
 {
-    const size_t rows = (size_t)B * (size_t)L, width = (size_t)E;
+    const size_t rows = B * L, width = E;
     const size_t tiles = layernorm_partial_tiles(rows);
     const int parallel = rows * width > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
@@ -166,7 +166,7 @@ void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
         }
         const size_t r1 = (k + 1) * HM_TILE_ROWS < rows ? (k + 1) * HM_TILE_ROWS : rows;
         for (size_t r = k * HM_TILE_ROWS; r < r1; r++) {
-            const size_t b = r / (size_t)L, t = r % (size_t)L;
+            const size_t b = r / L, t = r % L;
             REAL* restrict dx = grad_input + r * width;
             if ((int64_t)t >= lengths[b]) {
                 for (size_t e = 0; e < width; e++) {
@@ -242,7 +242,7 @@ void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
          * first case needs and which changes nothing in the second */
         double dg = 0, db = 0;
         for (size_t r = 0; r < rows; r++) {
-            if ((int64_t)(r % (size_t)L) >= lengths[r / (size_t)L]) {
+            if ((int64_t)(r % L) >= lengths[r / L]) {
                 continue;
             }
             const double gv = grad_output[r * width + e];

@@ -3,16 +3,20 @@
 #include "common.h"
 
 /* Per-token layer norm over the last axis (SPEC section 2); see layernorm.c for shapes. */
-#define HM_DECLARE_LAYERNORM(R, S)                                                          \
-    void layernorm_forward_##S(R* y, R* xhat, R* mean, R* rstd, const R* x,                   \
-                               const int64_t* lengths, const R* gamma, const R* beta, int B,  \
-                               int L, int E);                                                 \
-    void layernorm_backward_##S(R* grad_input, R* dgamma, R* dbeta, R* partial,               \
-                                const R* grad_output, const R* xhat, const R* rstd,           \
-                                const int64_t* lengths, const R* gamma, int B, int L, int E);
-HM_DECLARE_LAYERNORM(float, f32)
-HM_DECLARE_LAYERNORM(double, f64)
-#undef HM_DECLARE_LAYERNORM
+#define HM_LAYERNORM_FORWARD(R, name)                                                         \
+    void name(R* y, R* xhat, R* mean, R* rstd, const R* x, const int64_t* lengths,            \
+              const R* gamma, const R* beta, size_t B, size_t L, size_t E)
+HM_LAYERNORM_FORWARD(float, layernorm_forward_f32);
+HM_LAYERNORM_FORWARD(double, layernorm_forward_f64);
+#undef HM_LAYERNORM_FORWARD
+
+#define HM_LAYERNORM_BACKWARD(R, name)                                                        \
+    void name(R* grad_input, R* dgamma, R* dbeta, R* partial, const R* grad_output,           \
+              const R* xhat, const R* rstd, const int64_t* lengths, const R* gamma, size_t B, \
+              size_t L, size_t E)
+HM_LAYERNORM_BACKWARD(float, layernorm_backward_f32);
+HM_LAYERNORM_BACKWARD(double, layernorm_backward_f64);
+#undef HM_LAYERNORM_BACKWARD
 
 /* Number of (2, E) partial-sum blocks the backward workspace `partial` must hold for B*L
  * rows: the rows are cut into tiles of HM_TILE_ROWS, whatever the thread count. */

@@ -34,10 +34,10 @@ static int tm_slot(void)
 }
 
 /* Threads for a region whose items need one workspace slot each. */
-static int tm_threads(int n_slots)
+static int tm_threads(size_t n_slots)
 {
     const int n = hm_num_threads();
-    return n < n_slots ? n : n_slots;
+    return (size_t)n < n_slots ? n : (int)n_slots;
 }
 
 size_t token_mixing_causal_chunk(size_t L)
@@ -46,10 +46,10 @@ size_t token_mixing_causal_chunk(size_t L)
     return c > 4 ? c : 4;
 }
 
-size_t token_mixing_causal_partial_size(int L, int E, int chunk)
+size_t token_mixing_causal_partial_size(size_t L, size_t E, size_t chunk)
 {
-    const size_t chunks = ((size_t)L + (size_t)chunk - 1) / (size_t)chunk;
-    return (size_t)E * ((size_t)chunk * (chunks - 1) * chunks / 2 + (size_t)L);
+    const size_t chunks = (L + chunk - 1) / chunk;
+    return E * (chunk * (chunks - 1) * chunks / 2 + L);
 }
 
 #define HM_TEMPLATE_FILE "token_mixing.c"
@@ -82,15 +82,15 @@ static inline void F(tm_zero)(REAL* a, size_t n)
 /* means (B, E): means[b] = mean of rows 0..lengths[b]-1 of x (B, L, E). */
 HM_SIMD
 void KERNEL_NAME(token_mixing_pool_forward_f32, token_mixing_pool_forward_f64)(
-    REAL* means, const REAL* x, const int64_t* lengths, int B, int L, int E)
+    REAL* means, const REAL* x, const int64_t* lengths, size_t B, size_t L, size_t E)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L;
-    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
+    const size_t e_n = E, l_n = L;
+    const int parallel = B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
-    for (int b = 0; b < B; b++) {
+    for (size_t b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
-        const REAL* xb = x + (size_t)b * l_n * e_n;
-        REAL* restrict m = means + (size_t)b * e_n;
+        const REAL* xb = x + b * l_n * e_n;
+        REAL* restrict m = means + b * e_n;
         F(tm_zero)(m, e_n);
         for (size_t s = 0; s < n; s++) {
             const REAL* restrict row = xb + s * e_n;
@@ -109,17 +109,17 @@ void KERNEL_NAME(token_mixing_pool_forward_f32, token_mixing_pool_forward_f64)(
  * dmeans (B, E). */
 HM_SIMD
 void KERNEL_NAME(token_mixing_pool_backward_f32, token_mixing_pool_backward_f64)(
-    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, int B, int L, int E)
+    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, size_t B, size_t L, size_t E)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L;
-    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
+    const size_t e_n = E, l_n = L;
+    const int parallel = B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
-    for (int b = 0; b < B; b++) {
+    for (size_t b = 0; b < B; b++) {
         const size_t n = (size_t)lengths[b];
         const REAL count = (REAL)n;
-        const REAL* dm = dmeans + (size_t)b * e_n;
+        const REAL* dm = dmeans + b * e_n;
         for (size_t s = 0; s < n; s++) {
-            REAL* restrict gi = grad_input + ((size_t)b * l_n + s) * e_n;
+            REAL* restrict gi = grad_input + (b * l_n + s) * e_n;
             for (size_t e = 0; e < e_n; e++) {
                 gi[e] += dm[e] / count;
             }
@@ -131,12 +131,12 @@ void KERNEL_NAME(token_mixing_pool_backward_f32, token_mixing_pool_backward_f64)
  * padding rows. Running sums in order, divided by t + 1. */
 HM_SIMD
 void KERNEL_NAME(token_mixing_prefix_pool_forward_f32, token_mixing_prefix_pool_forward_f64)(
-    REAL* means, const REAL* x, const int64_t* lengths, int B, int L, int E)
+    REAL* means, const REAL* x, const int64_t* lengths, size_t B, size_t L, size_t E)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    const size_t e_n = E, l_n = L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
-    const size_t items = (size_t)B * blocks;
-    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
+    const size_t items = B * blocks;
+    const int parallel = B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
@@ -163,12 +163,12 @@ void KERNEL_NAME(token_mixing_prefix_pool_forward_f32, token_mixing_prefix_pool_
  * dmeans[b, t] / (t + 1) from every t with s <= t < lengths[b]; dmeans (B, L, E). */
 HM_SIMD
 void KERNEL_NAME(token_mixing_prefix_pool_backward_f32, token_mixing_prefix_pool_backward_f64)(
-    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, int B, int L, int E)
+    REAL* grad_input, const REAL* dmeans, const int64_t* lengths, size_t B, size_t L, size_t E)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L;
+    const size_t e_n = E, l_n = L;
     const size_t blocks = (e_n + TM_POOL_COLS - 1) / TM_POOL_COLS;
-    const size_t items = (size_t)B * blocks;
-    const int parallel = (size_t)B * l_n * e_n > HM_PARALLEL_MIN;
+    const size_t items = B * blocks;
+    const int parallel = B * l_n * e_n > HM_PARALLEL_MIN;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / blocks, e0 = (item % blocks) * TM_POOL_COLS;
@@ -229,24 +229,24 @@ static void F(tm_forward_one)(F(tm_gemm_fn) mm, REAL* Y, REAL* A, const REAL* X,
  * the backward; theta (B, O), O = 2*S*Ht + Ht + S. One sequence per thread; with fewer
  * sequences than threads, the sequences run one after another on parallel gemms instead. */
 void KERNEL_NAME(token_mixing_forward_f32, token_mixing_forward_f64)(
-    REAL* y, REAL* act, const REAL* x, const REAL* theta, const int64_t* lengths, int B, int L,
-    int E, int S_, int Ht)
+    REAL* y, REAL* act, const REAL* x, const REAL* theta, const int64_t* lengths, size_t B,
+    size_t L, size_t E, size_t S, size_t Ht)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t e_n = E, l_n = L, s_n = S, h_n = Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
-    if (B < hm_num_threads()) {
-        for (int b = 0; b < B; b++) {
-            F(tm_forward_one)(F(gemm), y + (size_t)b * l_n * e_n, act + (size_t)b * h_n * e_n,
-                              x + (size_t)b * l_n * e_n, theta + (size_t)b * o_n,
+    if (B < (size_t)hm_num_threads()) {
+        for (size_t b = 0; b < B; b++) {
+            F(tm_forward_one)(F(gemm), y + b * l_n * e_n, act + b * h_n * e_n,
+                              x + b * l_n * e_n, theta + b * o_n,
                               (size_t)lengths[b], l_n, e_n, s_n, h_n);
         }
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (int b = 0; b < B; b++) {
-        F(tm_forward_one)(F(gemm_serial), y + (size_t)b * l_n * e_n,
-                          act + (size_t)b * h_n * e_n, x + (size_t)b * l_n * e_n,
-                          theta + (size_t)b * o_n, (size_t)lengths[b], l_n, e_n, s_n, h_n);
+    for (size_t b = 0; b < B; b++) {
+        F(tm_forward_one)(F(gemm_serial), y + b * l_n * e_n,
+                          act + b * h_n * e_n, x + b * l_n * e_n,
+                          theta + b * o_n, (size_t)lengths[b], l_n, e_n, s_n, h_n);
     }
 }
 
@@ -289,27 +289,28 @@ static void F(tm_backward_one)(F(tm_gemm_fn) mm, REAL* GI, REAL* dth, REAL* D, c
  * scratch; grad_output, x (B, L, E); theta (B, O) and act (B, Ht, E) from the forward.
  * Parallel as F(token_mixing_forward). */
 void KERNEL_NAME(token_mixing_backward_f32, token_mixing_backward_f64)(
-    REAL* grad_input, REAL* dtheta, REAL* work, int n_slots, const REAL* grad_output, const REAL* x,
-    const REAL* theta, const REAL* act, const int64_t* lengths, int B, int L, int E, int S_, int Ht)
+    REAL* grad_input, REAL* dtheta, REAL* work, size_t n_slots, const REAL* grad_output,
+    const REAL* x, const REAL* theta, const REAL* act, const int64_t* lengths, size_t B, size_t L,
+    size_t E, size_t S, size_t Ht)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t e_n = E, l_n = L, s_n = S, h_n = Ht;
     const size_t o_n = 2 * s_n * h_n + h_n + s_n;
     const size_t seq = l_n * e_n;
-    if (B < hm_num_threads()) {
-        for (int b = 0; b < B; b++) {
-            F(tm_backward_one)(F(gemm), grad_input + (size_t)b * seq, dtheta + (size_t)b * o_n,
-                               work, grad_output + (size_t)b * seq, x + (size_t)b * seq,
-                               theta + (size_t)b * o_n, act + (size_t)b * h_n * e_n,
+    if (B < (size_t)hm_num_threads()) {
+        for (size_t b = 0; b < B; b++) {
+            F(tm_backward_one)(F(gemm), grad_input + b * seq, dtheta + b * o_n,
+                               work, grad_output + b * seq, x + b * seq,
+                               theta + b * o_n, act + b * h_n * e_n,
                                (size_t)lengths[b], l_n, e_n, s_n, h_n);
         }
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(tm_threads(n_slots))
-    for (int b = 0; b < B; b++) {
-        F(tm_backward_one)(F(gemm_serial), grad_input + (size_t)b * seq,
-                           dtheta + (size_t)b * o_n, work + (size_t)tm_slot() * h_n * e_n,
-                           grad_output + (size_t)b * seq, x + (size_t)b * seq,
-                           theta + (size_t)b * o_n, act + (size_t)b * h_n * e_n,
+    for (size_t b = 0; b < B; b++) {
+        F(tm_backward_one)(F(gemm_serial), grad_input + b * seq,
+                           dtheta + b * o_n, work + (size_t)tm_slot() * h_n * e_n,
+                           grad_output + b * seq, x + b * seq,
+                           theta + b * o_n, act + b * h_n * e_n,
                            (size_t)lengths[b], l_n, e_n, s_n, h_n);
     }
 }
@@ -333,18 +334,18 @@ static void F(tm_causal_act)(REAL* A, const REAL* X, const REAL* th, size_t t, s
 }
 
 /* y, x (B, L, E); theta (B, L, P): per position the record of hypernetwork_theta_forward's
- * causal layout, P = hypernetwork_prefix_record(S_, Ht) with S_ = L: W1 rows 0..t (of S_
+ * causal layout, P = hypernetwork_prefix_record(S, Ht) with S = L: W1 rows 0..t (of S
  * slots), c1, column t of W2 (Ht contiguous values), c2[t]; records past lengths[b] unused.
  * work (n_slots, Ht*E) scratch. Parallel over (sequence, position) pairs, dealt round-robin
  * because position t costs O(t). */
 HM_SIMD
 void KERNEL_NAME(token_mixing_causal_forward_f32, token_mixing_causal_forward_f64)(
-    REAL* y, REAL* work, int n_slots, const REAL* x, const REAL* theta, const int64_t* lengths,
-    int B, int L, int E, int S_, int Ht)
+    REAL* y, REAL* work, size_t n_slots, const REAL* x, const REAL* theta, const int64_t* lengths,
+    size_t B, size_t L, size_t E, size_t S, size_t Ht)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t e_n = E, l_n = L, s_n = S, h_n = Ht;
     const size_t o_n = hypernetwork_prefix_record(s_n, h_n);
-    const size_t items = (size_t)B * l_n;
+    const size_t items = B * l_n;
     #pragma omp parallel for schedule(static, 1) num_threads(tm_threads(n_slots))
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / l_n, t = item % l_n;
@@ -380,16 +381,16 @@ void KERNEL_NAME(token_mixing_causal_forward_f32, token_mixing_causal_forward_f6
  * Phase 2, parallel over rows: grad_input = sum of the chunks' partials in order + residual. */
 HM_SIMD
 void KERNEL_NAME(token_mixing_causal_backward_f32, token_mixing_causal_backward_f64)(
-    REAL* grad_input, REAL* dtheta, REAL* partial, REAL* work, int n_slots, const REAL* grad_output,
-    const REAL* x, const REAL* theta, const int64_t* lengths, int B, int L, int E, int S_, int Ht,
-    int chunk)
+    REAL* grad_input, REAL* dtheta, REAL* partial, REAL* work, size_t n_slots,
+    const REAL* grad_output, const REAL* x, const REAL* theta, const int64_t* lengths, size_t B,
+    size_t L, size_t E, size_t S, size_t Ht, size_t chunk)
 {
-    const size_t e_n = (size_t)E, l_n = (size_t)L, s_n = (size_t)S_, h_n = (size_t)Ht;
+    const size_t e_n = E, l_n = L, s_n = S, h_n = Ht;
     const size_t o_n = hypernetwork_prefix_record(s_n, h_n);
-    const size_t tc = (size_t)chunk;
+    const size_t tc = chunk;
     const size_t chunks = (l_n + tc - 1) / tc;
     const size_t per_seq = token_mixing_causal_partial_size(L, E, chunk);
-    const size_t items = (size_t)B * chunks;
+    const size_t items = B * chunks;
     #pragma omp parallel for schedule(static, 1) num_threads(tm_threads(n_slots))
     for (size_t item = 0; item < items; item++) {
         const size_t b = item / chunks, c = item % chunks;
@@ -431,7 +432,7 @@ void KERNEL_NAME(token_mixing_causal_backward_f32, token_mixing_causal_backward_
             F(gemm_serial)(0, 0, t + 1, e_n, h_n, th, h_n, D, e_n, 1, P, e_n);
         }
     }
-    const size_t rows = (size_t)B * l_n;
+    const size_t rows = B * l_n;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t row = 0; row < rows; row++) {
         const size_t b = row / l_n, s = row % l_n;

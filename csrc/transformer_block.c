@@ -110,7 +110,7 @@ void KERNEL_NAME(transformer_block_forward_f32, transformer_block_forward_f64)(
     TbForward s;
     tb_carve_cache(&c, cache, sizeof(REAL), d);
     tb_carve_forward(&s, scratch, sizeof(REAL), d);
-    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H;
     int64_t* offsets = index;
     offsets[0] = 0;
     for (size_t b = 0; b < d->B; b++) {
@@ -139,7 +139,7 @@ void KERNEL_NAME(transformer_block_backward_f32, transformer_block_backward_f64)
     TbBackward s;
     tb_carve_cache(&c, cache, sizeof(REAL), d);
     tb_carve_backward(&s, scratch, sizeof(REAL), d);
-    const int B = (int)d->B, L = (int)d->L, E = (int)d->E, H = (int)d->H;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H;
     const int64_t* offsets = index;
     F(layernorm_backward)(s.df, grads[9], grads[10], s.partial, grad_output, c.xhat2, c.rstd2,
                           lengths, params[9], B, L, E);

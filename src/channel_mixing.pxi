@@ -4,24 +4,23 @@ from libc.stdint cimport int64_t
 cdef extern from "channel_mixing.h" nogil:
     void channel_mixing_forward_f32(float* y, float* xp, float* hidden, float* mixed,
                                     const float* x, const int64_t* offsets, const float* w1,
-                                    const float* b1, const float* w2, const float* b2, int B,
-                                    int L, int E, int H)
+                                    const float* b1, const float* w2, const float* b2, size_t B,
+                                    size_t L, size_t E, size_t H)
     void channel_mixing_forward_f64(double* y, double* xp, double* hidden, double* mixed,
                                     const double* x, const int64_t* offsets, const double* w1,
                                     const double* b1, const double* w2, const double* b2,
-                                    int B, int L, int E, int H)
+                                    size_t B, size_t L, size_t E, size_t H)
     void channel_mixing_backward_f32(float* grad_input, float* dw1, float* db1, float* dw2,
                                      float* db2, float* gp, float* dhidden,
                                      const float* grad_output, const float* xp,
                                      const float* hidden, const int64_t* offsets,
-                                     const float* w1, const float* w2, int B, int L, int E,
-                                     int H)
-    void channel_mixing_backward_f64(double* grad_input, double* dw1, double* db1,
-                                     double* dw2, double* db2, double* gp, double* dhidden,
+                                     const float* w1, const float* w2, size_t B, size_t L, size_t E,
+                                     size_t H)
+    void channel_mixing_backward_f64(double* grad_input, double* dw1, double* db1, double* dw2,
+                                     double* db2, double* gp, double* dhidden,
                                      const double* grad_output, const double* xp,
-                                     const double* hidden, const int64_t* offsets,
-                                     const double* w1, const double* w2, int B, int L, int E,
-                                     int H)
+                                     const double* hidden, const int64_t* offsets, const double* w1,
+                                     const double* w2, size_t B, size_t L, size_t E, size_t H)
 
 
 cdef Py_ssize_t _cm_check_offsets(const int64_t[::1] offsets, Py_ssize_t B,

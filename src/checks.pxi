@@ -5,7 +5,9 @@ from libc.stdint cimport int64_t
 # call from reaching C, where it could read or write out of bounds.
 
 cdef int _check_dims(tuple dims) except -1:
-    """ValueError unless every dimension is in 1..INT_MAX (the kernels take C ints)."""
+    """ValueError unless every dimension is in 1..INT_MAX. The kernels take size_t sizes; the
+    bound is the one the Layer classes enforce (INDEX_LIMIT in _layer.py), so a dimension
+    beyond it can only come from a wrong internal call."""
     cdef Py_ssize_t n
     for n in dims:
         if n < 1:

@@ -4,49 +4,49 @@ from libc.stdint cimport int64_t
 cdef extern from "hypernetwork.h" nogil:
     void hypernetwork_forward_f32(float* out, float* pre, float* hidden, const float* x,
                                   const int64_t* lengths, const float* w1, const float* b1,
-                                  const float* w2, const float* b2, int B, int rows, int E,
-                                  int H, int O)
+                                  const float* w2, const float* b2, size_t B, size_t rows, size_t E,
+                                  size_t H, size_t O)
     void hypernetwork_forward_f64(double* out, double* pre, double* hidden, const double* x,
                                   const int64_t* lengths, const double* w1, const double* b1,
-                                  const double* w2, const double* b2, int B, int rows, int E,
-                                  int H, int O)
+                                  const double* w2, const double* b2, size_t B, size_t rows,
+                                  size_t E, size_t H, size_t O)
     void hypernetwork_backward_f32(float* grad_input, float* dw1, float* db1, float* dw2,
                                    float* db2, float* dpre, const float* grad_output,
                                    const float* x, const float* pre, const float* hidden,
                                    const int64_t* lengths, const float* w1, const float* w2,
-                                   int B, int rows, int E, int H, int O)
+                                   size_t B, size_t rows, size_t E, size_t H, size_t O)
     void hypernetwork_backward_f64(double* grad_input, double* dw1, double* db1, double* dw2,
                                    double* db2, double* dpre, const double* grad_output,
                                    const double* x, const double* pre, const double* hidden,
                                    const int64_t* lengths, const double* w1, const double* w2,
-                                   int B, int rows, int E, int H, int O)
+                                   size_t B, size_t rows, size_t E, size_t H, size_t O)
     size_t hypernetwork_prefix_record_c "hypernetwork_prefix_record"(size_t L, size_t Ht)
     size_t hypernetwork_theta_scratch_rows_c "hypernetwork_theta_scratch_rows"(size_t L,
                                                                                size_t Ht,
                                                                                int causal)
     void hypernetwork_theta_forward_f32(float* theta, float* pre, float* hidden, float* wcol,
                                         const float* x, const int64_t* lengths, const float* w1,
-                                        const float* b1, const float* w2, const float* b2,
-                                        int B, int rows, int E, int H, int S, int Ht, int L,
-                                        int causal)
-    void hypernetwork_theta_forward_f64(double* theta, double* pre, double* hidden,
-                                        double* wcol, const double* x, const int64_t* lengths,
-                                        const double* w1, const double* b1, const double* w2,
-                                        const double* b2, int B, int rows, int E, int H, int S,
-                                        int Ht, int L, int causal)
+                                        const float* b1, const float* w2, const float* b2, size_t B,
+                                        size_t rows, size_t E, size_t H, size_t S, size_t Ht,
+                                        size_t L, int causal)
+    void hypernetwork_theta_forward_f64(double* theta, double* pre, double* hidden, double* wcol,
+                                        const double* x, const int64_t* lengths, const double* w1,
+                                        const double* b1, const double* w2, const double* b2,
+                                        size_t B, size_t rows, size_t E, size_t H, size_t S,
+                                        size_t Ht, size_t L, int causal)
     void hypernetwork_theta_backward_f32(float* grad_input, float* dw1, float* db1, float* dw2,
-                                         float* db2, float* dpre, float* wcol,
-                                         const float* dtheta, const float* x, const float* pre,
-                                         const float* hidden, const int64_t* lengths,
-                                         const float* w1, const float* w2, int B, int rows,
-                                         int E, int H, int S, int Ht, int L, int causal)
-    void hypernetwork_theta_backward_f64(double* grad_input, double* dw1, double* db1,
-                                         double* dw2, double* db2, double* dpre, double* wcol,
-                                         const double* dtheta, const double* x,
-                                         const double* pre, const double* hidden,
-                                         const int64_t* lengths, const double* w1,
-                                         const double* w2, int B, int rows, int E, int H, int S,
-                                         int Ht, int L, int causal)
+                                         float* db2, float* dpre, float* wcol, const float* dtheta,
+                                         const float* x, const float* pre, const float* hidden,
+                                         const int64_t* lengths, const float* w1, const float* w2,
+                                         size_t B, size_t rows, size_t E, size_t H, size_t S,
+                                         size_t Ht, size_t L, int causal)
+    void hypernetwork_theta_backward_f64(double* grad_input, double* dw1, double* db1, double* dw2,
+                                         double* db2, double* dpre, double* wcol,
+                                         const double* dtheta, const double* x, const double* pre,
+                                         const double* hidden, const int64_t* lengths,
+                                         const double* w1, const double* w2, size_t B, size_t rows,
+                                         size_t E, size_t H, size_t S, size_t Ht, size_t L,
+                                         int causal)
 
 
 def hypernetwork_forward(floating[:, :, ::1] out, floating[:, :, ::1] pre,

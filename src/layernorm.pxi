@@ -5,17 +5,18 @@ cdef extern from "layernorm.h" nogil:
     size_t layernorm_partial_tiles(size_t rows)
     void layernorm_forward_f32(float* y, float* xhat, float* mean, float* rstd, const float* x,
                                const int64_t* lengths, const float* gamma, const float* beta,
-                               int B, int L, int E)
+                               size_t B, size_t L, size_t E)
     void layernorm_forward_f64(double* y, double* xhat, double* mean, double* rstd,
                                const double* x, const int64_t* lengths, const double* gamma,
-                               const double* beta, int B, int L, int E)
+                               const double* beta, size_t B, size_t L, size_t E)
     void layernorm_backward_f32(float* grad_input, float* dgamma, float* dbeta, float* partial,
                                 const float* grad_output, const float* xhat, const float* rstd,
-                                const int64_t* lengths, const float* gamma, int B, int L, int E)
+                                const int64_t* lengths, const float* gamma, size_t B, size_t L,
+                                size_t E)
     void layernorm_backward_f64(double* grad_input, double* dgamma, double* dbeta,
                                 double* partial, const double* grad_output, const double* xhat,
                                 const double* rstd, const int64_t* lengths, const double* gamma,
-                                int B, int L, int E)
+                                size_t B, size_t L, size_t E)
 
 
 def layernorm_partial_rows(Py_ssize_t batch, Py_ssize_t seq_len):

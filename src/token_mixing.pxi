@@ -3,51 +3,53 @@ from libc.stdint cimport int64_t
 
 cdef extern from "token_mixing.h" nogil:
     void token_mixing_pool_forward_f32(float* means, const float* x, const int64_t* lengths,
-                                       int B, int L, int E)
+                                       size_t B, size_t L, size_t E)
     void token_mixing_pool_forward_f64(double* means, const double* x, const int64_t* lengths,
-                                       int B, int L, int E)
+                                       size_t B, size_t L, size_t E)
     void token_mixing_pool_backward_f32(float* grad_input, const float* dmeans,
-                                        const int64_t* lengths, int B, int L, int E)
+                                        const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_pool_backward_f64(double* grad_input, const double* dmeans,
-                                        const int64_t* lengths, int B, int L, int E)
+                                        const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_prefix_pool_forward_f32(float* means, const float* x,
-                                              const int64_t* lengths, int B, int L, int E)
+                                              const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_prefix_pool_forward_f64(double* means, const double* x,
-                                              const int64_t* lengths, int B, int L, int E)
+                                              const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_prefix_pool_backward_f32(float* grad_input, const float* dmeans,
-                                               const int64_t* lengths, int B, int L, int E)
+                                               const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_prefix_pool_backward_f64(double* grad_input, const double* dmeans,
-                                               const int64_t* lengths, int B, int L, int E)
+                                               const int64_t* lengths, size_t B, size_t L, size_t E)
     void token_mixing_forward_f32(float* y, float* act, const float* x, const float* theta,
-                                  const int64_t* lengths, int B, int L, int E, int S, int Ht)
+                                  const int64_t* lengths, size_t B, size_t L, size_t E, size_t S,
+                                  size_t Ht)
     void token_mixing_forward_f64(double* y, double* act, const double* x, const double* theta,
-                                  const int64_t* lengths, int B, int L, int E, int S, int Ht)
-    void token_mixing_backward_f32(float* grad_input, float* dtheta, float* work, int n_slots,
-                                   const float* grad_output, const float* x,
-                                   const float* theta, const float* act,
-                                   const int64_t* lengths, int B, int L, int E, int S, int Ht)
-    void token_mixing_backward_f64(double* grad_input, double* dtheta, double* work,
-                                   int n_slots, const double* grad_output, const double* x,
-                                   const double* theta, const double* act,
-                                   const int64_t* lengths, int B, int L, int E, int S, int Ht)
-    void token_mixing_causal_forward_f32(float* y, float* work, int n_slots, const float* x,
-                                         const float* theta, const int64_t* lengths, int B,
-                                         int L, int E, int S, int Ht)
-    void token_mixing_causal_forward_f64(double* y, double* work, int n_slots, const double* x,
-                                         const double* theta, const int64_t* lengths, int B,
-                                         int L, int E, int S, int Ht)
+                                  const int64_t* lengths, size_t B, size_t L, size_t E, size_t S,
+                                  size_t Ht)
+    void token_mixing_backward_f32(float* grad_input, float* dtheta, float* work, size_t n_slots,
+                                   const float* grad_output, const float* x, const float* theta,
+                                   const float* act, const int64_t* lengths, size_t B, size_t L,
+                                   size_t E, size_t S, size_t Ht)
+    void token_mixing_backward_f64(double* grad_input, double* dtheta, double* work, size_t n_slots,
+                                   const double* grad_output, const double* x, const double* theta,
+                                   const double* act, const int64_t* lengths, size_t B, size_t L,
+                                   size_t E, size_t S, size_t Ht)
+    void token_mixing_causal_forward_f32(float* y, float* work, size_t n_slots, const float* x,
+                                         const float* theta, const int64_t* lengths, size_t B,
+                                         size_t L, size_t E, size_t S, size_t Ht)
+    void token_mixing_causal_forward_f64(double* y, double* work, size_t n_slots, const double* x,
+                                         const double* theta, const int64_t* lengths, size_t B,
+                                         size_t L, size_t E, size_t S, size_t Ht)
     void token_mixing_causal_backward_f32(float* grad_input, float* dtheta, float* partial,
-                                          float* work, int n_slots, const float* grad_output,
+                                          float* work, size_t n_slots, const float* grad_output,
                                           const float* x, const float* theta,
-                                          const int64_t* lengths, int B, int L, int E, int S,
-                                          int Ht, int chunk)
+                                          const int64_t* lengths, size_t B, size_t L, size_t E,
+                                          size_t S, size_t Ht, size_t chunk)
     void token_mixing_causal_backward_f64(double* grad_input, double* dtheta, double* partial,
-                                          double* work, int n_slots,
+                                          double* work, size_t n_slots,
                                           const double* grad_output, const double* x,
-                                          const double* theta, const int64_t* lengths, int B,
-                                          int L, int E, int S, int Ht, int chunk)
+                                          const double* theta, const int64_t* lengths, size_t B,
+                                          size_t L, size_t E, size_t S, size_t Ht, size_t chunk)
     size_t token_mixing_causal_partial_size_c "token_mixing_causal_partial_size"(
-        int L, int E, int chunk)
+        size_t L, size_t E, size_t chunk)
     size_t token_mixing_causal_chunk_c "token_mixing_causal_chunk"(size_t L)
 
 
@@ -186,7 +188,7 @@ def token_mixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dthet
     _check_shape("theta", (theta.shape[0], theta.shape[1]), (B, O))
     _check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1]), (B, O))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
-    cdef int n_slots = work.shape[0]
+    cdef size_t n_slots = work.shape[0]
     with nogil:
         if floating is float:
             token_mixing_backward_f32(&grad_input[0, 0, 0], &dtheta[0, 0], &work[0, 0], n_slots,
@@ -210,7 +212,7 @@ def token_mixing_causal_forward(floating[:, :, ::1] y, floating[:, ::1] work,
     _check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (B, L, E))
     _check_shape("theta", (theta.shape[0], theta.shape[1], theta.shape[2]), (B, L, O))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
-    cdef int n_slots = work.shape[0]
+    cdef size_t n_slots = work.shape[0]
     with nogil:
         if floating is float:
             token_mixing_causal_forward_f32(&y[0, 0, 0], &work[0, 0], n_slots, &x[0, 0, 0],
@@ -234,7 +236,7 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
     cdef Py_ssize_t O = _tm_record_size(L, S, Ht)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    cdef Py_ssize_t per_seq = token_mixing_causal_partial_size_c(<int>L, <int>E, chunk)
+    cdef Py_ssize_t per_seq = token_mixing_causal_partial_size_c(L, E, chunk)
     _check_shape("grad_input", (grad_input.shape[0], grad_input.shape[1],
                                    grad_input.shape[2]), (B, L, E))
     _check_shape("grad_output", (grad_output.shape[0], grad_output.shape[1],
@@ -243,7 +245,7 @@ def token_mixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, 
     _check_shape("dtheta", (dtheta.shape[0], dtheta.shape[1], dtheta.shape[2]), (B, L, O))
     _check_shape("partial", (partial.shape[0], partial.shape[1]), (B, per_seq))
     _tm_check_work(work.shape[0], work.shape[1], Ht * E)
-    cdef int n_slots = work.shape[0]
+    cdef size_t n_slots = work.shape[0]
     with nogil:
         if floating is float:
             token_mixing_causal_backward_f32(&grad_input[0, 0, 0], &dtheta[0, 0, 0],
