@@ -2,16 +2,19 @@
 #define HYPERMIXER_ATTENTION_H
 #include "common.h"
 
-#define HM_DECLARE_ATTENTION(R, S)                                                          \
-    void attention_forward_##S(R* out, R* xc, R* qkv, R* probs, R* kt, R* wcat, const R* x,   \
-                               const R* wq, const R* wk, const R* wv, const int64_t* lengths,  \
-                               size_t B, size_t L, size_t E);                                 \
-    void attention_backward_##S(R* dx, R* dwq, R* dwk, R* dwv, R* dqkv, R* dscores, R* vt,    \
-                                R* wcat, R* dwcat, const R* grad, const R* xc, const R* qkv,  \
-                                const R* probs, const R* wq, const R* wk, const R* wv,        \
-                                const int64_t* lengths, size_t B, size_t L, size_t E);
-HM_DECLARE_ATTENTION(float, f32)
-HM_DECLARE_ATTENTION(double, f64)
-#undef HM_DECLARE_ATTENTION
+#define HM_ATTENTION_FORWARD(R, name)                                                         \
+    void name(R* out, R* xc, R* qkv, R* probs, R* kt, R* wcat, const R* x, const R* wq,       \
+              const R* wk, const R* wv, const int64_t* lengths, size_t B, size_t L, size_t E)
+HM_ATTENTION_FORWARD(float, attention_forward_f32);
+HM_ATTENTION_FORWARD(double, attention_forward_f64);
+#undef HM_ATTENTION_FORWARD
+
+#define HM_ATTENTION_BACKWARD(R, name)                                                        \
+    void name(R* dx, R* dwq, R* dwk, R* dwv, R* dqkv, R* dscores, R* vt, R* wcat, R* dwcat,   \
+              const R* grad, const R* xc, const R* qkv, const R* probs, const R* wq,          \
+              const R* wk, const R* wv, const int64_t* lengths, size_t B, size_t L, size_t E)
+HM_ATTENTION_BACKWARD(float, attention_backward_f32);
+HM_ATTENTION_BACKWARD(double, attention_backward_f64);
+#undef HM_ATTENTION_BACKWARD
 
 #endif

@@ -32,17 +32,19 @@ size_t block_index_size(const BlockDims* d);
 
 /* x, y: (B, L, E); lengths (B,) with 1 <= lengths[b] <= L; max_seq_len is S of the
  * hypernetwork's output layout. params: HM_BLOCK_PARAMS pointers (above). */
-#define HM_DECLARE_BLOCK(R, S)                                                               \
-    void hypermixer_block_forward_##S(R* y, R* cache, int64_t* index, R* scratch,            \
-                                      const R* x, const int64_t* lengths,                    \
-                                      const R* const* params, size_t max_seq_len,            \
-                                      const BlockDims* d);                                   \
-    void hypermixer_block_backward_##S(R* grad_input, R* const* grads, R* cache,             \
-                                       int64_t* index, R* scratch, const R* grad_output,     \
-                                       const int64_t* lengths, const R* const* params,       \
-                                       size_t max_seq_len, const BlockDims* d);
-HM_DECLARE_BLOCK(float, f32)
-HM_DECLARE_BLOCK(double, f64)
-#undef HM_DECLARE_BLOCK
+#define HM_HYPERMIXER_BLOCK_FORWARD(R, name)                                                  \
+    void name(R* y, R* cache, int64_t* index, R* scratch, const R* x, const int64_t* lengths, \
+              const R* const* params, size_t max_seq_len, const BlockDims* d)
+HM_HYPERMIXER_BLOCK_FORWARD(float, hypermixer_block_forward_f32);
+HM_HYPERMIXER_BLOCK_FORWARD(double, hypermixer_block_forward_f64);
+#undef HM_HYPERMIXER_BLOCK_FORWARD
+
+#define HM_HYPERMIXER_BLOCK_BACKWARD(R, name)                                                 \
+    void name(R* grad_input, R* const* grads, R* cache, int64_t* index, R* scratch,           \
+              const R* grad_output, const int64_t* lengths, const R* const* params,           \
+              size_t max_seq_len, const BlockDims* d)
+HM_HYPERMIXER_BLOCK_BACKWARD(float, hypermixer_block_backward_f32);
+HM_HYPERMIXER_BLOCK_BACKWARD(double, hypermixer_block_backward_f64);
+#undef HM_HYPERMIXER_BLOCK_BACKWARD
 
 #endif

@@ -17,20 +17,23 @@
  *
  * gemm_naive_*: the same contract with plain loops, single-threaded; the reference the tests
  * hold the fast kernels to. */
-#define HM_DECLARE_GEMM(R, S)                                                              \
-    void gemm_serial_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K,             \
-                         const R* A, size_t lda, const R* B, size_t ldb, R beta, R* C,       \
-                         size_t ldc);                                                         \
-    void gemm_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,        \
-                  size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);             \
-    void gemm_bias_act_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K,          \
-                           const R* A, size_t lda, const R* B, size_t ldb, R beta, R* C,     \
-                           size_t ldc, const R* bias, int relu);                             \
-    void gemm_naive_##S(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A,  \
-                        size_t lda, const R* B, size_t ldb, R beta, R* C, size_t ldc);
-HM_DECLARE_GEMM(float, f32)
-HM_DECLARE_GEMM(double, f64)
-#undef HM_DECLARE_GEMM
+#define HM_GEMM(R, name)                                                                      \
+    void name(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A, size_t lda, \
+              const R* B, size_t ldb, R beta, R* C, size_t ldc)
+HM_GEMM(float, gemm_serial_f32);
+HM_GEMM(double, gemm_serial_f64);
+HM_GEMM(float, gemm_f32);
+HM_GEMM(double, gemm_f64);
+HM_GEMM(float, gemm_naive_f32);
+HM_GEMM(double, gemm_naive_f64);
+#undef HM_GEMM
+
+#define HM_GEMM_BIAS_ACT(R, name)                                                             \
+    void name(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A, size_t lda, \
+              const R* B, size_t ldb, R beta, R* C, size_t ldc, const R* bias, int relu)
+HM_GEMM_BIAS_ACT(float, gemm_bias_act_f32);
+HM_GEMM_BIAS_ACT(double, gemm_bias_act_f64);
+#undef HM_GEMM_BIAS_ACT
 
 /* Testing aid: cap the instruction-set variant the fast kernels use (0 = widest the CPU
  * supports, 1 = baseline x86-64 / plain C, 2 = AVX2+FMA, 3 = AVX-512). Returns the previous

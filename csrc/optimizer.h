@@ -7,13 +7,17 @@
  * order, so the norm has the same bits for any number of threads. */
 #define HM_NORM_BLOCK 4096
 
-#define HM_DECLARE_OPTIMIZER(R, S)                                                         \
-    double gradient_norm_##S(const R* grad, size_t n, double* partial);                   \
-    double adam_step_##S(R* param, R* m, R* v, const R* grad, double* partial, size_t n,  \
-                         double lr, double beta1, double beta2, double eps, long step,    \
-                         double max_norm);
-HM_DECLARE_OPTIMIZER(float, f32)
-HM_DECLARE_OPTIMIZER(double, f64)
-#undef HM_DECLARE_OPTIMIZER
+#define HM_GRADIENT_NORM(R, name)                                                             \
+    double name(const R* grad, size_t n, double* partial)
+HM_GRADIENT_NORM(float, gradient_norm_f32);
+HM_GRADIENT_NORM(double, gradient_norm_f64);
+#undef HM_GRADIENT_NORM
+
+#define HM_ADAM_STEP(R, name)                                                                 \
+    double name(R* param, R* m, R* v, const R* grad, double* partial, size_t n, double lr,    \
+                double beta1, double beta2, double eps, long step, double max_norm)
+HM_ADAM_STEP(float, adam_step_f32);
+HM_ADAM_STEP(double, adam_step_f64);
+#undef HM_ADAM_STEP
 
 #endif

@@ -24,17 +24,19 @@ size_t transformer_block_scratch_size(const TransformerBlockDims* d);
 size_t transformer_block_index_size(const TransformerBlockDims* d);
 
 /* x, y, grad_input, grad_output: (B, L, E); lengths (B,) with 1 <= lengths[b] <= L. */
-#define HM_DECLARE_TRANSFORMER_BLOCK(R, S)                                                   \
-    void transformer_block_forward_##S(R* y, R* cache, int64_t* index, R* scratch,           \
-                                       const R* x, const int64_t* lengths,                   \
-                                       const R* const* params,                               \
-                                       const TransformerBlockDims* d);                       \
-    void transformer_block_backward_##S(R* grad_input, R* const* grads, R* cache,            \
-                                        int64_t* index, R* scratch, const R* grad_output,    \
-                                        const int64_t* lengths, const R* const* params,      \
-                                        const TransformerBlockDims* d);
-HM_DECLARE_TRANSFORMER_BLOCK(float, f32)
-HM_DECLARE_TRANSFORMER_BLOCK(double, f64)
-#undef HM_DECLARE_TRANSFORMER_BLOCK
+#define HM_TRANSFORMER_BLOCK_FORWARD(R, name)                                                 \
+    void name(R* y, R* cache, int64_t* index, R* scratch, const R* x, const int64_t* lengths, \
+              const R* const* params, const TransformerBlockDims* d)
+HM_TRANSFORMER_BLOCK_FORWARD(float, transformer_block_forward_f32);
+HM_TRANSFORMER_BLOCK_FORWARD(double, transformer_block_forward_f64);
+#undef HM_TRANSFORMER_BLOCK_FORWARD
+
+#define HM_TRANSFORMER_BLOCK_BACKWARD(R, name)                                                \
+    void name(R* grad_input, R* const* grads, R* cache, int64_t* index, R* scratch,           \
+              const R* grad_output, const int64_t* lengths, const R* const* params,           \
+              const TransformerBlockDims* d)
+HM_TRANSFORMER_BLOCK_BACKWARD(float, transformer_block_backward_f32);
+HM_TRANSFORMER_BLOCK_BACKWARD(double, transformer_block_backward_f64);
+#undef HM_TRANSFORMER_BLOCK_BACKWARD
 
 #endif
