@@ -1,27 +1,12 @@
-/* Shared by every kernel file: thread count, SIMD dispatch, the float/double template. */
+/* Shared by every kernel file: thread count (threads.h), SIMD dispatch, tiles, the kernel
+ * conventions below. */
 #ifndef HYPERMIXER_COMMON_H
 #define HYPERMIXER_COMMON_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Thread count used by every parallel region (num_threads clause). 0 means "all":
- * omp_get_max_threads(), which respects OMP_NUM_THREADS. */
-int hm_num_threads(void);
-void hm_set_num_threads(int n);
-int hm_openmp_enabled(void);
-/* Installs the fork handler (once per process; called when the module loads). */
-void hm_threads_init(void);
-/* 1 in a child forked after a team may have started: kernels then run on one thread. */
-int hm_forked_single_thread(void);
-/* omp_get_max_threads(): OMP_NUM_THREADS or the number of cores, before the cap. */
-int hm_default_threads(void);
-int hm_max_threads(void);
-
-/* The most threads any kernel uses. Above a few thousand libgomp fails to create threads (it
- * exits the process), and per-thread workspaces grow with the count; 1024 is more hardware
- * threads than any single machine we know of offers to one process. */
-#define HM_MAX_THREADS 1024
+#include "threads.h"   /* hm_num_threads() and the thread cap */
 
 /* Runtime dispatch without -march=native: gcc compiles the function three times and the
  * loader picks the widest one the CPU supports. Used on the hot loops only. */
@@ -43,15 +28,24 @@ int hm_max_threads(void);
 
 /* Kernel conventions (every csrc/ file):
  *   - one C file per concern, with its own header, which it includes; kernels are named
- *     <layer>_forward / <layer>_backward with a _f32 / _f64 suffix (template.h);
+ *     <layer>_forward / <layer>_backward with a _f32 / _f64 suffix, and defined with both
+ *     names written out (KERNEL_NAME, template.h) so that grep finds them; headers list them
+ *     by full name too. The build (CMakeLists.txt) compiles these files with
+ *     -Wmissing-prototypes -Werror: an exported function without a prototype in a header
+ *     does not build;
+ *   - sizes, counts and dimensions are size_t; int only for flags (trans_a, relu, causal,
+ *     accumulate, ...) and thread counts;
  *   - the caller allocates every output and workspace; no allocation inside a kernel;
  *   - padding: lengths (B,) with 1 <= lengths[b] <= L (channel mixing takes the equivalent
  *     offsets (B+1,)); padding rows are never read and get 0 outputs / input gradients;
- *   - every backward OVERWRITES its input gradient and its parameter gradients (it never
- *     accumulates), so the caller may pass uninitialised memory. One exception by design:
- *     token_mixing_(prefix_)pool_backward ADD the pooling path into the input gradient the
- *     token-mixing backward has just written (they are its second half);
- *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS). */
+ *   - every layer backward OVERWRITES its input gradient and its parameter gradients (it
+ *     never accumulates), so the caller may pass uninitialised memory. One exception by
+ *     design: token_mixing_(prefix_)pool_backward ADD the pooling path into the input
+ *     gradient the token-mixing backward has just written (they are its second half).
+ *     Building blocks add only when the caller asks, through an explicit argument: gemm's
+ *     beta, column_sums_add (by name), mlp_*'s input_beta / accumulate;
+ *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS);
+ *   - not yet in hypermixing.{c,h}: int sizes and F() at its definitions (being rewritten). */
 
 /* Carves consecutive pieces of `item`-byte elements out of one caller-owned buffer (the
  * whole-block kernels' workspaces); with base NULL it only counts, so the same function gives

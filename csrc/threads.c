@@ -1,5 +1,5 @@
 /* Thread-count control shared by all kernels, fork safety and the thread cap. */
-#include "common.h"
+#include "threads.h"
 
 #include <pthread.h>
 

@@ -1,4 +1,4 @@
-cdef extern from "common.h" nogil:
+cdef extern from "threads.h" nogil:
     int hm_num_threads()
     void hm_set_num_threads(int n)
     int hm_openmp_enabled()
