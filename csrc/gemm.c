@@ -114,7 +114,8 @@ void KERNEL_NAME(gemm_naive_f32, gemm_naive_f64)(
 
 /* ---- The blocked variants. Register tiles: AVX-512 8 x 32 floats / 12 x 16 doubles (16 or
  * 24 of 32 zmm registers accumulate; 12 rows measured faster for doubles, while 8 rows fit the
- * layers' float shapes, multiples of 8 or 16 rows, without ragged panels), AVX2 6 x 16 / 6 x 8 (12 of 16 ymm), SSE2 4 x 8 / 4 x 4.
+ * layers' float shapes, multiples of 8 or 16 rows, without ragged panels), AVX2 6 x 16 /
+ * 6 x 8 (12 of 16 ymm), SSE2 4 x 8 / 4 x 4.
  * KC keeps one B micro-panel (KC x NR) within L1; the packed B block (KC x NC) and the A block
  * (MC x KC) sit in L2. ---- */
 #if HM_GEMM_X86

@@ -373,8 +373,9 @@ void KERNEL_NAME(token_mixing_causal_forward_f32, token_mixing_causal_forward_f6
  * F(token_mixing_causal_forward)): for each valid position t every value it uses, and W1 rows
  * past t up to the end of t's HM_PREFIX_TILE tile set to 0; records of padding positions are
  * not written. partial (B, token_mixing_causal_partial_size(L, E, chunk)) and work
- * (n_slots, Ht*E) are scratch; grad_output, x (B, L, E); theta from the forward. The activations of each
- * position are recomputed rather than cached (they would take B*L*Ht*E values).
+ * (n_slots, Ht*E) are scratch; grad_output, x (B, L, E); theta from the forward. The
+ * activations of each position are recomputed rather than cached (they would take B*L*Ht*E
+ * values).
  *
  * Phase 1, parallel over (sequence, chunk of `chunk` positions): dtheta rows, and the
  * chunk's contributions to the input gradient summed in its own partial buffer.

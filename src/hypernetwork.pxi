@@ -172,13 +172,13 @@ def hypernetwork_theta_forward(floating[:, :, ::1] theta, floating[:, :, ::1] pr
     _check_lengths(lengths, B, R)
     with nogil:
         if floating is float:
-            hypernetwork_theta_forward_f32(&theta[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0], &wcol[0, 0],
-                                           &x[0, 0, 0], &lengths[0], &w1[0, 0], &b1[0],
-                                           &w2[0, 0], &b2[0], B, R, E, H, S, Ht, L, causal)
+            hypernetwork_theta_forward_f32(&theta[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                           &wcol[0, 0], &x[0, 0, 0], &lengths[0], &w1[0, 0],
+                                           &b1[0], &w2[0, 0], &b2[0], B, R, E, H, S, Ht, L, causal)
         else:
-            hypernetwork_theta_forward_f64(&theta[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0], &wcol[0, 0],
-                                           &x[0, 0, 0], &lengths[0], &w1[0, 0], &b1[0],
-                                           &w2[0, 0], &b2[0], B, R, E, H, S, Ht, L, causal)
+            hypernetwork_theta_forward_f64(&theta[0, 0, 0], &pre[0, 0, 0], &hidden[0, 0, 0],
+                                           &wcol[0, 0], &x[0, 0, 0], &lengths[0], &w1[0, 0],
+                                           &b1[0], &w2[0, 0], &b2[0], B, R, E, H, S, Ht, L, causal)
 
 
 def hypernetwork_theta_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dw1,

@@ -37,8 +37,9 @@ def output_forward(floating[:, :, ::1] logits, const floating[:, :, ::1] x,
 
 
 def output_backward(floating[:, :, ::1] dx, floating[:, ::1] dw, floating[:, ::1] dbias,
-                    floating[:, ::1] xp, floating[:, ::1] gp, const floating[:, :, ::1] grad, const floating[:, :, ::1] x,
-                    const floating[:, ::1] w, const int64_t[::1] lengths):
+                    floating[:, ::1] xp, floating[:, ::1] gp, const floating[:, :, ::1] grad,
+                    const floating[:, :, ::1] x, const floating[:, ::1] w,
+                    const int64_t[::1] lengths):
     """dx (B, L, E), dw (E, V), dbias (1, V); workspaces xp (N, E), gp (N, V) with N the
     number of real rows (sum of lengths) when some sequence is shorter than L, else >= 1."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], E = x.shape[2], V = w.shape[1]
