@@ -833,6 +833,11 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
     }
 }
 
+/* The GELUs of a token's state run over the flat (rows, width) block, HMX_GELU_BLOCK values at
+ * a time, into a buffer on the stack: full vectors whatever the row width (16 heads of width 8
+ * fill a register as well as 8 heads of width 16). Rows wider than the block take the row loop. */
+#define HMX_GELU_BLOCK 256
+
 /* One token's step of the running sum and its output, shared by the causal forward, the
  * backward's rebuild and the streaming step so all three add in the same order:
  * state += w1t (x) v; out = w2t @ gelu(state * (1 / count)) when out is not NULL (a product
@@ -844,11 +849,6 @@ static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const RE
                                         REAL count)
 {
     const REAL inv = (REAL)1 / count;
-    if (out) {
-        for (size_t f = 0; f < dh; f++) {
-            out[f] = 0;
-        }
-    }
     for (size_t e = 0; e < kh; e++) {
         const REAL a = w1t[e];
         const REAL* p = prev + e * dh;   /* may be next itself: updated in place */
@@ -857,11 +857,39 @@ static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const RE
         for (size_t f = 0; f < dh; f++) {
             q[f] = p[f] + a * v[f];
         }
-        if (out) {
+    }
+    if (!out) {
+        return;
+    }
+    for (size_t f = 0; f < dh; f++) {
+        out[f] = 0;
+    }
+    if (dh > HMX_GELU_BLOCK) {
+        for (size_t e = 0; e < kh; e++) {
             const REAL c = w2t[e];
+            const REAL* q = next + e * dh;
             #pragma omp simd
             for (size_t f = 0; f < dh; f++) {
                 out[f] += c * F(gelu)(q[f] * inv);
+            }
+        }
+        return;
+    }
+    const size_t rows = HMX_GELU_BLOCK / dh;
+    REAL g[HMX_GELU_BLOCK];
+    for (size_t e0 = 0; e0 < kh; e0 += rows) {
+        const size_t e1 = e0 + rows < kh ? e0 + rows : kh;
+        const REAL* q = next + e0 * dh;
+        #pragma omp simd
+        for (size_t i = 0; i < (e1 - e0) * dh; i++) {
+            g[i] = F(gelu)(q[i] * inv);
+        }
+        for (size_t e = e0; e < e1; e++) {
+            const REAL c = w2t[e];
+            const REAL* ge = g + (e - e0) * dh;
+            #pragma omp simd
+            for (size_t f = 0; f < dh; f++) {
+                out[f] += c * ge[f];
             }
         }
     }
@@ -903,42 +931,69 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
 {
     const REAL inv = (REAL)1 / count;
     const int tree = kh <= HMX_TREE && (kh & (kh - 1)) == 0;
+    /* the GELUs and slopes of a block of rows first, over the flat block (full vectors) */
+    const size_t rows = kh <= HMX_GELU_BLOCK ? HMX_GELU_BLOCK / kh : 1;
+    REAL gv[HMX_GELU_BLOCK], gs[HMX_GELU_BLOCK];
     for (size_t e = 0; e < kh; e++) {
         dw1t[e] = 0;
         dw2t[e] = 0;
     }
-    for (size_t f = 0; f < dh; f++) {
-        const REAL* restrict sf = st + f * kh;
-        REAL* restrict rf = suffix + f * kh;
-        const REAL gf = g[f], vf = v[f];
-        if (tree) {
-            REAL t[HMX_TREE];
+    for (size_t f0 = 0; f0 < dh; f0 += rows) {
+        const size_t f1 = f0 + rows < dh ? f0 + rows : dh;
+        const int blocked = kh <= HMX_GELU_BLOCK;
+        if (blocked) {
+            const REAL* sb = st + f0 * kh;
             #pragma omp simd
-            for (size_t e = 0; e < kh; e++) {
+            for (size_t i = 0; i < (f1 - f0) * kh; i++) {
                 REAL slope;
-                dw2t[e] += F(gelu_slope)(sf[e] * inv, &slope) * gf;
-                rf[e] += w2t[e] * inv * gf * slope;
-                dw1t[e] += rf[e] * vf;
-                t[e] = rf[e] * w1t[e];
+                gv[i] = F(gelu_slope)(sb[i] * inv, &slope);
+                gs[i] = slope;
             }
-            for (size_t w = kh / 2; w >= 1; w /= 2) {
-                for (size_t e = 0; e < w; e++) {
-                    t[e] += t[e + w];
+        }
+        for (size_t f = f0; f < f1; f++) {
+            const REAL* restrict sf = st + f * kh;
+            const REAL* restrict vf_g = gv + (f - f0) * kh;
+            const REAL* restrict vf_s = gs + (f - f0) * kh;
+            REAL* restrict rf = suffix + f * kh;
+            const REAL gf = g[f], vf = v[f];
+            if (tree) {
+                REAL t[HMX_TREE];
+                #pragma omp simd
+                for (size_t e = 0; e < kh; e++) {
+                    dw2t[e] += vf_g[e] * gf;
+                    rf[e] += w2t[e] * inv * gf * vf_s[e];
+                    dw1t[e] += rf[e] * vf;
+                    t[e] = rf[e] * w1t[e];
+                }
+                for (size_t w = kh / 2; w >= 1; w /= 2) {
+                    for (size_t e = 0; e < w; e++) {
+                        t[e] += t[e + w];
+                    }
+                }
+                dv[f] = t[0];
+                continue;
+            }
+            REAL acc = 0;
+            if (blocked) {
+                #pragma omp simd reduction(+:acc)
+                for (size_t e = 0; e < kh; e++) {
+                    dw2t[e] += vf_g[e] * gf;
+                    rf[e] += w2t[e] * inv * gf * vf_s[e];
+                    dw1t[e] += rf[e] * vf;
+                    acc += rf[e] * w1t[e];
+                }
+            } else {
+                #pragma omp simd reduction(+:acc)
+                for (size_t e = 0; e < kh; e++) {
+                    REAL slope;
+                    dw2t[e] += F(gelu_slope)(sf[e] * inv, &slope) * gf;
+                    rf[e] += w2t[e] * inv * gf * slope;
+                    dw1t[e] += rf[e] * vf;
+                    acc += rf[e] * w1t[e];
                 }
             }
-            dv[f] = t[0];
-            continue;
+            dv[f] = acc;
         }
-        REAL acc = 0;
-        #pragma omp simd reduction(+:acc)
-        for (size_t e = 0; e < kh; e++) {
-            REAL slope;
-            dw2t[e] += F(gelu_slope)(sf[e] * inv, &slope) * gf;
-            rf[e] += w2t[e] * inv * gf * slope;
-            dw1t[e] += rf[e] * vf;
-            acc += rf[e] * w1t[e];
-        }
-        dv[f] = acc;
     }
 }
 
