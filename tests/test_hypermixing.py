@@ -135,6 +135,28 @@ def test_block_names():
 
 
 # ---------------------------------------------------------------- finite differences
+# Heads of width 8 with k_h of 8 or 16 take csrc/hypermixing.c's small-head generator path
+# (row products without gemm); the shapes above use wider or narrower heads.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d,k,heads,tied,bias", [
+    (16, 16, 2, False, True), (16, 32, 2, True, False), (32, 64, 4, False, False)])
+def test_parity_small_heads(dtype, causal, d, k, heads, tied, bias):
+    c, r = make_pair(dtype, d=d, k=k, heads=heads, tied=tied, hypernetwork_bias=bias,
+                     causal=causal, normalize="mean")
+    x, g = batch(6, (3, 11, d))
+    check_parity(c, r, x, g, lengths=np.array([11, 4, 1]), factor=10)
+
+
+def test_finite_differences_small_heads():
+    layer = hypermixer.HyperMixing(16, 16, heads=2, causal=True, hypernetwork_bias=True,
+                                   normalize="mean", seed=4, dtype=np.float64)
+    for _, p in layer.named_parameters():
+        p *= 0.4
+    x, g = batch(3, (2, 5, 16), scale=0.3)
+    finite_difference_check(layer, x, g, lengths=np.array([5, 3]), rtol=1e-5)
+
+
 @pytest.mark.parametrize("impl", [hypermixer, ref], ids=["compiled", "reference"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("tied,bias,normalize,info", [
@@ -212,19 +234,20 @@ def test_one_and_two_threads_bit_identical(causal):
 def test_threads_bit_identical_above_parallel_threshold(causal, tied, bias):
     """Shapes large enough that every kernel runs its parallel paths (the generators' whole-
     head tasks need M*N*K*h above HM_PARALLEL_MIN); 1, 2 and 3 threads give the same bits."""
-    layer = hypermixer.HyperMixing(64, 128, heads=4, causal=causal, tied=tied,
-                                   hypernetwork_bias=bias, normalize="mean", seed=3)
     x, g = batch(11, (3, 160, 64))
     lengths = np.array([160, 97, 1])
-    results = []
-    for threads in (1, 2, 3):
-        hypermixer.set_num_threads(threads)
-        y = layer.forward(x, lengths)
-        gi, grads = layer.compute_gradients(x, g, lengths)
-        results.append([y, gi] + grads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert np.array_equal(a, b)
+    for heads in (4, 8):   # 8: heads of width 8, the small-head generator path
+        layer = hypermixer.HyperMixing(64, 128, heads=heads, causal=causal, tied=tied,
+                                       hypernetwork_bias=bias, normalize="mean", seed=3)
+        results = []
+        for threads in (1, 2, 3):
+            hypermixer.set_num_threads(threads)
+            y = layer.forward(x, lengths)
+            gi, grads = layer.compute_gradients(x, g, lengths)
+            results.append([y, gi] + grads)
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert np.array_equal(a, b)
 
 
 # ---------------------------------------------------------------- causality
