@@ -25,7 +25,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ._layer import INDEX_LIMIT
-from .model import ModelConfig, build_network, expected_parameter_count
+from .model import (ModelConfig, build_network, expected_parameter_count,
+                    legacy_hypermixing_heads)
 from .tokenizer import tokenizer_from_meta
 
 FORMAT_NAME = "hypermixer-checkpoint"
@@ -355,6 +356,10 @@ def _check_meta(path, meta, archive):
                               f"be a list, got {_short(adam_steps)}")
     for step in adam_steps:
         _check_int(path, "an Adam step count", step, 0, MAX_COUNT)
+    if raw.get("architecture") == "hypermixing" and raw.get("heads") is None:
+        # written before configurations stored their resolved heads, when the default was 8
+        # (now 16): the network in the file has the old default's shapes
+        raw = dict(raw, heads=legacy_hypermixing_heads(raw))
     try:
         config = ModelConfig.from_dict(raw)
         tokenizer = tokenizer_from_meta(meta)

@@ -51,7 +51,7 @@ def _add_model_options(parser, architecture=True):
     group.add_argument("--token-mixing-hidden-dim", type=int, default=None,
                        help="default: embedding-dim / 2 (hypermixer only)")
     group.add_argument("--heads", type=int, default=None,
-                       help="HyperMixing heads (hypermixing only; default 8)")
+                       help="HyperMixing heads (hypermixing only; default 16)")
     group.add_argument("--share-hypernetwork", action="store_true",
                        help="one hypernetwork for all blocks (hypermixer only)")
     group.add_argument("--non-causal", action="store_true",
@@ -406,16 +406,22 @@ def cmd_compare(args):
         return 0
     plot_path = plot_history({name: r.history for name, r in results.items()},
                              out / "compare")
+    # "best val loss" is the last stage's lowest, the model kept in best.npz: on a small corpus
+    # the final epoch can be well past the point where a model starts to overfit
     header = ("model", "parameters", "final train loss", "final val loss",
-              "training tokens/s")
+              "best val loss (epoch)", "training tokens/s")
     rows = []
     for name, result in results.items():
         trained = [p for p in result.history if p["train_loss"] is not None]
         speed = sum(p["tokens"] for p in trained) / sum(p["seconds"] for p in trained)
+        last = result.history[-1]
+        scored = [p for p in result.history
+                  if p["stage"] == last["stage"] and p["val_loss"] is not None]
+        best = min(scored, key=lambda p: p["val_loss"]) if scored else None
         rows.append((name, f"{result.network.parameters():,}",
                      f"{trained[-1]['train_loss']:.4f}",
-                     "-" if result.history[-1]["val_loss"] is None
-                     else f"{result.history[-1]['val_loss']:.4f}",
+                     "-" if last["val_loss"] is None else f"{last['val_loss']:.4f}",
+                     "-" if best is None else f"{best['val_loss']:.4f} ({best['epoch']})",
                      f"{speed:,.0f}"))
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
