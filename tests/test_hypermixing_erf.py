@@ -86,7 +86,9 @@ def test_erf_odd_and_monotone_within_an_ulp(dtype):
 def test_gelu_and_slope_against_erfc(dtype, tol):
     """gelu(v) = v Phi(v) and gelu'(v) = Phi(v) + v phi(v), Phi from math.erfc in float64;
     absolute error within tol * max(1, |v|), also deep in the left tail where Phi underflows.
-    Measured (C harness, with and without FMA): float64 <= 4.5e-16, float32 <= 1.4e-7."""
+    Measured: float64 <= 4.5e-16 (C harness, with and without FMA); float32 gelu <= 1.1e-7,
+    slope <= 2.0e-7 (this grid, AVX-512 build), 1.2e-7 / 2.5e-7 in a NumPy float32 model of
+    the same operations without FMA."""
     v = np.concatenate([np.linspace(-40.0, 40.0, 80001), np.geomspace(1e-300, 40.0, 4000)])
     v = np.concatenate([v, -v]).astype(dtype)
     value, slope = our_gelu(v)
