@@ -38,28 +38,29 @@ static int hmx_slot(void)
 #endif
 }
 
-static int hmx_threads(int n_slots)
+/* Threads for a region whose items need one workspace slot each. */
+static int hmx_threads(size_t n_slots)
 {
     const int n = hm_num_threads();
-    return n < n_slots ? n : n_slots;
+    return (size_t)n < n_slots ? n : (int)n_slots;
 }
 
-size_t hypermixing_causal_work_size(int d, int k, int h, int chunk)
+size_t hypermixing_causal_work_size(size_t d, size_t k, size_t h, size_t chunk)
 {
-    const size_t state = (size_t)(k / h) * (size_t)(d / h);
+    const size_t state = (k / h) * (d / h);
     /* running sum / suffix sum, the chunk's sums, a transposed checkpoint, two rows of d_h */
-    return state * ((size_t)chunk + 2) + 2 * (size_t)(d / h);
+    return state * (chunk + 2) + 2 * (d / h);
 }
 
-int hypermixing_causal_checkpoints(int L, int chunk)
+size_t hypermixing_causal_checkpoints(size_t L, size_t chunk)
 {
     return (L + chunk - 1) / chunk;
 }
 
 /* dQ, dP (d_h + 1, d_h); dm (k_h, d_h); the unit's dC1, dc1, dC2, dc2 */
-size_t hypermixing_mix_work_size(int d, int k, int h)
+size_t hypermixing_mix_work_size(size_t d, size_t k, size_t h)
 {
-    const size_t dh = (size_t)(d / h), kh = (size_t)(k / h);
+    const size_t dh = d / h, kh = k / h;
     return 2 * (dh + 1) * dh + kh * dh + 2 * kh * (dh + 1);
 }
 
@@ -367,7 +368,8 @@ static inline REAL F(gelu_grad)(REAL v)
 
 /* value (n,) = gelu(x), slope (n,) = gelu'(x) when not NULL. For the tests of the erf. */
 HM_SIMD
-void F(hypermixing_gelu)(REAL* value, REAL* slope, const REAL* x, size_t n)
+void KERNEL_NAME(hypermixing_gelu_f32, hypermixing_gelu_f64)(REAL* value, REAL* slope,
+                                                             const REAL* x, size_t n)
 {
     if (slope) {
         for (size_t i = 0; i < n; i++) {
@@ -384,7 +386,7 @@ void F(hypermixing_gelu)(REAL* value, REAL* slope, const REAL* x, size_t n)
 
 /* out (n,) = erf(x). For the tests. */
 HM_SIMD
-void F(hypermixing_erf)(REAL* out, const REAL* x, size_t n)
+void KERNEL_NAME(hypermixing_erf_f32, hypermixing_erf_f64)(REAL* out, const REAL* x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         out[i] = F(hmx_erf)(x[i]);
@@ -393,14 +395,15 @@ void F(hypermixing_erf)(REAL* out, const REAL* x, size_t n)
 
 /* z, x: (B, L, d); pos: (L, d), the position rows already offset for the flavour.
  * Padding rows of z are 0 (their x is never read). */
-void F(hypermixing_token_info_forward)(REAL* z, const REAL* x, const REAL* pos,
-                                       const int64_t* lengths, int B, int L, int d, REAL scale)
+void KERNEL_NAME(hypermixing_token_info_forward_f32, hypermixing_token_info_forward_f64)(
+    REAL* z, const REAL* x, const REAL* pos, const int64_t* lengths, size_t B, size_t L, size_t d,
+    REAL scale)
 {
-    const size_t rows = (size_t)B * (size_t)L, width = (size_t)d;
+    const size_t rows = B * L, width = d;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (rows * width > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
-        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        const size_t b = r / L, t = r % L;
         REAL* restrict zr = z + r * width;
         const REAL* restrict xr = x + r * width;
         const REAL* restrict pr = pos + t * width;
@@ -417,14 +420,15 @@ void F(hypermixing_token_info_forward)(REAL* z, const REAL* x, const REAL* pos,
 }
 
 /* grad_input, dz: (B, L, d). grad_input += scale * dz on valid rows; padding rows set to 0. */
-void F(hypermixing_token_info_backward)(REAL* grad_input, const REAL* dz,
-                                        const int64_t* lengths, int B, int L, int d, REAL scale)
+void KERNEL_NAME(hypermixing_token_info_backward_f32, hypermixing_token_info_backward_f64)(
+    REAL* grad_input, const REAL* dz, const int64_t* lengths, size_t B, size_t L, size_t d,
+    REAL scale)
 {
-    const size_t rows = (size_t)B * (size_t)L, width = (size_t)d;
+    const size_t rows = B * L, width = d;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (rows * width > HM_PARALLEL_MIN)
     for (size_t r = 0; r < rows; r++) {
-        const size_t b = r / (size_t)L, t = r % (size_t)L;
+        const size_t b = r / L, t = r % L;
         REAL* restrict gr = grad_input + r * width;
         const REAL* restrict dr = dz + r * width;
         if ((int64_t)t >= lengths[b]) {
@@ -714,28 +718,26 @@ static void F(small_heads_outer_sum)(REAL* restrict out, const REAL* restrict a,
  * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z:
  * act_j = gelu(z_j @ A_j^T + a_j), slope_j = gelu'(z_j @ A_j^T + a_j) (not computed when
  * slope is NULL), and, when w is not NULL, w_j = act_j @ C_j^T + c_j in columns j*k_h.. of w. */
-void F(hypermixing_generator_forward)(REAL* w, REAL* act, REAL* slope, const REAL* z,
-                                      const REAL* A, const REAL* a, const REAL* C,
-                                      const REAL* c, int rows, int d, int k, int h)
+void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forward_f64)(
+    REAL* w, REAL* act, REAL* slope, const REAL* z, const REAL* A, const REAL* a, const REAL* C,
+    const REAL* c, size_t rows, size_t d, size_t k, size_t h)
 {
-    const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
-    const size_t dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t R = rows, D = d, K = k;
+    const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
-    if (F(small_heads)(D, K, (size_t)h)) {
+    if (F(small_heads)(D, K, h)) {
         #pragma omp parallel num_threads(hm_num_threads()) if (R * D > HM_PARALLEL_MIN && tiles > 1)
         {
             REAL At[HMX_SMALL_A], Ct[HMX_SMALL_C];
-            F(small_heads_transpose)(At, Ct, A, C, (size_t)h, dh, kh);
+            F(small_heads_transpose)(At, Ct, A, C, h, dh, kh);
             #pragma omp for schedule(static)
             for (size_t tile = 0; tile < tiles; tile++) {
                 const size_t r0 = tile * HMX_GEN_TILE;
                 const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
-                F(small_heads_product)(act + r0 * D, z + r0 * D, At, m, (size_t)h, dh, dh, D, D,
-                                       0);
+                F(small_heads_product)(act + r0 * D, z + r0 * D, At, m, h, dh, dh, D, D, 0);
                 F(gelu_block)(act + r0 * D, slope ? slope + r0 * D : NULL, a, m, D, D);
                 if (w) {
-                    F(small_heads_product)(w + r0 * K, act + r0 * D, Ct, m, (size_t)h, dh, kh, D,
-                                           K, 0);
+                    F(small_heads_product)(w + r0 * K, act + r0 * D, Ct, m, h, dh, kh, D, K, 0);
                     if (c) {
                         F(bias_block)(w + r0 * K, c, m, K, K);
                     }
@@ -744,11 +746,11 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* act, REAL* slope, const REA
         }
         return;
     }
-    const size_t tasks = tiles * (size_t)h;
+    const size_t tasks = tiles * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (R * D > HM_PARALLEL_MIN && tasks > 1)
     for (size_t task = 0; task < tasks; task++) {
-        const size_t j = task % (size_t)h, r0 = (task / (size_t)h) * HMX_GEN_TILE;
+        const size_t j = task % h, r0 = (task / h) * HMX_GEN_TILE;
         const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
         REAL* act_j = act + r0 * D + j * dh;
         F(gemm_serial)(0, 1, m, dh, dh, z + r0 * D + j * dh, D, A + j * dh * dh, dh, 0, act_j,
@@ -770,16 +772,15 @@ void F(hypermixing_generator_forward)(REAL* w, REAL* act, REAL* slope, const REA
  * dc (like c, or NULL) are overwritten. On return dact holds the gradient of the
  * pre-activation. dz: (rows, d), overwritten, or added to when `accumulate`. dA: like A;
  * da: like a, or NULL (overwritten). slope: the forward's. */
-void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc,
-                                       REAL* dact, const REAL* dw, const REAL* z,
-                                       const REAL* act, const REAL* slope, const REAL* A,
-                                       const REAL* C, int rows, int d, int k, int h,
-                                       int accumulate)
+void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backward_f64)(
+    REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc, REAL* dact, const REAL* dw, const REAL* z,
+    const REAL* act, const REAL* slope, const REAL* A, const REAL* C, size_t rows, size_t d,
+    size_t k, size_t h, int accumulate)
 {
-    const size_t R = (size_t)rows, D = (size_t)d, K = (size_t)k;
-    const size_t dh = D / (size_t)h, kh = K / (size_t)h;
-    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * (size_t)h;
-    const int small = F(small_heads)(D, K, (size_t)h);
+    const size_t R = rows, D = d, K = k;
+    const size_t dh = D / h, kh = K / h;
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * h;
+    const int small = F(small_heads)(D, K, h);
     if (dw) {
         if (dc) {
             for (size_t e = 0; e < K; e++) {
@@ -789,10 +790,9 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
         }
         /* dC_j = dw_j^T @ act_j (a sum over all rows) */
         if (small) {
-            F(small_heads_outer_sum)(dC, dw, act, R, (size_t)h, kh, dh, K, D);
+            F(small_heads_outer_sum)(dC, dw, act, R, h, kh, dh, K, D);
         } else {
-            F(per_head_gemm)(1, 0, kh, dh, R, dw, kh, K, act, dh, D, dC, kh * dh, dh,
-                             (size_t)h);
+            F(per_head_gemm)(1, 0, kh, dh, R, dw, kh, K, act, dh, D, dC, kh * dh, dh, h);
         }
     }
     /* row-local, per tile and head: dact_j = dw_j @ C_j; dpre = dact * slope;
@@ -805,18 +805,17 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
             const size_t r0 = tile * HMX_GEN_TILE;
             const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
             if (dw) {
-                F(small_heads_product)(dact + r0 * D, dw + r0 * K, C, m, (size_t)h, kh, dh, K, D,
-                                       0);
+                F(small_heads_product)(dact + r0 * D, dw + r0 * K, C, m, h, kh, dh, K, D, 0);
             }
             F(scale_block)(dact + r0 * D, slope + r0 * D, m, D, D);
-            F(small_heads_product)(dz + r0 * D, dact + r0 * D, A, m, (size_t)h, dh, dh, D, D,
+            F(small_heads_product)(dz + r0 * D, dact + r0 * D, A, m, h, dh, dh, D, D,
                                    accumulate);
         }
     } else {
         #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
             if (R * D > HM_PARALLEL_MIN && tasks > 1)
         for (size_t task = 0; task < tasks; task++) {
-            const size_t j = task % (size_t)h, r0 = (task / (size_t)h) * HMX_GEN_TILE;
+            const size_t j = task % h, r0 = (task / h) * HMX_GEN_TILE;
             const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
             REAL* dact_j = dact + r0 * D + j * dh;
             if (dw) {
@@ -836,9 +835,9 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
     }
     /* dA_j = dpre_j^T @ z_j (a sum over all rows) */
     if (small) {
-        F(small_heads_outer_sum)(dA, dact, z, R, (size_t)h, dh, dh, D, D);
+        F(small_heads_outer_sum)(dA, dact, z, R, h, dh, dh, D, D);
     } else {
-        F(per_head_gemm)(1, 0, dh, dh, R, dact, dh, D, z, dh, D, dA, dh * dh, dh, (size_t)h);
+        F(per_head_gemm)(1, 0, dh, dh, R, dact, dh, D, z, dh, D, dA, dh * dh, dh, h);
     }
 }
 
@@ -854,26 +853,26 @@ void F(hypermixing_generator_backward)(REAL* dz, REAL* dA, REAL* da, REAL* dC, R
  * P, Q: (B, h, d_h + 1, d_h), P = [act1_j^T v; colsum(v)], Q = [C2_j^T m; c2_j^T m];
  * s, m: (B, h, k_h, d_h), s = W1^T v (divided by n with mean) and m = gelu(s).
  * Padding rows of y are 0; padding rows of x and act are never read. */
-void F(hypermixing_forward)(REAL* y, REAL* P, REAL* s, REAL* m, REAL* Q, const REAL* x,
-                            const REAL* act1, const REAL* act2, const REAL* C1, const REAL* c1,
-                            const REAL* C2, const REAL* c2, const int64_t* lengths, int B,
-                            int L, int d, int k, int h, int mean)
+void KERNEL_NAME(hypermixing_forward_f32, hypermixing_forward_f64)(
+    REAL* y, REAL* P, REAL* s, REAL* m, REAL* Q, const REAL* x, const REAL* act1,
+    const REAL* act2, const REAL* C1, const REAL* c1, const REAL* C2, const REAL* c2,
+    const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h, int mean)
 {
-    const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t D = d, K = k, dh = D / h, kh = K / h;
     const size_t pq = (dh + 1) * dh, state = kh * dh;
-    const int units = B * h;
+    const size_t units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (int u = 0; u < units; u++) {
-        const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t off = b * (size_t)L * D + j * dh;
+    for (size_t u = 0; u < units; u++) {
+        const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
+        const size_t off = b * L * D + j * dh;
         const REAL* xs = x + off;
         const REAL* a1 = act1 + off;
         const REAL* a2 = act2 + off;
         REAL* ys = y + off;
-        REAL* Pu = P + (size_t)u * pq;
-        REAL* Qu = Q + (size_t)u * pq;
-        REAL* su = s + (size_t)u * state;
-        REAL* mu = m + (size_t)u * state;
+        REAL* Pu = P + u * pq;
+        REAL* Qu = Q + u * pq;
+        REAL* su = s + u * state;
+        REAL* mu = m + u * state;
         F(gemm_serial)(1, 0, dh, dh, n, a1, D, xs, D, 0, Pu, dh);
         F(hmx_column_sums)(Pu + dh * dh, xs, n, D, dh);
         F(gemm_serial)(0, 0, kh, dh, dh, C1 + j * state, dh, Pu, dh, 0, su, dh);
@@ -891,7 +890,7 @@ void F(hypermixing_forward)(REAL* y, REAL* P, REAL* s, REAL* m, REAL* Q, const R
             }
         }
         F(gemm_serial)(0, 0, n, dh, dh, a2, D, Qu, dh, 0, ys, D);
-        for (size_t t = 0; t < (size_t)L; t++) {
+        for (size_t t = 0; t < L; t++) {
             REAL* yt = ys + t * D;
             for (size_t f = 0; f < dh; f++) {
                 yt[f] = t < n ? yt[f] + q[f] : (REAL)0;
@@ -906,22 +905,21 @@ void F(hypermixing_forward)(REAL* y, REAL* P, REAL* s, REAL* m, REAL* Q, const R
  * act2 == act1 and C2, c2 == C1, c1: both parts go to dact1 and dC1, dc1, and dact2, dC2,
  * dc2 are not used. dC1, dC2: like C1; dc1, dc2: like c1, or NULL. work:
  * B * h * hypermixing_mix_work_size(d, k, h) elements. */
-void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* dC1, REAL* dc1,
-                             REAL* dC2, REAL* dc2, REAL* work, const REAL* grad_output,
-                             const REAL* x, const REAL* act1, const REAL* act2, const REAL* C1,
-                             const REAL* c1, const REAL* C2, const REAL* c2, const REAL* P,
-                             const REAL* s, const REAL* m, const REAL* Q,
-                             const int64_t* lengths, int B, int L, int d, int k, int h,
-                             int mean, int tied)
+void KERNEL_NAME(hypermixing_backward_f32, hypermixing_backward_f64)(
+    REAL* grad_input, REAL* dact1, REAL* dact2, REAL* dC1, REAL* dc1, REAL* dC2, REAL* dc2,
+    REAL* work, const REAL* grad_output, const REAL* x, const REAL* act1, const REAL* act2,
+    const REAL* C1, const REAL* c1, const REAL* C2, const REAL* c2, const REAL* P, const REAL* s,
+    const REAL* m, const REAL* Q, const int64_t* lengths, size_t B, size_t L, size_t d, size_t k,
+    size_t h, int mean, int tied)
 {
-    const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
+    const size_t D = d, K = k, dh = D / h, kh = K / h;
     const size_t pq = (dh + 1) * dh, state = kh * dh, part = kh * (dh + 1);
     const size_t unit_work = hypermixing_mix_work_size(d, k, h);
-    const int units = B * h;
+    const size_t units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (int u = 0; u < units; u++) {
-        const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t off = b * (size_t)L * D + j * dh;
+    for (size_t u = 0; u < units; u++) {
+        const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
+        const size_t off = b * L * D + j * dh;
         const REAL* gs = grad_output + off;
         const REAL* xs = x + off;
         const REAL* a1 = act1 + off;
@@ -929,11 +927,11 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
         REAL* gi = grad_input + off;
         REAL* da1 = dact1 + off;
         REAL* da2 = tied ? da1 : dact2 + off;
-        const REAL* Pu = P + (size_t)u * pq;
-        const REAL* Qu = Q + (size_t)u * pq;
-        const REAL* su = s + (size_t)u * state;
-        const REAL* mu = m + (size_t)u * state;
-        REAL* dQ = work + (size_t)u * unit_work;     /* (d_h + 1, d_h) */
+        const REAL* Pu = P + u * pq;
+        const REAL* Qu = Q + u * pq;
+        const REAL* su = s + u * state;
+        const REAL* mu = m + u * state;
+        REAL* dQ = work + u * unit_work;             /* (d_h + 1, d_h) */
         REAL* dP = dQ + pq;                          /* (d_h + 1, d_h) */
         REAL* dm = dP + pq;                          /* (k_h, d_h), then ds */
         REAL* p1 = dm + state;                       /* dC1 (k_h, d_h), dc1 (k_h) of this unit */
@@ -985,7 +983,7 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
         }
         F(gemm_serial)(0, 1, n, dh, dh, xs, D, dP, dh, tied ? (REAL)1 : (REAL)0, da1, D);
         F(gemm_serial)(0, 0, n, dh, dh, a1, D, dP, dh, 0, gi, D);       /* dv = act1 dP */
-        for (size_t t = 0; t < (size_t)L; t++) {
+        for (size_t t = 0; t < L; t++) {
             REAL* git = gi + t * D;
             REAL* d1 = da1 + t * D;
             REAL* d2 = da2 + t * D;
@@ -999,14 +997,14 @@ void F(hypermixing_backward)(REAL* grad_input, REAL* dact1, REAL* dact2, REAL* d
         }
     }
     /* the parameters' gradients: sums over the sequences in order b = 0, 1, ... */
-    const size_t total = (size_t)h * part;
+    const size_t total = h * part;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (total * (size_t)B > HM_PARALLEL_MIN)
+        if (total * B > HM_PARALLEL_MIN)
     for (size_t i = 0; i < total; i++) {
         const size_t j = i / part, o = i % part;
         REAL acc1 = 0, acc2 = 0;
-        for (size_t b = 0; b < (size_t)B; b++) {
-            const REAL* p1 = work + (b * (size_t)h + j) * unit_work + 2 * pq + state;
+        for (size_t b = 0; b < B; b++) {
+            const REAL* p1 = work + (b * h + j) * unit_work + 2 * pq + state;
             if (tied) {
                 acc1 += p1[o] + p1[part + o];
             } else {
@@ -1245,29 +1243,29 @@ static void F(causal_rebuild)(REAL* restrict next, const REAL* restrict prev,
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
  * n_ck = hypermixing_causal_checkpoints(L, chunk): checkpoint c of a unit is its running sum
  * over tokens 0..c*chunk-1. work: n_slots * hypermixing_causal_work_size(d, k, h, chunk). */
-void F(hypermixing_causal_forward)(REAL* y, REAL* checkpoints, REAL* work, int n_slots,
-                                   const REAL* x, const REAL* w1, const REAL* w2,
-                                   const int64_t* lengths, int B, int L, int d, int k, int h,
-                                   int mean, int chunk)
+void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)(
+    REAL* y, REAL* checkpoints, REAL* work, size_t n_slots, const REAL* x, const REAL* w1,
+    const REAL* w2, const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h,
+    int mean, size_t chunk)
 {
-    const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
-    const size_t state = kh * dh, n_ck = (size_t)hypermixing_causal_checkpoints(L, chunk);
+    const size_t D = d, K = k, dh = D / h, kh = K / h;
+    const size_t state = kh * dh, n_ck = hypermixing_causal_checkpoints(L, chunk);
     const size_t slot_size = hypermixing_causal_work_size(d, k, h, chunk);
-    const int units = B * h;
+    const size_t units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
-    for (int u = 0; u < units; u++) {
-        const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t row0 = b * (size_t)L;
+    for (size_t u = 0; u < units; u++) {
+        const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
+        const size_t row0 = b * L;
         REAL* run = work + (size_t)hmx_slot() * slot_size;
-        REAL* ck = checkpoints + (size_t)u * n_ck * state;
+        REAL* ck = checkpoints + u * n_ck * state;
         for (size_t e = 0; e < state; e++) {
             run[e] = 0;
         }
-        for (size_t t = 0; t < (size_t)L; t++) {
+        for (size_t t = 0; t < L; t++) {
             REAL* yt = y + (row0 + t) * D + j * dh;
-            if (t % (size_t)chunk == 0) {
+            if (t % chunk == 0) {
                 for (size_t e = 0; e < state; e++) {
-                    ck[(t / (size_t)chunk) * state + e] = run[e];
+                    ck[(t / chunk) * state + e] = run[e];
                 }
             }
             if (t >= n) {
@@ -1285,27 +1283,27 @@ void F(hypermixing_causal_forward)(REAL* y, REAL* checkpoints, REAL* work, int n
 
 /* Shapes as the causal forward; dw1, dw2: (B, L, k), overwritten, 0 on padding rows.
  * grad_input gets the values' part of the input gradient (overwritten). */
-void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* work,
-                                    int n_slots, const REAL* grad_output, const REAL* x,
-                                    const REAL* w1, const REAL* w2, const REAL* checkpoints,
-                                    const int64_t* lengths, int B, int L, int d, int k, int h,
-                                    int mean, int chunk)
+void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f64)(
+    REAL* grad_input, REAL* dw1, REAL* dw2, REAL* work, size_t n_slots, const REAL* grad_output,
+    const REAL* x, const REAL* w1, const REAL* w2, const REAL* checkpoints,
+    const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h, int mean,
+    size_t chunk)
 {
-    const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
-    const size_t state = kh * dh, n_ck = (size_t)hypermixing_causal_checkpoints(L, chunk);
+    const size_t D = d, K = k, dh = D / h, kh = K / h;
+    const size_t state = kh * dh, n_ck = hypermixing_causal_checkpoints(L, chunk);
     const size_t slot_size = hypermixing_causal_work_size(d, k, h, chunk);
-    const size_t C = (size_t)chunk;
-    const int units = B * h;
+    const size_t C = chunk;
+    const size_t units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
-    for (int u = 0; u < units; u++) {
-        const size_t b = (size_t)(u / h), j = (size_t)(u % h), n = (size_t)lengths[b];
-        const size_t row0 = b * (size_t)L;
+    for (size_t u = 0; u < units; u++) {
+        const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
+        const size_t row0 = b * L;
         REAL* suffix = work + (size_t)hmx_slot() * slot_size;  /* r, (d_h, k_h) */
         REAL* sums = suffix + state;                            /* (chunk, d_h, k_h) */
         REAL* start = sums + C * state;                         /* a checkpoint, (d_h, k_h) */
         REAL* dv = start + state;                               /* (d_h,) */
-        const REAL* ck = checkpoints + (size_t)u * n_ck * state;
-        for (size_t t = n; t < (size_t)L; t++) {
+        const REAL* ck = checkpoints + u * n_ck * state;
+        for (size_t t = n; t < L; t++) {
             for (size_t e = 0; e < kh; e++) {
                 dw1[(row0 + t) * K + j * kh + e] = 0;
                 dw2[(row0 + t) * K + j * kh + e] = 0;
@@ -1354,15 +1352,16 @@ void F(hypermixing_causal_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL
 /* Streaming: one new token per sequence. y, x: (B, d); w1, w2: (B, k); state: (B, h, k_h, d_h),
  * the running sum of each sequence's earlier tokens, updated in place; positions: (B,), how
  * many tokens each state holds (the new token's position). */
-void F(hypermixing_step)(REAL* y, REAL* state, const REAL* x, const REAL* w1, const REAL* w2,
-                         const int64_t* positions, int B, int d, int k, int h, int mean)
+void KERNEL_NAME(hypermixing_step_f32, hypermixing_step_f64)(
+    REAL* y, REAL* state, const REAL* x, const REAL* w1, const REAL* w2,
+    const int64_t* positions, size_t B, size_t d, size_t k, size_t h, int mean)
 {
-    const size_t D = (size_t)d, K = (size_t)k, dh = D / (size_t)h, kh = K / (size_t)h;
-    const int units = B * h;
+    const size_t D = d, K = k, dh = D / h, kh = K / h;
+    const size_t units = B * h;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (units > 1)
-    for (int u = 0; u < units; u++) {
-        const size_t b = (size_t)(u / h), j = (size_t)(u % h);
-        REAL* st = state + (size_t)u * kh * dh;
+    for (size_t u = 0; u < units; u++) {
+        const size_t b = u / h, j = u % h;
+        REAL* st = state + u * kh * dh;
         F(causal_token)(y + b * D + j * dh, st, st, x + b * D + j * dh, w1 + b * K + j * kh,
                         w2 + b * K + j * kh, kh, dh, mean ? (REAL)(positions[b] + 1) : (REAL)1);
     }

@@ -7,89 +7,90 @@ cdef extern from "hypermixing.h" nogil:
     void hypermixing_gelu_f64(double* value, double* slope, const double* x, size_t n)
     void hypermixing_erf_f32(float* out, const float* x, size_t n)
     void hypermixing_erf_f64(double* out, const double* x, size_t n)
-    size_t hypermixing_causal_work_size(int d, int k, int h, int chunk)
-    int hypermixing_causal_checkpoints(int L, int chunk)
+    size_t hypermixing_causal_work_size(size_t d, size_t k, size_t h, size_t chunk)
+    size_t hypermixing_causal_checkpoints(size_t L, size_t chunk)
     void hypermixing_token_info_forward_f32(float* z, const float* x, const float* pos,
-                                            const int64_t* lengths, int B, int L, int d,
-                                            float scale)
+                                            const int64_t* lengths, size_t B, size_t L,
+                                            size_t d, float scale)
     void hypermixing_token_info_forward_f64(double* z, const double* x, const double* pos,
-                                            const int64_t* lengths, int B, int L, int d,
-                                            double scale)
+                                            const int64_t* lengths, size_t B, size_t L,
+                                            size_t d, double scale)
     void hypermixing_token_info_backward_f32(float* gi, const float* dz, const int64_t* lengths,
-                                             int B, int L, int d, float scale)
+                                             size_t B, size_t L, size_t d, float scale)
     void hypermixing_token_info_backward_f64(double* gi, const double* dz,
-                                             const int64_t* lengths, int B, int L, int d,
-                                             double scale)
-    size_t hypermixing_mix_work_size(int d, int k, int h)
+                                             const int64_t* lengths, size_t B, size_t L,
+                                             size_t d, double scale)
+    size_t hypermixing_mix_work_size(size_t d, size_t k, size_t h)
     void hypermixing_generator_forward_f32(float* w, float* act, float* slope, const float* z,
                                            const float* A, const float* a, const float* C,
-                                           const float* c, int rows, int d, int k, int h)
+                                           const float* c, size_t rows, size_t d, size_t k,
+                                           size_t h)
     void hypermixing_generator_forward_f64(double* w, double* act, double* slope,
                                            const double* z, const double* A, const double* a,
-                                           const double* C, const double* c, int rows, int d,
-                                           int k, int h)
+                                           const double* C, const double* c, size_t rows,
+                                           size_t d, size_t k, size_t h)
     void hypermixing_generator_backward_f32(float* dz, float* dA, float* da, float* dC,
                                             float* dc, float* dact, const float* dw,
                                             const float* z, const float* act,
                                             const float* slope, const float* A,
-                                            const float* C, int rows, int d, int k, int h,
-                                            int accumulate)
+                                            const float* C, size_t rows, size_t d, size_t k,
+                                            size_t h, int accumulate)
     void hypermixing_generator_backward_f64(double* dz, double* dA, double* da, double* dC,
                                             double* dc, double* dact, const double* dw,
                                             const double* z, const double* act,
                                             const double* slope, const double* A,
-                                            const double* C, int rows, int d, int k, int h,
-                                            int accumulate)
+                                            const double* C, size_t rows, size_t d, size_t k,
+                                            size_t h, int accumulate)
     void hypermixing_forward_f32(float* y, float* P, float* s, float* m, float* Q,
                                  const float* x, const float* act1, const float* act2,
                                  const float* C1, const float* c1, const float* C2,
-                                 const float* c2, const int64_t* lengths, int B, int L, int d,
-                                 int k, int h, int mean)
+                                 const float* c2, const int64_t* lengths, size_t B, size_t L,
+                                 size_t d, size_t k, size_t h, int mean)
     void hypermixing_forward_f64(double* y, double* P, double* s, double* m, double* Q,
                                  const double* x, const double* act1, const double* act2,
                                  const double* C1, const double* c1, const double* C2,
-                                 const double* c2, const int64_t* lengths, int B, int L, int d,
-                                 int k, int h, int mean)
+                                 const double* c2, const int64_t* lengths, size_t B, size_t L,
+                                 size_t d, size_t k, size_t h, int mean)
     void hypermixing_backward_f32(float* gi, float* dact1, float* dact2, float* dC1,
                                   float* dc1, float* dC2, float* dc2, float* work,
                                   const float* go, const float* x, const float* act1,
                                   const float* act2, const float* C1, const float* c1,
                                   const float* C2, const float* c2, const float* P,
                                   const float* s, const float* m, const float* Q,
-                                  const int64_t* lengths, int B, int L, int d, int k, int h,
-                                  int mean, int tied)
+                                  const int64_t* lengths, size_t B, size_t L, size_t d,
+                                  size_t k, size_t h, int mean, int tied)
     void hypermixing_backward_f64(double* gi, double* dact1, double* dact2, double* dC1,
                                   double* dc1, double* dC2, double* dc2, double* work,
                                   const double* go, const double* x, const double* act1,
                                   const double* act2, const double* C1, const double* c1,
                                   const double* C2, const double* c2, const double* P,
                                   const double* s, const double* m, const double* Q,
-                                  const int64_t* lengths, int B, int L, int d, int k, int h,
-                                  int mean, int tied)
-    void hypermixing_causal_forward_f32(float* y, float* ck, float* work, int n_slots,
+                                  const int64_t* lengths, size_t B, size_t L, size_t d,
+                                  size_t k, size_t h, int mean, int tied)
+    void hypermixing_causal_forward_f32(float* y, float* ck, float* work, size_t n_slots,
                                         const float* x, const float* w1, const float* w2,
-                                        const int64_t* lengths, int B, int L, int d, int k,
-                                        int h, int mean, int chunk)
-    void hypermixing_causal_forward_f64(double* y, double* ck, double* work, int n_slots,
+                                        const int64_t* lengths, size_t B, size_t L, size_t d,
+                                        size_t k, size_t h, int mean, size_t chunk)
+    void hypermixing_causal_forward_f64(double* y, double* ck, double* work, size_t n_slots,
                                         const double* x, const double* w1, const double* w2,
-                                        const int64_t* lengths, int B, int L, int d, int k,
-                                        int h, int mean, int chunk)
+                                        const int64_t* lengths, size_t B, size_t L, size_t d,
+                                        size_t k, size_t h, int mean, size_t chunk)
     void hypermixing_causal_backward_f32(float* gi, float* dw1, float* dw2, float* work,
-                                         int n_slots, const float* go, const float* x,
+                                         size_t n_slots, const float* go, const float* x,
                                          const float* w1, const float* w2, const float* ck,
-                                         const int64_t* lengths, int B, int L, int d, int k,
-                                         int h, int mean, int chunk)
+                                         const int64_t* lengths, size_t B, size_t L, size_t d,
+                                         size_t k, size_t h, int mean, size_t chunk)
     void hypermixing_causal_backward_f64(double* gi, double* dw1, double* dw2, double* work,
-                                         int n_slots, const double* go, const double* x,
+                                         size_t n_slots, const double* go, const double* x,
                                          const double* w1, const double* w2, const double* ck,
-                                         const int64_t* lengths, int B, int L, int d, int k,
-                                         int h, int mean, int chunk)
+                                         const int64_t* lengths, size_t B, size_t L, size_t d,
+                                         size_t k, size_t h, int mean, size_t chunk)
     void hypermixing_step_f32(float* y, float* state, const float* x, const float* w1,
-                              const float* w2, const int64_t* positions, int B, int d, int k,
-                              int h, int mean)
+                              const float* w2, const int64_t* positions, size_t B, size_t d,
+                              size_t k, size_t h, int mean)
     void hypermixing_step_f64(double* y, double* state, const double* x, const double* w1,
-                              const double* w2, const int64_t* positions, int B, int d, int k,
-                              int h, int mean)
+                              const double* w2, const int64_t* positions, size_t B, size_t d,
+                              size_t k, size_t h, int mean)
 
 
 cdef int _hmx_check(bint ok, str what) except -1:
@@ -98,7 +99,7 @@ cdef int _hmx_check(bint ok, str what) except -1:
     return 0
 
 
-cdef int _hmx_check_mix(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, int h,
+cdef int _hmx_check_mix(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, Py_ssize_t h,
                         const int64_t[::1] lengths) except -1:
     cdef Py_ssize_t b
     _hmx_check(B >= 1 and L >= 1 and d >= 1 and k >= 1 and h >= 1, "empty shape")
@@ -136,13 +137,15 @@ def hypermixing_gelu(floating[::1] value, floating[::1] slope, const floating[::
             hypermixing_gelu_f64(&value[0], &slope[0], &x[0], x.shape[0])
 
 
-def hypermixing_work_size(int d, int k, int h, int chunk):
+def hypermixing_work_size(Py_ssize_t d, Py_ssize_t k, Py_ssize_t h, Py_ssize_t chunk):
     """Elements per thread slot of the causal kernels' workspace."""
+    _hmx_check(d >= 1 and k >= 1 and h >= 1 and chunk >= 1, "d, k, h and chunk must be >= 1")
     return hypermixing_causal_work_size(d, k, h, chunk)
 
 
-def hypermixing_checkpoint_count(int L, int chunk):
+def hypermixing_checkpoint_count(Py_ssize_t L, Py_ssize_t chunk):
     """Checkpoints (k_h, d_h) per sequence and head between causal forward and backward."""
+    _hmx_check(L >= 1 and chunk >= 1, "L and chunk must be >= 1")
     return hypermixing_causal_checkpoints(L, chunk)
 
 
@@ -282,12 +285,13 @@ def hypermixing_generator_backward(floating[:, ::1] dz, floating[:, :, ::1] dA,
                                                d, k, h, accumulate)
 
 
-def hypermixing_mix_work_elements(int d, int k, int h):
+def hypermixing_mix_work_elements(Py_ssize_t d, Py_ssize_t k, Py_ssize_t h):
     """Elements per sequence and head of the bidirectional backward's workspace."""
+    _hmx_check(d >= 1 and k >= 1 and h >= 1, "d, k and h must be >= 1")
     return hypermixing_mix_work_size(d, k, h)
 
 
-cdef int _hmx_check_bidir(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, int h,
+cdef int _hmx_check_bidir(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, Py_ssize_t h,
                           const floating[:, ::1] act1, const floating[:, ::1] act2,
                           const floating[:, :, ::1] C1, const floating[:, :, ::1] C2,
                           const floating[:, :, :, ::1] P, const floating[:, :, :, ::1] s,
@@ -317,7 +321,7 @@ def hypermixing_forward(floating[:, :, ::1] y, floating[:, :, :, ::1] P,
     """y, x: (B, L, d); act1, act2: (B*L, d); C1, C2: (h, k_h, d_h); c1, c2: (h, k_h) or
     (0, 0); P, Q: (B, h, d_h + 1, d_h); s, m: (B, h, k_h, d_h)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], d = x.shape[2]
-    cdef int h = C1.shape[0]
+    cdef Py_ssize_t h = C1.shape[0]
     cdef Py_ssize_t k = C1.shape[0] * C1.shape[1]
     cdef const floating* pc1 = NULL
     cdef const floating* pc2 = NULL
@@ -355,7 +359,7 @@ def hypermixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dact1,
     (0, 0)); work: B * h * hypermixing_mix_work_elements(d, k, h). When tied, act2, C2, c2
     must be act1, C1, c1 and dact2, dC2, dc2 are not used."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], d = x.shape[2]
-    cdef int h = C1.shape[0]
+    cdef Py_ssize_t h = C1.shape[0]
     cdef Py_ssize_t k = C1.shape[0] * C1.shape[1]
     cdef const floating* pc1 = NULL
     cdef const floating* pc2 = NULL
@@ -403,12 +407,12 @@ def hypermixing_backward(floating[:, :, ::1] grad_input, floating[:, ::1] dact1,
                                      &Q[0, 0, 0, 0], &lengths[0], B, L, d, k, h, mean, tied)
 
 
-cdef int _hmx_check_causal(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, int h,
-                           int chunk, Py_ssize_t ck_size, Py_ssize_t work_rows,
-                           Py_ssize_t work_cols) except -1:
+cdef int _hmx_check_causal(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k,
+                           Py_ssize_t h, Py_ssize_t chunk, Py_ssize_t ck_size,
+                           Py_ssize_t work_rows, Py_ssize_t work_cols) except -1:
     _hmx_check(chunk >= 1, "chunk must be >= 1")
-    _hmx_check(ck_size >= <Py_ssize_t>(B * h * hypermixing_causal_checkpoints(L, chunk)
-                                      * (k // h) * (d // h)), "checkpoints too small")
+    cdef Py_ssize_t n_ck = <Py_ssize_t>hypermixing_causal_checkpoints(L, chunk)
+    _hmx_check(ck_size >= B * h * n_ck * (k // h) * (d // h), "checkpoints too small")
     _hmx_check(work_rows >= 1 and work_cols >= <Py_ssize_t>hypermixing_causal_work_size(
         d, k, h, chunk), "work too small")
     return 0
@@ -417,7 +421,8 @@ cdef int _hmx_check_causal(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t 
 def hypermixing_causal_forward(floating[:, :, ::1] y, floating[::1] checkpoints,
                                floating[:, ::1] work, const floating[:, :, ::1] x,
                                const floating[:, :, ::1] w1, const floating[:, :, ::1] w2,
-                               const int64_t[::1] lengths, int heads, bint mean, int chunk):
+                               const int64_t[::1] lengths, Py_ssize_t heads, bint mean,
+                               Py_ssize_t chunk):
     """y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: flat, B * h * n_ck * k_h * d_h;
     work: (slots, hypermixing_work_size(d, k, h, chunk))."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], d = x.shape[2], k = w1.shape[2]
@@ -445,7 +450,8 @@ def hypermixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, :
                                 const floating[:, :, ::1] grad_output,
                                 const floating[:, :, ::1] x, const floating[:, :, ::1] w1,
                                 const floating[:, :, ::1] w2, const floating[::1] checkpoints,
-                                const int64_t[::1] lengths, int heads, bint mean, int chunk):
+                                const int64_t[::1] lengths, Py_ssize_t heads, bint mean,
+                                Py_ssize_t chunk):
     """Shapes as the causal forward; dw1, dw2 like w1."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], d = x.shape[2], k = w1.shape[2]
     _hmx_check_mix(B, L, d, k, heads, lengths)
@@ -478,7 +484,7 @@ def hypermixing_step(floating[:, ::1] y, floating[:, :, :, ::1] state,
                      const floating[:, ::1] w2, const int64_t[::1] positions, bint mean):
     """y, x: (B, d); w1, w2: (B, k); state: (B, h, k_h, d_h), updated; positions: (B,)."""
     cdef Py_ssize_t B = x.shape[0], d = x.shape[1], k = w1.shape[1]
-    cdef int h = state.shape[1]
+    cdef Py_ssize_t h = state.shape[1]
     _hmx_check(B >= 1 and h >= 1 and d % h == 0 and k % h == 0, "shapes")
     _hmx_check(y.shape[0] == B and y.shape[1] == d and w1.shape[0] == B and w2.shape[0] == B
                and w2.shape[1] == k and positions.shape[0] == B, "row shapes")
