@@ -44,8 +44,7 @@
  *     gradient the token-mixing backward has just written (they are its second half).
  *     Building blocks add only when the caller asks, through an explicit argument: gemm's
  *     beta, column_sums_add (by name), mlp_*'s input_beta / accumulate;
- *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS);
- *   - not yet in hypermixing.{c,h}: int sizes and F() at its definitions (being rewritten). */
+ *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS). */
 
 /* Carves consecutive pieces of `item`-byte elements out of one caller-owned buffer (the
  * whole-block kernels' workspaces); with base NULL it only counts, so the same function gives
