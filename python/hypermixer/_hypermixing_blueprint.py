@@ -22,13 +22,29 @@ from ._blueprints import _flag, _positive_int
 TOKEN_INFORMATION = ("official", "speechbrain")
 NORMALIZE = ("sum", "mean")
 
+#: SpeechBrain's module keeps its position table in its state_dict under this name, shaped
+#: (1, max_length, d) (max_length 3000 by default).
+SPEECHBRAIN_TABLE = "positional_encoding.pe"
+#: The constant position buffers that load_state_dict skips (except SPEECHBRAIN_TABLE in a
+#: "speechbrain" layer, which it keeps).
+POSITION_BUFFERS = ("token_information.pe", SPEECHBRAIN_TABLE)
+#: How far a loaded SpeechBrain table may be from ``position_table(..., "speechbrain")`` at
+#: position p: ``PLAUSIBLE_SLOPE * (p + 1)``. Its float32 arithmetic puts a relative error of
+#: a few float32 ulps on the angle, so the measured gap grows with p (at most 7.9e-8 * (p+1)
+#: over 3000 rows, d from 2 to 1024, SpeechBrain 1.1.2); 1e-6 leaves a wide margin and still
+#: refuses any other table (another flavour, shifted positions, learned values): those differ
+#: by O(1) in the first rows.
+PLAUSIBLE_SLOPE = 1e-6
+
 
 def position_table(rows, dim, flavour="official"):
     """``(rows, dim)`` sinusoidal table, positions 0..rows-1, in float64.
 
-    The values are rounded to float32 first: both PyTorch modules build their table as a
-    float32 buffer, and a model converted to float64 keeps those rounded values; weights are
-    only interchangeable if we use the same numbers.
+    Computed in float64 and rounded to float32, also for a float64 layer: the official
+    module does exactly that (a float32 buffer, kept as such when the model is converted to
+    float64). SpeechBrain computes its table in float32 arithmetic, which this matches only
+    to a few float32 ulps of the angle; a "speechbrain" layer that loaded SpeechBrain's
+    buffer uses that instead (``HyperMixingBase.positions``).
     """
     pos = np.arange(rows, dtype=np.float64)[:, None]
     col = np.arange(dim, dtype=np.float64)[None, :]
@@ -104,6 +120,10 @@ class HyperMixingBase(Layer):
             self._add_parameter("layer_norm.weight", np.ones(d, self.dtype))
             self._add_parameter("layer_norm.bias", np.zeros(d, self.dtype))
         self._positions = np.zeros((0, d), self.dtype)
+        # a SpeechBrain table received by load_state_dict: the array as given (emitted again
+        # by state_dict) and its rows in float64; None when the layer has none
+        self._loaded_table = None
+        self._loaded_rows = None
 
     # ------------------------------------------------------------------ helpers
     def _param(self, name):
@@ -123,13 +143,47 @@ class HyperMixingBase(Layer):
 
     def positions(self, seq_len):
         """The ``(seq_len, d)`` table rows added to the first seq_len tokens (already offset
-        by the flavour: rows 1..L of the official table, 0..L-1 of SpeechBrain's)."""
+        by the flavour: rows 1..L of the official table, 0..L-1 of SpeechBrain's).
+
+        A "speechbrain" layer that loaded SpeechBrain's own table (``positional_encoding.pe``,
+        see load_state_dict) uses its rows, bit for bit, for the positions it covers, and
+        ``position_table`` past its end: the same sinusoid, so the layer keeps having no
+        maximum length (SpeechBrain's module stops at its max_length, 3000 by default).
+        """
         if self._positions.shape[0] < seq_len:
             grow = max(seq_len, 2 * self._positions.shape[0], 64)
-            self._positions = position_table(grow + self.info_offset, self.embedding_dim,
-                                             self.token_information)[
-                self.info_offset:].astype(self.dtype)
+            table = position_table(grow + self.info_offset, self.embedding_dim,
+                                   self.token_information)[self.info_offset:]
+            if self._loaded_rows is not None:
+                covered = min(grow, self._loaded_rows.shape[0])
+                table[:covered] = self._loaded_rows[:covered]
+            self._positions = table.astype(self.dtype)
         return self._positions[:seq_len]
+
+    def _check_speechbrain_table(self, value):
+        """The rows (float64) of a SpeechBrain position buffer, or ValueError / TypeError
+        naming what is wrong with it."""
+        name, d = SPEECHBRAIN_TABLE, self.embedding_dim
+        arr = np.asarray(value)
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"state dict entry {name} has dtype {arr.dtype}, expected float32 "
+                            "or float64 (SpeechBrain's sinusoid table)")
+        if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[1] < 1 or arr.shape[2] != d:
+            raise ValueError(f"state dict entry {name} has shape {arr.shape}, expected "
+                             f"(1, rows, {d}) with rows >= 1")
+        rows = arr[0].astype(np.float64)
+        if not np.all(np.isfinite(rows)):
+            raise ValueError(f"state dict entry {name} has non-finite values")
+        expected = position_table(rows.shape[0], d, "speechbrain")
+        excess = np.abs(rows - expected) - PLAUSIBLE_SLOPE * (
+            np.arange(rows.shape[0])[:, None] + 1.0)
+        if np.any(excess > 0):
+            p, c = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            raise ValueError(
+                f"state dict entry {name} is not SpeechBrain's sinusoid table (positions from "
+                f"0, exponent 2*floor(c/2)/d): row {p}, column {c} holds {rows[p, c]:.9g}, "
+                f"the sinusoid {expected[p, c]:.9g}")
+        return rows
 
     def _buffer_shapes(self, batch, seq_len):
         rows, d, k = batch * seq_len, self.embedding_dim, self.token_mixing_hidden_dim
@@ -140,8 +194,13 @@ class HyperMixingBase(Layer):
 
     # ------------------------------------------------------------------ state_dict
     def state_dict(self):
-        """``{official name: NumPy array}``, copies in the official shapes (no torch)."""
-        return {name: np.array(arr, copy=True) for name, arr in self._own_parameters}
+        """``{official name: NumPy array}``, copies in the official shapes (no torch). A layer
+        that loaded SpeechBrain's position table gives it back too (same shape, dtype and
+        values), so that a round trip through either side keeps it."""
+        state = {name: np.array(arr, copy=True) for name, arr in self._own_parameters}
+        if self._loaded_table is not None:
+            state[SPEECHBRAIN_TABLE] = np.array(self._loaded_table, copy=True)
+        return state
 
     def load_state_dict(self, mapping, strict=True):
         """Load weights named as the official module's state_dict (NumPy arrays, or anything
@@ -149,21 +208,34 @@ class HyperMixingBase(Layer):
         a missing, unknown or misshapen entry raises ValueError and changes nothing.
 
         Position buffers (``token_information.pe``, ``positional_encoding.pe``) are constants
-        and are ignored. A tied layer accepts ``hyper.w2_gen.*`` entries (PyTorch writes the
-        shared generator twice) only when they equal the ``w1_gen`` ones.
+        and are skipped, with one exception: a ``token_information="speechbrain"`` layer keeps
+        SpeechBrain's ``positional_encoding.pe`` (shape (1, rows, d), float32 or float64) as
+        its position table for the rows it has (see ``positions``), because SpeechBrain
+        computes that table in float32 arithmetic, which our formula matches only to a few
+        float32 ulps of the angle. The buffer must be finite and that sinusoid (within
+        ``PLAUSIBLE_SLOPE * (p + 1)`` at position p), else it is refused like any bad entry.
+        A mapping without it leaves the table as it was.
+
+        A tied layer accepts ``hyper.w2_gen.*`` entries (PyTorch writes the shared generator
+        twice) only when they equal the ``w1_gen`` ones.
         """
         if not hasattr(mapping, "items"):
             raise TypeError(f"state dict must be a mapping, got {type(mapping).__name__}")
         expected = dict(self._own_parameters)
-        ignored = ("token_information.pe", "positional_encoding.pe")
+        keeps_table = self.token_information == "speechbrain"
         given = {}
+        table = None
         for name, value in mapping.items():
             if not isinstance(name, str):
                 raise TypeError(f"state dict keys must be str, got {name!r}")
-            if name in ignored:
+            if name in POSITION_BUFFERS and not (keeps_table and name == SPEECHBRAIN_TABLE):
                 continue
             if hasattr(value, "detach"):
                 value = value.detach().cpu().numpy()
+            if name == SPEECHBRAIN_TABLE:
+                rows = self._check_speechbrain_table(value)
+                table = (np.array(value, copy=True), rows)
+                continue
             arr = np.asarray(value)
             if arr.dtype.kind not in "iuf":
                 raise TypeError(f"state dict entry {name} has dtype {arr.dtype}, expected "
@@ -199,6 +271,9 @@ class HyperMixingBase(Layer):
                     f"this layer is tied, but state dict entry {name} differs from {twin}")
         for name, arr in expected.items():
             arr[...] = given[name].astype(self.dtype)
+        if table is not None:
+            self._loaded_table, self._loaded_rows = table
+            self._positions = np.zeros((0, self.embedding_dim), self.dtype)   # rebuild
         # Adam moments describe the old weights; start them afresh
         self._adam_moments = None
         self._adam_step = 0
