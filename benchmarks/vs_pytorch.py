@@ -10,7 +10,8 @@ OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set before anything loa
 driver asks one worker at a time for a sample and waits for it, so only one implementation
 computes at any moment, and it rotates the order every round ("alternating"), so slow drifts
 of the machine hit every implementation alike. Each cell is the median of all its samples;
-a sample repeats the step until it lasts at least --sample-seconds and divides.
+a sample repeats the step until it lasts at least --sample-seconds and divides, after one
+untimed call (a process's first step after idling runs slow on this VM, see worker()).
 
 Implementations:
   hypermixer      the compiled layers (NumPy's matmul gives the float32 2048^3 "peak")
@@ -242,6 +243,12 @@ def worker(impl, threads):
                 steps[name] = (fn, calls, flops)
                 answer["setup_seconds"] = time.perf_counter() - start
             fn, calls, flops = steps[name]
+            # One untimed call first: on this VM a process's first step after a few tenths of
+            # a second idle (the other workers' turns) ran up to 2x slower, with twice the CPU
+            # time, for reasons outside the process (measured: the big block 300-350 ms after
+            # 0.3-2 s idle, 180 ms when called back to back). Training runs steps back to
+            # back, so the steady state is what is timed, for every implementation alike.
+            fn()
             samples = []
             for _ in range(request["samples"]):
                 start = time.perf_counter()
