@@ -101,15 +101,9 @@ cdef int _hmx_check(bint ok, str what) except -1:
 
 cdef int _hmx_check_mix(Py_ssize_t B, Py_ssize_t L, Py_ssize_t d, Py_ssize_t k, Py_ssize_t h,
                         const int64_t[::1] lengths) except -1:
-    cdef Py_ssize_t b
-    _hmx_check(B >= 1 and L >= 1 and d >= 1 and k >= 1 and h >= 1, "empty shape")
+    _check_dims((B, L, B * L, d, k, h))
     _hmx_check(d % h == 0 and k % h == 0, "heads must divide d and k")
-    _hmx_check(B * L <= 2147483647 and d <= 2147483647 and k <= 2147483647,
-               "dimension too large for the kernels")
-    _hmx_check(lengths.shape[0] == B, "lengths must have B entries")
-    for b in range(B):
-        _hmx_check(1 <= lengths[b] <= L, f"lengths[{b}] outside 1..{L}")
-    return 0
+    return _check_lengths(lengths, B, L)
 
 
 def hypermixing_erf(floating[::1] out, const floating[::1] x):
@@ -186,10 +180,8 @@ def hypermixing_token_info_backward(floating[:, :, ::1] grad_input,
 cdef int _hmx_check_generator(Py_ssize_t rows, Py_ssize_t d, Py_ssize_t k, Py_ssize_t h,
                               Py_ssize_t A0, Py_ssize_t A1, Py_ssize_t A2, Py_ssize_t C0,
                               Py_ssize_t C1, Py_ssize_t C2) except -1:
-    _hmx_check(rows >= 1 and h >= 1 and d >= 1 and k >= 1 and d % h == 0 and k % h == 0,
-               "shapes")
-    _hmx_check(rows <= 2147483647 and d <= 2147483647 and k <= 2147483647,
-               "dimension too large for the kernels")
+    _check_dims((rows, d, k, h))
+    _hmx_check(d % h == 0 and k % h == 0, "heads must divide d and k")
     _hmx_check(A0 == h and A1 == d // h and A2 == d // h, "A shape")
     _hmx_check(C0 == h and C1 == k // h and C2 == d // h, "C shape")
     return 0
