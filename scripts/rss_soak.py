@@ -3,7 +3,8 @@
 
 Runs N (default 10,000) forward+backward steps of a small HyperMixerBlock (causal and
 bidirectional alternately, with varying batch shapes and lengths, so the layers' reusable
-workspaces are regrown and shrunk) plus a TransformerBlock, printing the resident set size
+workspaces are regrown and shrunk), a TransformerBlock and HyperMixingBlocks (causal at 16
+heads of width 8, the small-head generator path, and bidirectional), printing the resident set size
 (RSS, from /proc/self/statm) at intervals. Exits 1 if RSS grows by more than --limit-mb
 between the end of the warm-up and the end of the run.
 
@@ -38,7 +39,9 @@ def main(argv=None):
     e, s = 16, 12
     layers = [hm.HyperMixerBlock(e, 32, s, causal=True, seed=1),
               hm.HyperMixerBlock(e, 32, s, causal=False, seed=2),
-              hm.TransformerBlock(e, 32, s, seed=3)]
+              hm.TransformerBlock(e, 32, s, seed=3),
+              hm.HyperMixingBlock(e * 8, 64, heads=16, causal=True, normalize="mean", seed=4),
+              hm.HyperMixingBlock(e, 32, heads=2, causal=False, seed=5)]
     # a fixed pool of inputs, so that the workload itself allocates nothing new over time
     shapes = [(1, s), (4, s), (2, 7), (3, 1), (8, s)]
     inputs = []
@@ -48,6 +51,8 @@ def main(argv=None):
         lengths = rng.integers(1, length + 1, size=batch)
         inputs.append((x, g, lengths))
 
+    wide = [(np.tile(x, 8), np.tile(g, 8)) for x, g, _ in inputs]
+
     warmup = min(500, args.steps // 10)
     baseline = None
     start = time.perf_counter()
@@ -55,6 +60,8 @@ def main(argv=None):
     for step in range(1, args.steps + 1):
         layer = layers[step % len(layers)]
         x, g, lengths = inputs[step % len(inputs)]
+        if layer.embedding_dim != e:   # the wide HyperMixingBlock: its width, the same rows
+            x, g = wide[step % len(inputs)]
         layer.forward(x, lengths)
         layer.backward(g, 1e-4)
         if step == warmup:
