@@ -592,8 +592,10 @@ static void F(per_head_gemm)(int trans_a, int trans_b, size_t M, size_t N, size_
  * (width 16) and 32 (width 4) gemm stayed as fast or faster, so they keep it. Each output is
  * still summed by one thread in a fixed order (inputs in turn). */
 #define HMX_SMALL_HEAD 16
-#define HMX_SMALL_A 4096   /* h d_h^2, the transposed first layers kept on the stack */
-#define HMX_SMALL_C 8192   /* h d_h k_h, the transposed second layers */
+/* the transposed weights live on each thread's stack: at most 24 KB (float64), so a thread
+ * with a small stack (OMP_STACKSIZE, threading.stack_size) is safe; wider layers use gemm */
+#define HMX_SMALL_A 1024   /* h d_h^2, the transposed first layers (16 heads of width 8) */
+#define HMX_SMALL_C 2048   /* h d_h k_h, the transposed second layers */
 
 static int F(small_heads)(size_t D, size_t K, size_t h)
 {
