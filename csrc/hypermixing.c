@@ -8,9 +8,10 @@
  *   step        one new token per sequence from a running sum (streaming generation)
  * "mean" divides s by the number of tokens summed.
  *
- * Threads: the generator's products run through gemm_* (fixed tiles, K never split); the mixing
- * loops over (sequence, head) units, each computed by one thread in a fixed order. So no result
- * depends on the thread count.
+ * Threads: the generator's products run through gemm_* (fixed tiles, K never split), or for
+ * heads of width 8 through row loops over fixed tiles and per-head sums (one thread per head);
+ * the mixing loops over (sequence, head) units, each computed by one thread in a fixed order.
+ * So no result depends on the thread count.
  *
  * Causal memory: the forward keeps only the running sum of each unit, saving a copy of it every
  * `chunk` tokens (checkpoints). The backward walks the chunks from last to first: it rebuilds
