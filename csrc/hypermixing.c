@@ -701,7 +701,21 @@ static inline void F(small_heads_outer_sum_body)(REAL* restrict out, const REAL*
     }
 }
 
+/* one head, with n_b as a constant for width 8; a function of its own so that it runs in the
+ * SIMD clones (a loop body inlined into the OpenMP-outlined region is compiled for the
+ * baseline instruction set) */
 HM_SIMD
+static void F(small_heads_outer_sum_head)(REAL* restrict out, const REAL* restrict a,
+                                          const REAL* restrict b, size_t R, size_t j,
+                                          size_t n_a, size_t n_b, size_t lda, size_t ldb)
+{
+    if (n_b == 8) {
+        F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, 8, lda, ldb);
+    } else {
+        F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, n_b, lda, ldb);
+    }
+}
+
 static void F(small_heads_outer_sum)(REAL* restrict out, const REAL* restrict a,
                                      const REAL* restrict b, size_t R, size_t h, size_t n_a,
                                      size_t n_b, size_t lda, size_t ldb)
@@ -709,11 +723,7 @@ static void F(small_heads_outer_sum)(REAL* restrict out, const REAL* restrict a,
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
         if (R * h * n_a * n_b > HM_PARALLEL_MIN && h > 1)
     for (size_t j = 0; j < h; j++) {
-        if (n_b == 8) {
-            F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, 8, lda, ldb);
-        } else {
-            F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, n_b, lda, ldb);
-        }
+        F(small_heads_outer_sum_head)(out, a, b, R, j, n_a, n_b, lda, ldb);
     }
 }
 
