@@ -36,6 +36,8 @@ FORMULAS = [
     "E Ht L (L + 3) token mixing (rows <= t only) + 4 L E H",
     "Transformer, per sequence: 6 L E^2 projections + 2 E L (L + 1) scores and A v (j <= i "
     "only) + 4 L E H feed-forward",
+    "hypermixing (LM default: k = E, 16 heads, d_h = E/16), per sequence: 4 L (E d_h + k d_h) "
+    "two weight generators + 4 L k d_h causal state and output products + 4 L E H",
     "LM: layers x block + 2 L E V output projection (V = 533), per sequence",
 ]
 
@@ -61,6 +63,7 @@ def cases(quick):
     out.append(_case("HyperMixerBlock bidir", "hypermixer", "big", 8))
     out.append(_case("HyperMixer LM step", "hypermixer-lm", "small", 16, causal=True))
     out.append(_case("Transformer LM step", "transformer-lm", "small", 16))
+    out.append(_case("HyperMixing LM step", "hypermixing-lm", "small", 16, causal=True))
     return out
 
 
@@ -70,7 +73,10 @@ def forward_flops(case):
     e, h, s, seq, ht, hh = d["E"], d["H"], d["S"], d["L"], d["Ht"], d["Hh"]
     o = 2 * s * ht + ht + s
     channel = 4 * seq * e * h
-    if case["model"].startswith("hypermixer"):
+    if case["model"] == "hypermixing-lm":
+        dh = e // 16
+        block = 4 * seq * (e * dh + e * dh) + 4 * seq * e * dh + channel
+    elif case["model"].startswith("hypermixer"):
         if case["causal"]:
             block = 2 * seq * (e * hh + hh * o) + e * ht * seq * (seq + 3) + channel
         else:
@@ -89,7 +95,7 @@ def forward_flops(case):
 def _lm_config(case):
     from .model import ModelConfig
     d = SMALL
-    arch = "hypermixer" if case["model"] == "hypermixer-lm" else "transformer"
+    arch = case["model"][:-len("-lm")]
     extra = {}
     if arch == "hypermixer":
         extra = dict(hypernetwork_hidden_dim=d["Hh"], token_mixing_hidden_dim=d["Ht"],
