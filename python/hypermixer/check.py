@@ -148,6 +148,10 @@ def _hypermixing_chain(d, L):
     return 2 * d.E + L + 2 * d.Ht
 
 
+def _width8_heads(d):
+    return d.E // 8 if d.E % 8 == 0 else 1
+
+
 CASES = [
     Case("LayerNorm", lambda m, d, t, s: m.LayerNorm(d.E, dtype=t),
          chain=lambda d, L: 2 * d.E, rows_exact=True),
@@ -181,6 +185,12 @@ CASES = [
         d.E, 2 * d.Ht, heads=2, causal=causal, hypernetwork_bias=True, seed=s,
         dtype=t))(causal), chain=_hypermixing_chain, mode=mode)
       for mode, causal in (("bidirectional", False), ("causal", True))],
+    # heads of width 8 with k = E (the hypermixing LM's default shape: 16 heads at E = 128)
+    # take the kernels' small-head generator path; E not divisible by 8 falls back to 1 head
+    *[Case("HyperMixing", (lambda causal: lambda m, d, t, s: m.HyperMixing(
+        d.E, d.E, heads=_width8_heads(d), causal=causal, normalize="mean", seed=s,
+        dtype=t))(causal), chain=lambda d, L: 4 * d.E + L, mode=mode)
+      for mode, causal in (("bidirectional, 8-wide heads", False), ("causal, 8-wide heads", True))],
     *[Case("HyperMixingBlock", (lambda causal: lambda m, d, t, s: m.HyperMixingBlock(
         d.E, d.H, 2 * d.Ht, heads=2, causal=causal, hypernetwork_bias=True, seed=s,
         dtype=t))(causal), chain=lambda d, L: 4 * d.E + _hypermixing_chain(d, L) + d.E + d.H,
