@@ -181,10 +181,11 @@ def test_block_finite_differences(impl):
 
 # ---------------------------------------------------------------- batches, padding, threads
 @pytest.mark.parametrize("causal", [False, True])
-def test_mixed_batch_equals_one_by_one(causal):
-    layer = hypermixer.HyperMixing(8, 12, heads=2, causal=causal, seed=2, dtype=np.float64)
+@pytest.mark.parametrize("d, k", [(8, 12), (16, 16)])   # (16, 16): heads of width 8
+def test_mixed_batch_equals_one_by_one(causal, d, k):
+    layer = hypermixer.HyperMixing(d, k, heads=2, causal=causal, seed=2, dtype=np.float64)
     lengths = np.array([7, 3, 1, 5])
-    x, g = batch(5, (4, 7, 8))
+    x, g = batch(5, (4, 7, d))
     y = layer.forward(x, lengths)
     gi, grads = layer.compute_gradients(x, g, lengths)
     total = [np.zeros_like(p) for _, p in layer.named_parameters()]
@@ -209,6 +210,12 @@ def test_padding_isolated(dtype, causal, garbage):
                   ref.HyperMixing(8, 12, heads=2, causal=causal, dtype=dtype),
                   hypermixer.HyperMixingBlock(8, 16, 12, heads=2, causal=causal, dtype=dtype)):
         x, g = batch(6, (3, 6, 8))
+        check_padding_isolated(layer, x, g, np.array([6, 2, 4]), garbage)
+    # heads of width 8 (the small-head generator path), with biases and tied
+    for layer in (hypermixer.HyperMixing(16, 32, heads=2, causal=causal, hypernetwork_bias=True,
+                                         dtype=dtype),
+                  hypermixer.HyperMixing(16, 16, heads=2, causal=causal, tied=True, dtype=dtype)):
+        x, g = batch(7, (3, 6, 16))
         check_padding_isolated(layer, x, g, np.array([6, 2, 4]), garbage)
 
 
