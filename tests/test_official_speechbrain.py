@@ -46,6 +46,7 @@ CASES = [
     case(2, 10, 16, 12, 4, False, [4, 10]),
     case(1, 13, 16, 16, 4, True, [13]),
     case(2, 9, 10, 4, 1, True, [9, 2]),
+    case(2, 11, 32, 64, 4, False, [11, 5]),   # heads of width 8: the small-head kernels
 ]
 IDS = [co.describe(c).split(" lengths")[0].replace(" ", "-") for c in CASES]
 
