@@ -505,3 +505,54 @@ def test_bindings_reject_mismatched_buffers():
                                     np.zeros((1, E), np.float32), np.zeros((1, V), np.float32),
                                     np.zeros((1, 3, V), np.float32), x,
                                     np.zeros((E, V), np.float32), np.array([2], np.int64))
+
+
+@pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_loss_gradient_into_out(impl, unbatched):
+    """softmax_cross_entropy(..., out=buf) writes the gradient into buf (the language model
+    reuses one between steps) and gives the same loss and gradient as without it."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
+    targets = rng.integers(0, 7, size=(3, 5))
+    lengths = np.array([5, 2, 4])
+    if unbatched:
+        logits, targets, lengths = logits[0], targets[0], None
+    loss, grad = impl.softmax_cross_entropy(logits, targets, lengths)
+    out = np.full_like(logits, np.nan)
+    loss2, grad2 = impl.softmax_cross_entropy(logits, targets, lengths, out=out)
+    assert loss2 == loss and np.array_equal(grad2, grad) and np.array_equal(out, grad)
+    assert np.shares_memory(grad2, out)
+
+
+@pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
+def test_loss_out_refused_unless_it_fits(impl):
+    logits = np.random.default_rng(5).normal(size=(2, 4, 6)).astype(np.float32)
+    targets = np.zeros((2, 4), np.int64)
+    bad = [(np.zeros((2, 4, 5), np.float32), ValueError),          # shape
+           (np.zeros((2, 4, 6), np.float64), ValueError),          # dtype
+           (np.zeros((2, 4, 12), np.float32)[:, :, ::2], ValueError),   # not contiguous
+           (logits, ValueError),                                   # the logits themselves
+           ([[0.0] * 6] * 4, TypeError)]                           # not an array
+    readonly = np.zeros_like(logits)
+    readonly.flags.writeable = False
+    bad.append((readonly, ValueError))
+    for out, error in bad:
+        before = np.array(out, copy=True)
+        with pytest.raises(error, match="out"):
+            impl.softmax_cross_entropy(logits, targets, out=out)
+        assert np.array_equal(np.asarray(out), before, equal_nan=True)
+
+
+def test_language_model_reuses_its_loss_buffers_but_never_returns_them():
+    from hypermixer.model import ModelConfig, build_network
+    net = build_network(ModelConfig(embedding_dim=8, hidden_dim=12, num_layers=1,
+                                    max_seq_len=6, architecture="transformer"), 11, seed=0)
+    ids = np.random.default_rng(6).integers(0, 11, size=(2, 6))
+    first = net.loss_and_gradients(ids, ids)
+    buffers = (net._logits_buf, net._grad_logits_buf)
+    second = net.loss_and_gradients(ids, ids)
+    assert first[0] == second[0]
+    assert net._logits_buf is buffers[0] and net._grad_logits_buf is buffers[1]
+    logits = net.forward(ids)
+    assert not any(np.shares_memory(logits, b) for b in buffers)

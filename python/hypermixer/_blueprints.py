@@ -265,6 +265,24 @@ def check_cross_entropy_args(logits, targets, lengths):
     return arr, tgt, lengths, unbatched
 
 
+def check_gradient_out(out, z, unbatched):
+    """The ``out`` of softmax_cross_entropy, checked against the (B, L, V) logits ``z``
+    (``unbatched``: the caller passed (L, V)); returned as (B, L, V). Refused, with nothing
+    written, unless it is a writeable C-contiguous ndarray of the logits' shape and dtype that
+    shares no memory with them."""
+    want = z.shape[1:] if unbatched else z.shape
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != want or out.dtype != z.dtype:
+        raise ValueError(f"out must be a {z.dtype} array of shape {want}, got {out.dtype} "
+                         f"{out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    if np.shares_memory(out, z):
+        raise ValueError("out must not overlap the logits")
+    return out[np.newaxis] if unbatched else out
+
+
 class EmbeddingsBase(Layer):
     """``X[t] = token[id_t] + position[t]``: token (V, E), position (S, E) ~ N(0, 0.02).
 

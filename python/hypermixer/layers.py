@@ -420,8 +420,10 @@ class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
 class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
     __doc__ = bp.OutputProjectionBase.__doc__
 
-    def _forward(self, x, lengths):
-        logits = np.empty(x.shape[:2] + (self.vocab_size,), self.dtype)
+    def _forward(self, x, lengths, out=None):
+        # out: a (B, L, V) buffer of the layer's dtype the caller keeps (the language model's
+        # loss reuses one, so its largest arrays are not fresh pages every step)
+        logits = np.empty(x.shape[:2] + (self.vocab_size,), self.dtype) if out is None else out
         _kernels.output_forward(logits, x, self.w, self.b, lengths)
         self._saved = (x, lengths)
         return logits
@@ -439,16 +441,17 @@ class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
         return grad_input, [dw, db]
 
 
-def softmax_cross_entropy(logits, targets, lengths=None):
+def softmax_cross_entropy(logits, targets, lengths=None, out=None):
     """Mean cross-entropy of ``softmax(logits)`` against integer ``targets``.
 
     ``logits`` (L, V) or (B, L, V), ``targets`` (L,) or (B, L), optional ``lengths`` (B,).
     The loss is the mean over the valid positions of each sequence, then the mean over
     sequences. Returns ``(loss as float, grad_logits)`` with grad_logits = d loss / d logits
-    (same shape and dtype as the logits, 0 at padding positions).
+    (same shape and dtype as the logits, 0 at padding positions), written into ``out`` when
+    given (a C-contiguous array of the logits' shape and dtype, not overlapping them).
     """
     z, tgt, lengths, unbatched = bp.check_cross_entropy_args(logits, targets, lengths)
-    grad = np.empty_like(z)
+    grad = np.empty_like(z) if out is None else bp.check_gradient_out(out, z, unbatched)
     row_loss = np.empty(z.shape[:2], np.float64)
     loss = _kernels.cross_entropy(grad, row_loss, z, tgt, lengths)
     return float(loss), (grad[0] if unbatched else grad)

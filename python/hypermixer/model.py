@@ -321,14 +321,34 @@ class LanguageModel(Sequential):
         ids, targets, lengths = self._prepare(token_ids, targets, lengths)
         self._check_buffers(ids)   # logits (B, L, V) etc. must fit before any is made
         self._cache = None
-        logits = self._forward(ids, lengths)
-        loss, grad_logits = self._cross_entropy(logits, targets, lengths)
+        # The logits and their gradient, the largest arrays of a step, live in two buffers
+        # kept between steps (alive during every step anyway, so peak memory is unchanged):
+        # fresh arrays each step cost about 1,500 page faults at B=16, L=80, V=533, 15-20% of
+        # a Transformer LM step (12.0 vs 14.7 ms measured).
+        shape = ids.shape + (self.vocab_size,)
+        h = ids
+        for _, layer in self._children:   # every layer but the output, in order
+            if layer is self.output:
+                break
+            h = layer._forward(h, lengths)
+        logits = self.output._forward(h, lengths, out=self._loss_buffer("_logits_buf", shape))
+        loss, grad_logits = self._cross_entropy(logits, targets, lengths,
+                                                out=self._loss_buffer("_grad_logits_buf", shape))
         grads = None
         if with_gradients:
             grads = self._backward(grad_logits)[1]
         else:
             self._cache = (logits.shape, False)
         return float(loss), grads, lengths
+
+    def _loss_buffer(self, attr, shape):
+        """A buffer of ``shape`` kept on the network under ``attr`` (replaced when the shape
+        changes; never handed to the caller)."""
+        buf = self.__dict__.get(attr)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, self.dtype)
+            setattr(self, attr, buf)
+        return buf
 
     def _loss(self, token_ids, targets, lengths, with_gradients):
         taken = self._enter()

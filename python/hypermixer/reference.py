@@ -322,8 +322,9 @@ class TransformerBlock(bp.TransformerBlockBase):
 class OutputProjection(ReferenceAdam, bp.OutputProjectionBase):
     __doc__ = bp.OutputProjectionBase.__doc__
 
-    def _forward(self, x, lengths):
-        y = np.zeros(x.shape[:2] + (self.vocab_size,), self.dtype)
+    def _forward(self, x, lengths, out=None):
+        y = np.zeros(x.shape[:2] + (self.vocab_size,), self.dtype) if out is None else out
+        y[...] = 0
         self._saved = []
         for b, n in enumerate(lengths):
             xb = x[b, :n]
@@ -342,17 +343,22 @@ class OutputProjection(ReferenceAdam, bp.OutputProjectionBase):
         return grad_input, [dw, db]
 
 
-def softmax_cross_entropy(logits, targets, lengths=None):
+def softmax_cross_entropy(logits, targets, lengths=None, out=None):
     """Mean cross-entropy of ``softmax(logits)`` against integer ``targets``.
 
     ``logits`` (L, V) or (B, L, V), ``targets`` (L,) or (B, L), optional ``lengths`` (B,).
     The loss is the mean over the valid positions of each sequence, then the mean over
     sequences. Returns ``(loss as float, grad_logits)`` with grad_logits = d loss / d logits
-    (same shape and dtype as the logits, 0 at padding positions).
+    (same shape and dtype as the logits, 0 at padding positions), written into ``out`` when
+    given (a C-contiguous array of the logits' shape and dtype, not overlapping them).
     """
     z, tgt, lengths, unbatched = bp.check_cross_entropy_args(logits, targets, lengths)
     batch = len(lengths)
-    grad = np.zeros_like(z)
+    if out is None:
+        grad = np.zeros_like(z)
+    else:
+        grad = bp.check_gradient_out(out, z, unbatched)
+        grad[...] = 0
     total = 0.0
     for b, n in enumerate(lengths):
         zb = z[b, :n]
