@@ -233,6 +233,7 @@ def cmd_train(args):
     comm = world_from_environment()   # under mpiexec -n K (K > 1): data-parallel training
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
+    _keep_freed_memory()
     if args.resume:
         defaults = vars(build_parser().parse_args(["train"]))
         fixed = ("data", "seed", "batch_size", "lr", "clip_norm", "validation_fraction",
@@ -381,6 +382,27 @@ def cmd_info(args):
     return 0
 
 
+def _keep_freed_memory():
+    """Training in this process (the command line's own): ask glibc to keep freed blocks up
+    to 32 MB for reuse instead of returning them to the system. Otherwise every step's
+    arrays come back as fresh pages: measured in a fresh process, B=16 L=80, 2 threads,
+    650-750 page faults per step and a Transformer LM step of 13.5 ms instead of 12.2
+    (hypermixing 16.9 instead of 15.9). Process-wide, so only the CLI does it, never the
+    library; elsewhere (or for your own training loop) MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=268435456 in the environment does the same. Skipped where the C
+    library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD (32 MB, glibc's upper limit)
+    mallopt(-1, 256 << 20)   # M_TRIM_THRESHOLD
+
+
 def cmd_compare(args):
     from .distributed import rank_of, world_from_environment
     from .plot import plot_history
@@ -392,6 +414,7 @@ def cmd_compare(args):
     comm = world_from_environment()   # under mpiexec: every training data-parallel
     settings = _settings(args)
     backend = _resolve_backend(args.backend)
+    _keep_freed_memory()
     out = Path(args.out)
     _refuse_to_replace(out, args.overwrite)
     results = {}
