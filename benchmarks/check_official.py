@@ -508,36 +508,33 @@ def main(argv=None):
                 print(f"{i:<4d} {np.dtype(dtype).name:7s} {impl:9s} {ws:9.1e} {wt:9.1e} "
                       f"{wf:9.1e} {own_text}  {ws_name:38s} {' '.join(verdict) or 'ok'}")
 
-    print("\n2. their key_padding_mask (batched, their table loaded into ours) vs ours, valid "
-          "rows; their "
-          "padded output rows vs their LayerNorm bias")
-    for i, case in enumerate(cases):
-        for dtype in (np.float64, np.float32):
-            for impl in IMPLEMENTATIONS:
-                errors, pad_rows = run_masked(cls, case, dtype, impl)
-                w, name = worst(errors)
-                note(i, f"f{'64' if dtype == np.float64 else '32'} mask", w)
-                ok = w <= TOLERANCE[dtype]
-                if not ok:
-                    failures.append(f"case {i} {np.dtype(dtype).name} {impl} masked {w:.1e}")
-                print(f"{i:<4d} {np.dtype(dtype).name:7s} {impl:9s} {w:9.1e}  {name:28s} "
-                      f"{'ok' if ok else 'FAIL'}; their padded rows = bias within "
-                      f"{pad_rows:.0e} (ours: 0)")
+    def single_comparison(title, label, run, detail):
+        """Sections 2 and 3: one comparison per case, dtype and implementation; run returns
+        (errors, extra) and detail(extra) says what else was seen."""
+        print(title)
+        for i, case in enumerate(cases):
+            for dtype in (np.float64, np.float32):
+                for impl in IMPLEMENTATIONS:
+                    errors, extra = run(cls, case, dtype, impl)
+                    w, name = worst(errors)
+                    note(i, f"f{'64' if dtype == np.float64 else '32'} {label}", w)
+                    ok = w <= TOLERANCE[dtype]
+                    if not ok:
+                        failures.append(f"case {i} {np.dtype(dtype).name} {impl} {label} "
+                                        f"{w:.1e}")
+                    print(f"{i:<4d} {np.dtype(dtype).name:7s} {impl:9s} {w:9.1e}  {name:28s} "
+                          f"{'ok' if ok else 'FAIL'}; {detail(extra)}")
 
-    print("\n3. token_information='official': theirs with the idiap rule swapped in "
-          "(sqrt(d) X + table rows 1..L, exponent 2c/d); 'vs shipped' = our official layer "
-          "against SpeechBrain as shipped (a different model: expected far)")
-    for i, case in enumerate(cases):
-        for dtype in (np.float64, np.float32):
-            for impl in IMPLEMENTATIONS:
-                errors, far = run_official_rule(cls, case, dtype, impl)
-                w, name = worst(errors)
-                note(i, f"f{'64' if dtype == np.float64 else '32'} official", w)
-                ok = w <= TOLERANCE[dtype]
-                if not ok:
-                    failures.append(f"case {i} {np.dtype(dtype).name} {impl} official {w:.1e}")
-                print(f"{i:<4d} {np.dtype(dtype).name:7s} {impl:9s} {w:9.1e}  {name:28s} "
-                      f"{'ok' if ok else 'FAIL'}; vs shipped: output {far:.1e}")
+    single_comparison("\n2. their key_padding_mask (batched, their table loaded into ours) vs "
+                      "ours, valid rows; their padded output rows vs their LayerNorm bias",
+                      "mask", run_masked,
+                      lambda pad_rows: f"their padded rows = bias within {pad_rows:.0e} "
+                                       "(ours: 0)")
+    single_comparison("\n3. token_information='official': theirs with the idiap rule swapped "
+                      "in (sqrt(d) X + table rows 1..L, exponent 2c/d); 'vs shipped' = our "
+                      "official layer against SpeechBrain as shipped (a different model: "
+                      "expected far)", "official", run_official_rule,
+                      lambda far: f"vs shipped: output {far:.1e}")
 
     columns = [f"f{b} {c}" for c in ("shipped", "table", "mask", "official", "formula")
                for b in ("64", "32")]
