@@ -556,3 +556,29 @@ def test_language_model_reuses_its_loss_buffers_but_never_returns_them():
     assert net._logits_buf is buffers[0] and net._grad_logits_buf is buffers[1]
     logits = net.forward(ids)
     assert not any(np.shares_memory(logits, b) for b in buffers)
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixer", "hypermixing"])
+def test_language_model_layer_buffers_change_no_bit(architecture, monkeypatch):
+    """The language model's steps write layer outputs and input gradients into buffers it
+    keeps (``_out_buffers``); the loss and every gradient are the bits of fresh arrays."""
+    from hypermixer import layers
+    from hypermixer.model import ModelConfig, build_network
+    config = ModelConfig(architecture=architecture, embedding_dim=16, hidden_dim=24,
+                         num_layers=2, max_seq_len=8)
+    ids = np.random.default_rng(7).integers(0, 13, size=(3, 8))
+    lengths = np.array([8, 5, 1])
+
+    def run():
+        net = build_network(config, 13, seed=2)
+        first = net.loss_and_gradients(ids, ids, lengths)
+        second = net.loss_and_gradients(ids, ids, lengths)   # through the kept buffers
+        return first, second
+    (loss1, g1), (loss2, g2) = run()
+    for cls in (layers.HyperMixerBlock, layers.TransformerBlock, layers.Embeddings,
+                layers.OutputProjection):
+        monkeypatch.setattr(cls, "_out_buffers", frozenset())
+    (loss3, g3), _ = run()
+    assert loss1 == loss2 == loss3
+    for a, b, c in zip(g1, g2, g3):
+        assert np.array_equal(a, b) and np.array_equal(a, c)

@@ -273,6 +273,9 @@ class OneCallBlock:
 
 class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
     __doc__ = bp.HyperMixerBlockBase.__doc__
+    #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
+    #: result (the language model's own steps reuse them; never handed to a user)
+    _out_buffers = frozenset({"forward", "backward"})
     LayerNorm = LayerNorm
     TokenMixingMLP = TokenMixingMLP
     ChannelMixingMLP = ChannelMixingMLP
@@ -294,24 +297,24 @@ class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
         return self._one_call_workspaces(_kernels.block_workspace_sizes(
             batch, seq_len, self.embedding_dim, *sizes))
 
-    def _forward(self, x, lengths):
+    def _forward(self, x, lengths, out=None):
         batch, seq_len, _ = x.shape
         sizes = self._block_sizes()
         cache, scratch, index = self._block_workspaces(batch, seq_len, sizes)
-        y = np.empty_like(x)
+        y = np.empty_like(x) if out is None else out
         _kernels.block_forward(y, cache, index, scratch, x, lengths, self._block_parameters(),
                                self.token_mixing.max_seq_len, *sizes)
         self._saved = (lengths, x.shape)
         return y
 
-    def _backward(self, grad_output):
+    def _backward(self, grad_output, out=None):
         lengths, shape = self._saved
         self._saved = None
         sizes = self._block_sizes()
         cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
         params = self._block_parameters()
         grads = self._one_call_gradients(params)
-        grad_input = np.empty(shape, self.dtype)
+        grad_input = np.empty(shape, self.dtype) if out is None else out
         _kernels.block_backward(grad_input, grads, cache, index, scratch,
                                 np.ascontiguousarray(grad_output), lengths,
                                 params, self.token_mixing.max_seq_len, *sizes)
@@ -327,9 +330,12 @@ __all__ += ["HyperMixerBlock"]
 
 class Embeddings(CompiledAdam, bp.EmbeddingsBase):
     __doc__ = bp.EmbeddingsBase.__doc__
+    #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
+    #: result (the language model's own steps reuse them; never handed to a user)
+    _out_buffers = frozenset({"forward"})
 
-    def _forward(self, ids, lengths):
-        y = np.empty(ids.shape + (self.embedding_dim,), self.dtype)
+    def _forward(self, ids, lengths, out=None):
+        y = np.empty(ids.shape + (self.embedding_dim,), self.dtype) if out is None else out
         _kernels.embeddings_forward(y, ids, lengths, self.token, self.position)
         self._saved = (ids, lengths)
         return y
@@ -382,6 +388,9 @@ class FeedForward(ChannelMixingMLP):
 
 class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
     __doc__ = bp.TransformerBlockBase.__doc__
+    #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
+    #: result (the language model's own steps reuse them; never handed to a user)
+    _out_buffers = frozenset({"forward", "backward"})
     SelfAttention = SelfAttention
     LayerNorm = LayerNorm
     FeedForward = FeedForward
@@ -396,21 +405,21 @@ class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
         return self._one_call_workspaces(_kernels.transformer_block_workspace_sizes(
             batch, seq_len, self.embedding_dim, self.hidden_dim))
 
-    def _forward(self, x, lengths):
+    def _forward(self, x, lengths, out=None):
         cache, scratch, index = self._block_workspaces(x.shape[0], x.shape[1])
-        y = np.empty_like(x)
+        y = np.empty_like(x) if out is None else out
         _kernels.transformer_block_forward(y, cache, index, scratch, x, lengths,
                                            self._block_parameters(), self.hidden_dim)
         self._saved = (lengths, x.shape)
         return y
 
-    def _backward(self, grad_output):
+    def _backward(self, grad_output, out=None):
         lengths, shape = self._saved
         self._saved = None
         cache, scratch, index = self._block_workspaces(shape[0], shape[1])
         params = self._block_parameters()
         grads = self._one_call_gradients(params)
-        grad_input = np.empty(shape, self.dtype)
+        grad_input = np.empty(shape, self.dtype) if out is None else out
         _kernels.transformer_block_backward(grad_input, grads, cache, index, scratch,
                                             np.ascontiguousarray(grad_output), lengths,
                                             params, self.hidden_dim)
@@ -419,6 +428,9 @@ class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
 
 class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
     __doc__ = bp.OutputProjectionBase.__doc__
+    #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
+    #: result (the language model's own steps reuse them; never handed to a user)
+    _out_buffers = frozenset({"forward", "backward"})
 
     def _forward(self, x, lengths, out=None):
         # out: a (B, L, V) buffer of the layer's dtype the caller keeps (the language model's
@@ -428,12 +440,12 @@ class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
         self._saved = (x, lengths)
         return logits
 
-    def _backward(self, grad_output):
+    def _backward(self, grad_output, out=None):
         x, lengths = self._saved
         real_rows = int(lengths.sum())
         # packing workspaces, used only when some sequence is shorter than the padded length
         rows = real_rows if real_rows < x.shape[0] * x.shape[1] else 1
-        grad_input = np.empty_like(x)
+        grad_input = np.empty_like(x) if out is None else out
         dw, db = np.empty_like(self.w), np.empty_like(self.b)
         xp = _keep_buffer(self, "_ws_xp", (rows, self.embedding_dim))
         gp = _keep_buffer(self, "_ws_gp", (rows, self.vocab_size))
