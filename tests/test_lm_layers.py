@@ -550,10 +550,11 @@ def test_language_model_reuses_its_loss_buffers_but_never_returns_them():
                                     max_seq_len=6, architecture="transformer"), 11, seed=0)
     ids = np.random.default_rng(6).integers(0, 11, size=(2, 6))
     first = net.loss_and_gradients(ids, ids)
-    buffers = (net._logits_buf, net._grad_logits_buf)
+    logits_attr = f"_forward_buf{len(net._children) - 1}"   # the output layer's
+    buffers = (getattr(net, logits_attr), net._grad_logits_buf)
     second = net.loss_and_gradients(ids, ids)
     assert first[0] == second[0]
-    assert net._logits_buf is buffers[0] and net._grad_logits_buf is buffers[1]
+    assert getattr(net, logits_attr) is buffers[0] and net._grad_logits_buf is buffers[1]
     logits = net.forward(ids)
     assert not any(np.shares_memory(logits, b) for b in buffers)
 

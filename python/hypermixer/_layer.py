@@ -757,15 +757,27 @@ class Sequential(Layer):
             input_shape = layer._output_shape(input_shape)
         return input_shape
 
-    def _forward(self, x, lengths):
-        for _, layer in self._children:
-            x = layer._forward(x, lengths)
+    def _forward(self, x, lengths, out_buffers=None):
+        """``out_buffers(direction, index)``, when given, returns a buffer the caller keeps
+        for child ``index``'s result; children that can write into one (``_out_buffers``
+        names the direction) get it as ``out``, the others allocate as usual."""
+        for index, (_, layer) in enumerate(self._children):
+            x = layer._forward(x, lengths, **_into(out_buffers, layer, "forward", index))
         return x
 
-    def _backward(self, grad_output):
+    def _backward(self, grad_output, out_buffers=None):
         grad = grad_output
         child_grads = []
-        for _, layer in reversed(self._children):
-            grad, grads = layer._backward(grad)
+        for index in reversed(range(len(self._children))):
+            layer = self._children[index][1]
+            grad, grads = layer._backward(grad, **_into(out_buffers, layer, "backward", index))
             child_grads.append((layer, grads))
         return grad, self._merge_gradients(child_grads[::-1])
+
+
+def _into(out_buffers, layer, direction, index):
+    """``{"out": buffer}`` for a child that can write its ``direction`` result into a kept
+    buffer, when the caller keeps them; else ``{}``."""
+    if out_buffers is None or direction not in getattr(layer, "_out_buffers", ()):
+        return {}
+    return {"out": out_buffers(direction, index)}

@@ -321,6 +321,8 @@ class TransformerBlock(bp.TransformerBlockBase):
 
 class OutputProjection(ReferenceAdam, bp.OutputProjectionBase):
     __doc__ = bp.OutputProjectionBase.__doc__
+    #: _forward accepts ``out=``, a buffer the language model keeps for the logits
+    _out_buffers = frozenset({"forward"})
 
     def _forward(self, x, lengths, out=None):
         y = np.zeros(x.shape[:2] + (self.vocab_size,), self.dtype) if out is None else out
