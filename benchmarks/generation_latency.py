@@ -12,12 +12,8 @@ timed one by one. Each point is the median of --repeats timings.
 
 import argparse
 import time
+from statistics import median
 
-
-def median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from statistics import median
 
 
 def build(arch, batch, seq_len, vocab):
@@ -28,11 +29,6 @@ def build(arch, batch, seq_len, vocab):
     targets = rng.integers(0, vocab, size=(batch, seq_len))
     return lambda: net.train_step(ids, targets, None, lr=1e-7, clip_norm=1.0)
 
-
-def median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
 def main(argv=None):

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMPLS = ("hypermixer", "torch-eager", "torch-compile")
@@ -300,11 +301,6 @@ class Worker:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
-
-def median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
 def run(threads, impls, cases, rounds, samples, sample_seconds):
