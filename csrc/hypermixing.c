@@ -1139,8 +1139,10 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
 {
     const REAL inv = (REAL)1 / count;
     const int tree = kh <= HMX_TREE && (kh & (kh - 1)) == 0;
-    /* the GELUs and slopes of a block of rows first, over the flat block (full vectors) */
-    const size_t rows = kh <= HMX_GELU_BLOCK ? HMX_GELU_BLOCK / kh : 1;
+    /* the GELUs and slopes of a block of rows first, over the flat block (full vectors);
+     * rows wider than the block compute theirs in the row loop */
+    const int blocked = kh <= HMX_GELU_BLOCK;
+    const size_t rows = blocked ? HMX_GELU_BLOCK / kh : 1;
     REAL gv[HMX_GELU_BLOCK], gs[HMX_GELU_BLOCK];
     for (size_t e = 0; e < kh; e++) {
         dw1t[e] = 0;
@@ -1148,7 +1150,6 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
     }
     for (size_t f0 = 0; f0 < dh; f0 += rows) {
         const size_t f1 = f0 + rows < dh ? f0 + rows : dh;
-        const int blocked = kh <= HMX_GELU_BLOCK;
         if (blocked) {
             const REAL* sb = st + f0 * kh;
             #pragma omp simd
@@ -1159,7 +1160,6 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
             }
         }
         for (size_t f = f0; f < f1; f++) {
-            const REAL* restrict sf = st + f * kh;
             const REAL* restrict vf_g = gv + (f - f0) * kh;
             const REAL* restrict vf_s = gs + (f - f0) * kh;
             REAL* restrict rf = suffix + f * kh;
@@ -1191,6 +1191,7 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
                     acc += rf[e] * w1t[e];
                 }
             } else {
+                const REAL* restrict sf = st + f * kh;
                 #pragma omp simd reduction(+:acc)
                 for (size_t e = 0; e < kh; e++) {
                     REAL slope;
