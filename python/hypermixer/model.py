@@ -117,8 +117,7 @@ class ModelConfig:
         the Transformer (16 heads below the Transformer in all six seeds)."""
         if self.heads is not None:
             return self.heads
-        k = self.resolved_token_mixing_hidden_dim
-        return max(h for h in (16, 8, 4, 2, 1) if self.embedding_dim % h == 0 and k % h == 0)
+        return _default_heads(16, self.embedding_dim, self.resolved_token_mixing_hidden_dim)
 
     def to_dict(self):
         data = dataclasses.asdict(self)
@@ -207,7 +206,15 @@ def legacy_hypermixing_heads(raw):
     k = raw.get("token_mixing_hidden_dim") or e
     if not isinstance(e, int) or not isinstance(k, int) or e < 1 or k < 1:
         return None   # ModelConfig reports what is wrong
-    return max(h for h in (8, 4, 2, 1) if e % h == 0 and k % h == 0)
+    return _default_heads(8, e, k)
+
+
+def _default_heads(most, e, k):
+    """The largest power of two up to ``most`` that divides both E and k."""
+    heads = most
+    while e % heads or k % heads:
+        heads //= 2
+    return heads
 
 
 @dataclasses.dataclass
