@@ -46,6 +46,28 @@ static int hmx_threads(size_t n_slots)
     return (size_t)n < n_slots ? n : (int)n_slots;
 }
 
+/* Heads of width 4 in float32 (d_h = k_h = 4, the hypermixing LM's 32 heads at E = k = 128)
+ * have a scan path of their own, defined after the template passes (see there). It needs the
+ * AVX-512 at run time (and GCC or clang on x86-64 to build it); elsewhere the general loops run. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(HM_NO_CLONES)
+#define HMX_W4 1
+static int hmx_w4_supported(void);
+static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
+                         const float* w2t, float inv);
+static void hmx_w4_back_token(float* dw1t, float* dw2t, float* dv, float* suffix,
+                              const float* st, const float* g, const float* v,
+                              const float* w1t, const float* w2t, float inv);
+static void hmx_w4_columns(float* cols, const float* M, size_t width, int transposed);
+static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
+                                size_t width, size_t ldi, size_t ldo, int accumulate);
+static void hmx_w4_outer_sum(float* out, const float* a, const float* b, size_t R, size_t c,
+                             size_t lda, size_t ldb);
+/* the widest layer the generators' width-4 path takes: its columns live on the stack */
+#define HMX_W4_MAX_WIDTH 256
+#else
+#define HMX_W4 0
+#endif
+
 size_t hypermixing_causal_work_size(size_t d, size_t k, size_t h, size_t chunk)
 {
     const size_t state = (k / h) * (d / h);
@@ -67,6 +89,185 @@ size_t hypermixing_mix_work_size(size_t d, size_t k, size_t h)
 
 #define HM_TEMPLATE_FILE "hypermixing.c"
 #include "template.h"
+
+#if HMX_W4
+/* ---------------------------------------------------- heads of width 4, float32: the scan
+ * With d_h = k_h = 4 a unit's running sum (k_h, d_h) is 16 floats: one AVX-512 register. The
+ * general per-token loops spend more on loop control and 4-wide rows than on arithmetic there
+ * (at 32 heads they were twice as slow per token as 16 heads of width 8), so on CPUs with
+ * AVX-512 these do a token's products on the whole state at once, lane 4e + f holding s[e][f]:
+ *   s += spread(w1t) * repeat(v)            spread(a)[4e + f] = a[e], repeat(b)[4e + f] = b[f]
+ *   out[f] = sum over e of (spread(w2t) * gelu(s u))[4e + f]
+ * The sums over e and over f take a fixed tree of lane shuffles, the same for any thread
+ * count. The forward, the streaming step and the backward's rebuild all call hmx_w4_token, so
+ * they add in the same order and get the same bits. Other CPUs take the general loops. */
+#include <immintrin.h>
+#define HMX_W4_TARGET __attribute__((target("avx512f,fma")))
+
+static int hmx_w4_supported(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+}
+
+/* lanes f (0..3) of the result: the sum over e of p[4e + f], as
+ * (p[f] + p[8 + f]) + (p[4 + f] + p[12 + f]) */
+HMX_W4_TARGET
+static inline __m512 hmx_w4_sum_over_e(__m512 p)
+{
+    p = _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+/* lanes e (0..3) of the result: the sum over f of p[4e + f], as
+ * (p[4e] + p[4e + 1]) + (p[4e + 2] + p[4e + 3]) */
+HMX_W4_TARGET
+static inline __m128 hmx_w4_sum_over_f(__m512 p)
+{
+    p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(2, 3, 0, 1)));
+    p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(first, p));
+}
+
+HMX_W4_TARGET
+static inline __m512 hmx_w4_spread(const float* a)
+{
+    const __m512i index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_loadu_ps(a)));
+}
+
+HMX_W4_TARGET
+static inline __m512 hmx_w4_repeat(const float* b)
+{
+    return _mm512_broadcast_f32x4(_mm_loadu_ps(b));
+}
+
+/* One token of one unit: state (16,) += w1t (4,) (x) v (4,) in place; then, unless out is
+ * NULL (the backward's rebuild), out (4,) = w2t @ gelu(state * inv). */
+HMX_W4_TARGET
+static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
+                         const float* w2t, float inv)
+{
+    const __m512 s = _mm512_fmadd_ps(hmx_w4_spread(w1t), hmx_w4_repeat(v),
+                                     _mm512_loadu_ps(state));
+    _mm512_storeu_ps(state, s);
+    if (!out) {
+        return;
+    }
+    float u[16];
+    _mm512_storeu_ps(u, _mm512_mul_ps(s, _mm512_set1_ps(inv)));
+    #pragma omp simd
+    for (int i = 0; i < 16; i++) {
+        u[i] = gelu_f32(u[i]);
+    }
+    const __m512 p = _mm512_mul_ps(hmx_w4_spread(w2t), _mm512_loadu_ps(u));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(hmx_w4_sum_over_e(p)));
+}
+
+/* One token of the reverse scan of one unit, st its running sum (16,) and inv = 1 / count:
+ * with ds = (w2t (x) g) * inv * gelu'(st inv), the suffix sum r (16,) += ds; then
+ * dw2t (4,) = gelu(st inv) @ g, dw1t (4,) = r @ v, dv (4,) = w1t @ r (all overwritten). The
+ * same quantities as causal_back_token, in the forward's layout. */
+HMX_W4_TARGET
+static void hmx_w4_back_token(float* dw1t, float* dw2t, float* dv, float* suffix,
+                              const float* st, const float* g, const float* v,
+                              const float* w1t, const float* w2t, float inv)
+{
+    float value[16], slope[16];
+    _mm512_storeu_ps(value, _mm512_mul_ps(_mm512_loadu_ps(st), _mm512_set1_ps(inv)));
+    #pragma omp simd
+    for (int i = 0; i < 16; i++) {
+        float s;
+        value[i] = gelu_slope_f32(value[i], &s);
+        slope[i] = s;
+    }
+    const __m512 gr = hmx_w4_repeat(g);
+    _mm_storeu_ps(dw2t, hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr)));
+    const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2t),
+                                                                _mm512_set1_ps(inv)), gr),
+                                    _mm512_loadu_ps(slope));
+    const __m512 r = _mm512_add_ps(_mm512_loadu_ps(suffix), ds);
+    _mm512_storeu_ps(suffix, r);
+    _mm_storeu_ps(dw1t, hmx_w4_sum_over_f(_mm512_mul_ps(r, hmx_w4_repeat(v))));
+    _mm_storeu_ps(dv, _mm512_castps512_ps128(
+                          hmx_w4_sum_over_e(_mm512_mul_ps(hmx_w4_spread(w1t), r))));
+}
+
+/* ------------------------------------------ heads of width 4, float32: the generators
+ * Per head a 4x4 matrix, so a row's product with all heads is a product with a block-diagonal
+ * matrix: out[o] = sum over i < 4 of in[(o & ~3) + i] * col_i[o]. In-lane shuffles bring
+ * in[(o & ~3) + i] to lane o, so 16 outputs take four shuffles and four multiply-adds instead
+ * of four heads' 4-wide loops. Same products and the same order (i = 0..3) as
+ * small_heads_product and small_heads_outer_sum, so the same bits. */
+
+/* cols (4, width): cols[i][o] = M[o * 4 + i] (forward: A or C, rows of 4 per output) or, with
+ * `transposed`, M[((o & ~3) + i) * 4 + (o & 3)] (backward: the products with A_j, C_j
+ * themselves) */
+static void hmx_w4_columns(float* cols, const float* M, size_t width, int transposed)
+{
+    for (size_t i = 0; i < 4; i++) {
+        for (size_t o = 0; o < width; o++) {
+            cols[i * width + o] = transposed ? M[((o & ~(size_t)3) + i) * 4 + (o & 3)]
+                                             : M[o * 4 + i];
+        }
+    }
+}
+
+/* out (m, width) of stride ldo := (or += when accumulate) the block-diagonal product of in
+ * (m, width) of stride ldi with cols (4, width); width a multiple of 16 */
+HMX_W4_TARGET
+static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
+                                size_t width, size_t ldi, size_t ldo, int accumulate)
+{
+    for (size_t r = 0; r < m; r++) {
+        const float* x = in + r * ldi;
+        float* y = out + r * ldo;
+        for (size_t o = 0; o < width; o += 16) {
+            const __m512 v = _mm512_loadu_ps(x + o);
+            __m512 acc = _mm512_mul_ps(_mm512_permute_ps(v, 0x00), _mm512_loadu_ps(cols + o));
+            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0x55),
+                                  _mm512_loadu_ps(cols + width + o), acc);
+            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0xAA),
+                                  _mm512_loadu_ps(cols + 2 * width + o), acc);
+            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0xFF),
+                                  _mm512_loadu_ps(cols + 3 * width + o), acc);
+            if (accumulate) {
+                acc = _mm512_add_ps(_mm512_loadu_ps(y + o), acc);
+            }
+            _mm512_storeu_ps(y + o, acc);
+        }
+    }
+}
+
+/* The weight-gradient sums of heads 4c..4c+3: out[j][e][o] = sum over rows r < R in turn of
+ * a[r][4j + e] * b[r][4j + o], out (h, 4, 4) */
+HMX_W4_TARGET
+static void hmx_w4_outer_sum(float* out, const float* a, const float* b, size_t R, size_t c,
+                             size_t lda, size_t ldb)
+{
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (size_t r = 0; r < R; r++) {
+        const __m512 va = _mm512_loadu_ps(a + r * lda + 16 * c);
+        const __m512 vb = _mm512_loadu_ps(b + r * ldb + 16 * c);
+        acc0 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0x00), vb, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0x55), vb, acc1);
+        acc2 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0xAA), vb, acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0xFF), vb, acc3);
+    }
+    float sums[4][16];
+    _mm512_storeu_ps(sums[0], acc0);
+    _mm512_storeu_ps(sums[1], acc1);
+    _mm512_storeu_ps(sums[2], acc2);
+    _mm512_storeu_ps(sums[3], acc3);
+    for (size_t j = 0; j < 4; j++) {
+        for (size_t e = 0; e < 4; e++) {
+            for (size_t o = 0; o < 4; o++) {
+                out[((4 * c + j) * 4 + e) * 4 + o] = sums[e][4 * j + o];
+            }
+        }
+    }
+}
+#endif
 #else
 
 /* ---------------------------------------------------------------- erf and the exact GELU
@@ -601,8 +802,8 @@ static void F(per_head_gemm)(int trans_a, int trans_b, size_t M, size_t N, size_
 static int F(small_heads)(size_t D, size_t K, size_t h)
 {
     const size_t dh = D / h, kh = K / h;
-    return dh == 8 && (kh == 8 || kh == 16) && h * dh * dh <= HMX_SMALL_A &&
-           h * dh * kh <= HMX_SMALL_C;
+    return ((dh == 8 && (kh == 8 || kh == 16)) || (dh == 4 && kh == 4)) &&
+           h * dh * dh <= HMX_SMALL_A && h * dh * kh <= HMX_SMALL_C;
 }
 
 /* At (h, d_h, d_h) := A_j^T per head; Ct (h, d_h, k_h) := C_j^T per head */
@@ -666,6 +867,8 @@ static void F(small_heads_product)(REAL* restrict out, const REAL* restrict in,
         F(small_heads_product_body)(out, in, Wt, m, h, n_in, 16, ldi, ldo, accumulate);
     } else if (n_out == 8) {
         F(small_heads_product_body)(out, in, Wt, m, h, n_in, 8, ldi, ldo, accumulate);
+    } else if (n_out == 4) {
+        F(small_heads_product_body)(out, in, Wt, m, h, n_in, 4, ldi, ldo, accumulate);
     } else {
         F(small_heads_product_body)(out, in, Wt, m, h, n_in, n_out, ldi, ldo, accumulate);
     }
@@ -711,6 +914,8 @@ static void F(small_heads_outer_sum_head)(REAL* restrict out, const REAL* restri
 {
     if (n_b == 8) {
         F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, 8, lda, ldb);
+    } else if (n_b == 4) {
+        F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, 4, lda, ldb);
     } else {
         F(small_heads_outer_sum_body)(out, a, b, R, j, n_a, n_b, lda, ldb);
     }
@@ -727,6 +932,18 @@ static void F(small_heads_outer_sum)(REAL* restrict out, const REAL* restrict a,
     }
 }
 
+/* Whether the generators take the width-4 path (float32, d = k = 4 h, AVX-512) */
+static int F(generators_width4)(size_t D, size_t K, size_t h)
+{
+#if HMX_W4
+    return HMX_SINGLE && D == K && D == 4 * h && D % 16 == 0 && D <= HMX_W4_MAX_WIDTH &&
+           hmx_w4_supported();
+#else
+    (void)D, (void)K, (void)h;
+    return 0;
+#endif
+}
+
 /* act, slope, z: (rows, d); w: (rows, k) or NULL; A: (h, d_h, d_h); a: (h, d_h) or NULL;
  * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z:
  * act_j = gelu(z_j @ A_j^T + a_j), slope_j = gelu'(z_j @ A_j^T + a_j) (not computed when
@@ -738,6 +955,30 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     const size_t R = rows, D = d, K = k;
     const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
+#if HMX_W4
+    if (F(generators_width4)(D, K, h)) {
+        float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
+        hmx_w4_columns(cols_a, (const float*)A, D, 0);
+        hmx_w4_columns(cols_c, (const float*)C, K, 0);
+        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
+            if (R * D > HM_PARALLEL_MIN && tiles > 1)
+        for (size_t tile = 0; tile < tiles; tile++) {
+            const size_t r0 = tile * HMX_GEN_TILE;
+            const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
+            hmx_w4_rows_product((float*)(act + r0 * D), (const float*)(z + r0 * D), cols_a, m,
+                                D, D, D, 0);
+            F(gelu_block)(act + r0 * D, slope ? slope + r0 * D : NULL, a, m, D, D);
+            if (w) {
+                hmx_w4_rows_product((float*)(w + r0 * K), (const float*)(act + r0 * D), cols_c,
+                                    m, K, D, K, 0);
+                if (c) {
+                    F(bias_block)(w + r0 * K, c, m, K, K);
+                }
+            }
+        }
+        return;
+    }
+#endif
     if (F(small_heads)(D, K, h)) {
         #pragma omp parallel num_threads(hm_num_threads()) if (R * D > HM_PARALLEL_MIN && tiles > 1)
         {
@@ -780,6 +1021,59 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     }
 }
 
+#if HMX_W4
+/* The generator backward on the width-4 path (d = k = 4 h): as the general one below, with the
+ * per-head products and sums of hmx_w4_rows_product and hmx_w4_outer_sum */
+static void F(generator_backward_width4)(REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc,
+                                         REAL* dact, const REAL* dw, const REAL* z,
+                                         const REAL* act, const REAL* slope, const REAL* A,
+                                         const REAL* C, size_t R, size_t D, int accumulate)
+{
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, chunks = D / 16;
+    const int big = R * D > HM_PARALLEL_MIN;
+    float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
+    hmx_w4_columns(cols_a, (const float*)A, D, 1);
+    hmx_w4_columns(cols_c, (const float*)C, D, 1);
+    if (dw) {
+        if (dc) {
+            for (size_t e = 0; e < D; e++) {
+                dc[e] = 0;
+            }
+            F(column_sums_add)(dc, dw, R, D);
+        }
+        /* dC_j = dw_j^T @ act_j, four heads per task */
+        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
+        for (size_t c = 0; c < chunks; c++) {
+            hmx_w4_outer_sum((float*)dC, (const float*)dw, (const float*)act, R, c, D, D);
+        }
+    }
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
+        if (big && tiles > 1)
+    for (size_t tile = 0; tile < tiles; tile++) {
+        const size_t r0 = tile * HMX_GEN_TILE;
+        const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
+        if (dw) {
+            hmx_w4_rows_product((float*)(dact + r0 * D), (const float*)(dw + r0 * D), cols_c, m,
+                                D, D, D, 0);
+        }
+        F(scale_block)(dact + r0 * D, slope + r0 * D, m, D, D);
+        hmx_w4_rows_product((float*)(dz + r0 * D), (const float*)(dact + r0 * D), cols_a, m, D,
+                            D, D, accumulate);
+    }
+    if (da) {
+        for (size_t e = 0; e < D; e++) {
+            da[e] = 0;
+        }
+        F(column_sums_add)(da, dact, R, D);
+    }
+    /* dA_j = dpre_j^T @ z_j */
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
+    for (size_t c = 0; c < chunks; c++) {
+        hmx_w4_outer_sum((float*)dA, (const float*)dact, (const float*)z, R, c, D, D);
+    }
+}
+#endif
+
 /* dact: (rows, d). Without dw it holds the gradient of act on entry; with dw (rows, k), the
  * gradient of the generated weights (0 on padding rows), it is workspace and dC (like C) and
  * dc (like c, or NULL) are overwritten. On return dact holds the gradient of the
@@ -794,6 +1088,13 @@ void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backw
     const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * h;
     const int small = F(small_heads)(D, K, h);
+#if HMX_W4
+    if (F(generators_width4)(D, K, h)) {
+        F(generator_backward_width4)(dz, dA, da, dC, dc, dact, dw, z, act, slope, A, C, R, D,
+                                     accumulate);
+        return;
+    }
+#endif
     if (dw) {
         if (dc) {
             for (size_t e = 0; e < K; e++) {
@@ -1254,6 +1555,30 @@ static void F(causal_rebuild)(REAL* restrict next, const REAL* restrict prev,
     }
 }
 
+/* Whether a unit's scan takes the width-4 path (defined after the template passes) */
+static int F(scan_width4)(size_t kh, size_t dh)
+{
+#if HMX_W4
+    return HMX_SINGLE && kh == 4 && dh == 4 && hmx_w4_supported();
+#else
+    (void)kh, (void)dh;
+    return 0;
+#endif
+}
+
+/* The width-4 token step where the build has it (the float pass only; never reached with
+ * double, whose pointers are cast here only so that both passes compile) */
+static inline void F(width4_token)(REAL* out, REAL* state, const REAL* v, const REAL* w1t,
+                                   const REAL* w2t, REAL count)
+{
+#if HMX_W4
+    hmx_w4_token((float*)out, (float*)state, (const float*)v, (const float*)w1t,
+                 (const float*)w2t, (float)((REAL)1 / count));
+#else
+    (void)out, (void)state, (void)v, (void)w1t, (void)w2t, (void)count;
+#endif
+}
+
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
  * n_ck = hypermixing_causal_checkpoints(L, chunk): checkpoint c of a unit is its running sum
  * over tokens 0..c*chunk-1. work: n_slots * hypermixing_causal_work_size(d, k, h, chunk). */
@@ -1266,6 +1591,7 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
     const size_t state = kh * dh, n_ck = hypermixing_causal_checkpoints(L, chunk);
     const size_t slot_size = hypermixing_causal_work_size(d, k, h, chunk);
     const size_t units = B * h;
+    const int width4 = F(scan_width4)(kh, dh);
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
     for (size_t u = 0; u < units; u++) {
         const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
@@ -1288,11 +1614,55 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
                 }
                 continue;
             }
+            const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
+            if (width4) {
+                F(width4_token)(yt, run, x + (row0 + t) * D + j * dh,
+                                w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh,
+                                count);
+                continue;
+            }
             F(causal_token)(yt, run, run, x + (row0 + t) * D + j * dh,
                             w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh, kh, dh,
-                            mean ? (REAL)(t + 1) : (REAL)1);
+                            count);
         }
     }
+}
+
+/* The reverse scan of one unit (sequence row0 / L, head j, n valid tokens) on the width-4
+ * path: chunk by chunk from the last, rebuild the running sums from the checkpoint with the
+ * forward's own token step (the same bits), then walk them backwards. The states stay in the
+ * forward's layout (k_h, d_h). suffix: 16 zeros on entry; sums: (chunk, 16). */
+static void F(width4_backward_unit)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* suffix,
+                                    REAL* sums, const REAL* grad_output, const REAL* x,
+                                    const REAL* w1, const REAL* w2, const REAL* ck, size_t row0,
+                                    size_t n, size_t j, size_t D, size_t K, int mean, size_t C)
+{
+#if HMX_W4
+    for (size_t c = (n + C - 1) / C; c-- > 0;) {
+        const size_t t0 = c * C, t1 = t0 + C < n ? t0 + C : n;
+        for (size_t t = t0; t < t1; t++) {
+            REAL* st = sums + (t - t0) * 16;
+            memcpy(st, t == t0 ? ck + c * 16 : st - 16, 16 * sizeof(REAL));
+            hmx_w4_token(NULL, (float*)st, (const float*)(x + (row0 + t) * D + j * 4),
+                         (const float*)(w1 + (row0 + t) * K + j * 4), NULL, 1.0f);
+        }
+        for (size_t t = t1; t-- > t0;) {
+            const size_t r = row0 + t;
+            const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
+            hmx_w4_back_token((float*)(dw1 + r * K + j * 4), (float*)(dw2 + r * K + j * 4),
+                              (float*)(grad_input + r * D + j * 4), (float*)suffix,
+                              (const float*)(sums + (t - t0) * 16),
+                              (const float*)(grad_output + r * D + j * 4),
+                              (const float*)(x + r * D + j * 4),
+                              (const float*)(w1 + r * K + j * 4),
+                              (const float*)(w2 + r * K + j * 4), (float)((REAL)1 / count));
+        }
+    }
+#else
+    (void)grad_input, (void)dw1, (void)dw2, (void)suffix, (void)sums, (void)grad_output;
+    (void)x, (void)w1, (void)w2, (void)ck, (void)row0, (void)n, (void)j, (void)D, (void)K;
+    (void)mean, (void)C;
+#endif
 }
 
 /* Shapes as the causal forward; dw1, dw2: (B, L, k), overwritten, 0 on padding rows.
@@ -1308,6 +1678,7 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
     const size_t slot_size = hypermixing_causal_work_size(d, k, h, chunk);
     const size_t C = chunk;
     const size_t units = B * h;
+    const int width4 = F(scan_width4)(kh, dh);
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
     for (size_t u = 0; u < units; u++) {
         const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
@@ -1328,6 +1699,11 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
         }
         for (size_t e = 0; e < state; e++) {
             suffix[e] = 0;
+        }
+        if (width4) {
+            F(width4_backward_unit)(grad_input, dw1, dw2, suffix, sums, grad_output, x, w1, w2,
+                                    ck, row0, n, j, D, K, mean, C);
+            continue;
         }
         for (size_t c = (n + C - 1) / C; c-- > 0;) {
             const size_t t0 = c * C, t1 = t0 + C < n ? t0 + C : n;
@@ -1376,8 +1752,14 @@ void KERNEL_NAME(hypermixing_step_f32, hypermixing_step_f64)(
     for (size_t u = 0; u < units; u++) {
         const size_t b = u / h, j = u % h;
         REAL* st = state + u * kh * dh;
-        F(causal_token)(y + b * D + j * dh, st, st, x + b * D + j * dh, w1 + b * K + j * kh,
-                        w2 + b * K + j * kh, kh, dh, mean ? (REAL)(positions[b] + 1) : (REAL)1);
+        const REAL count = mean ? (REAL)(positions[b] + 1) : (REAL)1;
+        if (F(scan_width4)(kh, dh)) {
+            F(width4_token)(y + b * D + j * dh, st, x + b * D + j * dh, w1 + b * K + j * kh,
+                            w2 + b * K + j * kh, count);
+        } else {
+            F(causal_token)(y + b * D + j * dh, st, st, x + b * D + j * dh,
+                            w1 + b * K + j * kh, w2 + b * K + j * kh, kh, dh, count);
+        }
     }
 }
 
