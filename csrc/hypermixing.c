@@ -54,9 +54,13 @@ static int hmx_threads(size_t n_slots)
 static int hmx_w4_supported(void);
 static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
                          const float* w2t, float inv);
-static void hmx_w4_back_token(float* dw1t, float* dw2t, float* dv, float* suffix,
-                              const float* st, const float* g, const float* v,
-                              const float* w1t, const float* w2t, float inv);
+static void hmx_w4_forward_unit(float* y, float* ck, const float* x, const float* w1,
+                                const float* w2, size_t row0, size_t n, size_t L, size_t j,
+                                size_t D, size_t K, int mean, size_t chunk);
+static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
+                                 const float* go, const float* x, const float* w1,
+                                 const float* w2, const float* ck, size_t row0, size_t n,
+                                 size_t j, size_t D, size_t K, int mean, size_t chunk);
 static void hmx_w4_columns(float* cols, const float* M, size_t width, int transposed);
 static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
                                 size_t width, size_t ldi, size_t ldo, int accumulate);
@@ -99,8 +103,9 @@ size_t hypermixing_mix_work_size(size_t d, size_t k, size_t h)
  *   s += spread(w1t) * repeat(v)            spread(a)[4e + f] = a[e], repeat(b)[4e + f] = b[f]
  *   out[f] = sum over e of (spread(w2t) * gelu(s u))[4e + f]
  * The sums over e and over f take a fixed tree of lane shuffles, the same for any thread
- * count. The forward, the streaming step and the backward's rebuild all call hmx_w4_token, so
- * they add in the same order and get the same bits. Other CPUs take the general loops. */
+ * count. The forward, the streaming step and the backward's rebuild add a token with the same
+ * hmx_w4_add_token and the first two take their outputs from the same hmx_w4_output, so all
+ * three get the same bits. Other CPUs take the general loops. */
 #include <immintrin.h>
 #define HMX_W4_TARGET __attribute__((target("avx512f,fma")))
 
@@ -142,18 +147,10 @@ static inline __m512 hmx_w4_repeat(const float* b)
     return _mm512_broadcast_f32x4(_mm_loadu_ps(b));
 }
 
-/* One token of one unit: state (16,) += w1t (4,) (x) v (4,) in place; then, unless out is
- * NULL (the backward's rebuild), out (4,) = w2t @ gelu(state * inv). */
-HMX_W4_TARGET
-static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
-                         const float* w2t, float inv)
+/* out (4,) = w2t @ gelu(s * inv): the output of one token from its running sum s */
+HMX_W4_TARGET HMX_INLINE
+static inline void hmx_w4_output(float* out, __m512 s, float inv, const float* w2t)
 {
-    const __m512 s = _mm512_fmadd_ps(hmx_w4_spread(w1t), hmx_w4_repeat(v),
-                                     _mm512_loadu_ps(state));
-    _mm512_storeu_ps(state, s);
-    if (!out) {
-        return;
-    }
     float u[16];
     _mm512_storeu_ps(u, _mm512_mul_ps(s, _mm512_set1_ps(inv)));
     #pragma omp simd
@@ -164,33 +161,94 @@ static void hmx_w4_token(float* out, float* state, const float* v, const float* 
     _mm_storeu_ps(out, _mm512_castps512_ps128(hmx_w4_sum_over_e(p)));
 }
 
-/* One token of the reverse scan of one unit, st its running sum (16,) and inv = 1 / count:
- * with ds = (w2t (x) g) * inv * gelu'(st inv), the suffix sum r (16,) += ds; then
- * dw2t (4,) = gelu(st inv) @ g, dw1t (4,) = r @ v, dv (4,) = w1t @ r (all overwritten). The
- * same quantities as causal_back_token, in the forward's layout. */
-HMX_W4_TARGET
-static void hmx_w4_back_token(float* dw1t, float* dw2t, float* dv, float* suffix,
-                              const float* st, const float* g, const float* v,
-                              const float* w1t, const float* w2t, float inv)
+/* the running sum after one more token: s + w1t (x) v */
+HMX_W4_TARGET HMX_INLINE
+static inline __m512 hmx_w4_add_token(__m512 s, const float* v, const float* w1t)
 {
-    float value[16], slope[16];
-    _mm512_storeu_ps(value, _mm512_mul_ps(_mm512_loadu_ps(st), _mm512_set1_ps(inv)));
-    #pragma omp simd
-    for (int i = 0; i < 16; i++) {
-        float s;
-        value[i] = gelu_slope_f32(value[i], &s);
-        slope[i] = s;
+    return _mm512_fmadd_ps(hmx_w4_spread(w1t), hmx_w4_repeat(v), s);
+}
+
+/* Streaming: one token of one unit, state (16,) updated in place, out (4,) its output */
+HMX_W4_TARGET
+static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
+                         const float* w2t, float inv)
+{
+    const __m512 s = hmx_w4_add_token(_mm512_loadu_ps(state), v, w1t);
+    _mm512_storeu_ps(state, s);
+    hmx_w4_output(out, s, inv, w2t);
+}
+
+/* The forward scan of one unit: head j of the sequence whose rows start at row0, n valid
+ * tokens of L. y, x: rows of D; w1, w2: rows of K; ck (n_ck, 16): the running sum before
+ * tokens 0, chunk, 2 chunk, ... The sum stays in a register from token to token. */
+HMX_W4_TARGET
+static void hmx_w4_forward_unit(float* y, float* ck, const float* x, const float* w1,
+                                const float* w2, size_t row0, size_t n, size_t L, size_t j,
+                                size_t D, size_t K, int mean, size_t chunk)
+{
+    __m512 s = _mm512_setzero_ps();
+    for (size_t t = 0; t < L; t++) {
+        const size_t r = row0 + t;
+        if (t % chunk == 0) {
+            _mm512_storeu_ps(ck + (t / chunk) * 16, s);
+        }
+        if (t >= n) {
+            _mm_storeu_ps(y + r * D + 4 * j, _mm_setzero_ps());
+            continue;
+        }
+        s = hmx_w4_add_token(s, x + r * D + 4 * j, w1 + r * K + 4 * j);
+        const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
+        hmx_w4_output(y + r * D + 4 * j, s, inv, w2 + r * K + 4 * j);
     }
-    const __m512 gr = hmx_w4_repeat(g);
-    _mm_storeu_ps(dw2t, hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr)));
-    const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2t),
-                                                                _mm512_set1_ps(inv)), gr),
-                                    _mm512_loadu_ps(slope));
-    const __m512 r = _mm512_add_ps(_mm512_loadu_ps(suffix), ds);
-    _mm512_storeu_ps(suffix, r);
-    _mm_storeu_ps(dw1t, hmx_w4_sum_over_f(_mm512_mul_ps(r, hmx_w4_repeat(v))));
-    _mm_storeu_ps(dv, _mm512_castps512_ps128(
-                          hmx_w4_sum_over_e(_mm512_mul_ps(hmx_w4_spread(w1t), r))));
+}
+
+/* The reverse scan of one unit (arguments as the forward; gi, dw1, dw2 get the unit's rows of
+ * the valid tokens, overwritten). Chunk by chunk from the last: rebuild the chunk's running
+ * sums from its checkpoint with the forward's additions (the same bits) into sums (chunk, 16),
+ * then walk them backwards carrying the suffix sum r of ds in a register. Per token, with
+ * u = 1 / count: ds = (w2t (x) g) * u * gelu'(s u); r += ds; dw2t = gelu(s u) @ g (sum over
+ * f), dw1t = r @ v (sum over f), dv = w1t @ r (sum over e): what causal_back_token computes,
+ * in the forward's layout. */
+HMX_W4_TARGET
+static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
+                                 const float* go, const float* x, const float* w1,
+                                 const float* w2, const float* ck, size_t row0, size_t n,
+                                 size_t j, size_t D, size_t K, int mean, size_t chunk)
+{
+    __m512 r = _mm512_setzero_ps();
+    for (size_t c = (n + chunk - 1) / chunk; c-- > 0;) {
+        const size_t t0 = c * chunk, t1 = t0 + chunk < n ? t0 + chunk : n;
+        __m512 s = _mm512_loadu_ps(ck + c * 16);
+        for (size_t t = t0; t < t1; t++) {
+            s = hmx_w4_add_token(s, x + (row0 + t) * D + 4 * j, w1 + (row0 + t) * K + 4 * j);
+            _mm512_storeu_ps(sums + (t - t0) * 16, s);
+        }
+        for (size_t t = t1; t-- > t0;) {
+            const size_t row = row0 + t;
+            const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
+            float value[16], slope[16];
+            _mm512_storeu_ps(value, _mm512_mul_ps(_mm512_loadu_ps(sums + (t - t0) * 16),
+                                                  _mm512_set1_ps(inv)));
+            #pragma omp simd
+            for (int i = 0; i < 16; i++) {
+                float sl;
+                value[i] = gelu_slope_f32(value[i], &sl);
+                slope[i] = sl;
+            }
+            const __m512 gr = hmx_w4_repeat(go + row * D + 4 * j);
+            _mm_storeu_ps(dw2 + row * K + 4 * j,
+                          hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr)));
+            const __m512 ds = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2 + row * K + 4 * j),
+                                            _mm512_set1_ps(inv)), gr),
+                _mm512_loadu_ps(slope));
+            r = _mm512_add_ps(r, ds);
+            _mm_storeu_ps(dw1 + row * K + 4 * j,
+                          hmx_w4_sum_over_f(_mm512_mul_ps(r, hmx_w4_repeat(x + row * D + 4 * j))));
+            _mm_storeu_ps(gi + row * D + 4 * j, _mm512_castps512_ps128(hmx_w4_sum_over_e(
+                                                    _mm512_mul_ps(hmx_w4_spread(w1 + row * K + 4 * j), r))));
+        }
+    }
 }
 
 /* ------------------------------------------ heads of width 4, float32: the generators
@@ -1579,6 +1637,36 @@ static inline void F(width4_token)(REAL* out, REAL* state, const REAL* v, const 
 #endif
 }
 
+/* The width-4 unit scans where the build has them (the float pass only; never reached with
+ * double, whose pointers are cast here only so that both passes compile) */
+static void F(width4_forward_unit)(REAL* y, REAL* ck, const REAL* x, const REAL* w1,
+                                   const REAL* w2, size_t row0, size_t n, size_t L, size_t j,
+                                   size_t D, size_t K, int mean, size_t chunk)
+{
+#if HMX_W4
+    hmx_w4_forward_unit((float*)y, (float*)ck, (const float*)x, (const float*)w1,
+                        (const float*)w2, row0, n, L, j, D, K, mean, chunk);
+#else
+    (void)y, (void)ck, (void)x, (void)w1, (void)w2, (void)row0, (void)n, (void)L, (void)j;
+    (void)D, (void)K, (void)mean, (void)chunk;
+#endif
+}
+
+static void F(width4_backward_unit)(REAL* gi, REAL* dw1, REAL* dw2, REAL* sums,
+                                    const REAL* go, const REAL* x, const REAL* w1,
+                                    const REAL* w2, const REAL* ck, size_t row0, size_t n,
+                                    size_t j, size_t D, size_t K, int mean, size_t chunk)
+{
+#if HMX_W4
+    hmx_w4_backward_unit((float*)gi, (float*)dw1, (float*)dw2, (float*)sums, (const float*)go,
+                         (const float*)x, (const float*)w1, (const float*)w2,
+                         (const float*)ck, row0, n, j, D, K, mean, chunk);
+#else
+    (void)gi, (void)dw1, (void)dw2, (void)sums, (void)go, (void)x, (void)w1, (void)w2;
+    (void)ck, (void)row0, (void)n, (void)j, (void)D, (void)K, (void)mean, (void)chunk;
+#endif
+}
+
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
  * n_ck = hypermixing_causal_checkpoints(L, chunk): checkpoint c of a unit is its running sum
  * over tokens 0..c*chunk-1. work: n_slots * hypermixing_causal_work_size(d, k, h, chunk). */
@@ -1598,6 +1686,10 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
         const size_t row0 = b * L;
         REAL* run = work + (size_t)hmx_slot() * slot_size;
         REAL* ck = checkpoints + u * n_ck * state;
+        if (width4) {
+            F(width4_forward_unit)(y, ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk);
+            continue;
+        }
         for (size_t e = 0; e < state; e++) {
             run[e] = 0;
         }
@@ -1614,55 +1706,11 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
                 }
                 continue;
             }
-            const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
-            if (width4) {
-                F(width4_token)(yt, run, x + (row0 + t) * D + j * dh,
-                                w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh,
-                                count);
-                continue;
-            }
             F(causal_token)(yt, run, run, x + (row0 + t) * D + j * dh,
                             w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh, kh, dh,
-                            count);
+                            mean ? (REAL)(t + 1) : (REAL)1);
         }
     }
-}
-
-/* The reverse scan of one unit (sequence row0 / L, head j, n valid tokens) on the width-4
- * path: chunk by chunk from the last, rebuild the running sums from the checkpoint with the
- * forward's own token step (the same bits), then walk them backwards. The states stay in the
- * forward's layout (k_h, d_h). suffix: 16 zeros on entry; sums: (chunk, 16). */
-static void F(width4_backward_unit)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* suffix,
-                                    REAL* sums, const REAL* grad_output, const REAL* x,
-                                    const REAL* w1, const REAL* w2, const REAL* ck, size_t row0,
-                                    size_t n, size_t j, size_t D, size_t K, int mean, size_t C)
-{
-#if HMX_W4
-    for (size_t c = (n + C - 1) / C; c-- > 0;) {
-        const size_t t0 = c * C, t1 = t0 + C < n ? t0 + C : n;
-        for (size_t t = t0; t < t1; t++) {
-            REAL* st = sums + (t - t0) * 16;
-            memcpy(st, t == t0 ? ck + c * 16 : st - 16, 16 * sizeof(REAL));
-            hmx_w4_token(NULL, (float*)st, (const float*)(x + (row0 + t) * D + j * 4),
-                         (const float*)(w1 + (row0 + t) * K + j * 4), NULL, 1.0f);
-        }
-        for (size_t t = t1; t-- > t0;) {
-            const size_t r = row0 + t;
-            const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
-            hmx_w4_back_token((float*)(dw1 + r * K + j * 4), (float*)(dw2 + r * K + j * 4),
-                              (float*)(grad_input + r * D + j * 4), (float*)suffix,
-                              (const float*)(sums + (t - t0) * 16),
-                              (const float*)(grad_output + r * D + j * 4),
-                              (const float*)(x + r * D + j * 4),
-                              (const float*)(w1 + r * K + j * 4),
-                              (const float*)(w2 + r * K + j * 4), (float)((REAL)1 / count));
-        }
-    }
-#else
-    (void)grad_input, (void)dw1, (void)dw2, (void)suffix, (void)sums, (void)grad_output;
-    (void)x, (void)w1, (void)w2, (void)ck, (void)row0, (void)n, (void)j, (void)D, (void)K;
-    (void)mean, (void)C;
-#endif
 }
 
 /* Shapes as the causal forward; dw1, dw2: (B, L, k), overwritten, 0 on padding rows.
@@ -1701,8 +1749,8 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
             suffix[e] = 0;
         }
         if (width4) {
-            F(width4_backward_unit)(grad_input, dw1, dw2, suffix, sums, grad_output, x, w1, w2,
-                                    ck, row0, n, j, D, K, mean, C);
+            F(width4_backward_unit)(grad_input, dw1, dw2, sums, grad_output, x, w1, w2, ck,
+                                    row0, n, j, D, K, mean, C);
             continue;
         }
         for (size_t c = (n + C - 1) / C; c-- > 0;) {

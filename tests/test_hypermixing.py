@@ -136,11 +136,14 @@ def test_block_names():
 
 # ---------------------------------------------------------------- finite differences
 # Heads of width 8 with k_h of 8 or 16 take csrc/hypermixing.c's small-head generator path
-# (row products without gemm); the shapes above use wider or narrower heads.
+# (row products without gemm); the shapes above use wider or narrower heads. Heads of width 4
+# with d = k (a multiple of 16) take, in float32 on AVX-512 CPUs, the width-4 path of both the
+# generators and the causal scan (the hypermixing LM's default 32 heads at E = 128).
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d,k,heads,tied,bias", [
-    (16, 16, 2, False, True), (16, 32, 2, True, False), (32, 64, 4, False, False)])
+    (16, 16, 2, False, True), (16, 32, 2, True, False), (32, 64, 4, False, False),
+    (16, 16, 4, False, True), (64, 64, 16, True, False), (128, 128, 32, False, False)])
 def test_parity_small_heads(dtype, causal, d, k, heads, tied, bias):
     c, r = make_pair(dtype, d=d, k=k, heads=heads, tied=tied, hypernetwork_bias=bias,
                      causal=causal, normalize="mean")
@@ -181,9 +184,11 @@ def test_block_finite_differences(impl):
 
 # ---------------------------------------------------------------- batches, padding, threads
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d, k", [(8, 12), (16, 16)])   # (16, 16): heads of width 8
-def test_mixed_batch_equals_one_by_one(causal, d, k):
-    layer = hypermixer.HyperMixing(d, k, heads=2, causal=causal, seed=2, dtype=np.float64)
+@pytest.mark.parametrize("d, k, heads, dtype", [
+    (8, 12, 2, np.float64), (16, 16, 2, np.float64),    # (16, 16, 2): heads of width 8
+    (32, 32, 8, np.float32)])                           # heads of width 4, float32
+def test_mixed_batch_equals_one_by_one(causal, d, k, heads, dtype):
+    layer = hypermixer.HyperMixing(d, k, heads=heads, causal=causal, seed=2, dtype=dtype)
     lengths = np.array([7, 3, 1, 5])
     x, g = batch(5, (4, 7, d))
     y = layer.forward(x, lengths)
@@ -192,11 +197,11 @@ def test_mixed_batch_equals_one_by_one(causal, d, k):
     for b, n in enumerate(lengths):
         yb = layer.forward(x[b, :n])
         gib, gb = layer.compute_gradients(x[b, :n], g[b, :n])
-        assert_close(y[b, :n], yb, np.float64, "output")
-        assert_close(gi[b, :n], gib, np.float64, "input gradient")
+        assert_close(y[b, :n], yb, dtype, "output")
+        assert_close(gi[b, :n], gib, dtype, "input gradient")
         total = [t + a for t, a in zip(total, gb)]
     for (name, _), a, b in zip(layer.named_parameters(), grads, total):
-        assert_close(a, b, np.float64, f"gradient of {name}")
+        assert_close(a, b, dtype, f"gradient of {name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -216,6 +221,12 @@ def test_padding_isolated(dtype, causal, garbage):
                                          dtype=dtype),
                   hypermixer.HyperMixing(16, 16, heads=2, causal=causal, tied=True, dtype=dtype)):
         x, g = batch(7, (3, 6, 16))
+        check_padding_isolated(layer, x, g, np.array([6, 2, 4]), garbage)
+    # heads of width 4 (the width-4 path in float32), with biases and tied
+    for layer in (hypermixer.HyperMixing(32, 32, heads=8, causal=causal, hypernetwork_bias=True,
+                                         dtype=dtype),
+                  hypermixer.HyperMixing(32, 32, heads=8, causal=causal, tied=True, dtype=dtype)):
+        x, g = batch(8, (3, 6, 32))
         check_padding_isolated(layer, x, g, np.array([6, 2, 4]), garbage)
 
 
@@ -243,8 +254,9 @@ def test_threads_bit_identical_above_parallel_threshold(causal, tied, bias):
     head tasks need M*N*K*h above HM_PARALLEL_MIN); 1, 2 and 3 threads give the same bits."""
     x, g = batch(11, (3, 160, 64))
     lengths = np.array([160, 97, 1])
-    for heads in (4, 8):   # 8: heads of width 8, the small-head generator path
-        layer = hypermixer.HyperMixing(64, 128, heads=heads, causal=causal, tied=tied,
+    # 8 heads: width 8, the small-head generator path; 16 heads with k = d: width 4
+    for k, heads in ((128, 4), (128, 8), (64, 16)):
+        layer = hypermixer.HyperMixing(64, k, heads=heads, causal=causal, tied=tied,
                                        hypernetwork_bias=bias, normalize="mean", seed=3)
         results = []
         for threads in (1, 2, 3):
@@ -374,3 +386,18 @@ def test_bad_input_refused():
         layer.forward(np.zeros((2, 5, 8)), np.array([0, 5]))
     with pytest.raises(TypeError):
         layer.forward(np.zeros((2, 5, 8), dtype=bool))
+
+
+def test_width4_stream_step_equals_forward_bit_for_bit():
+    """float32, 32 heads of width 4 (the LM default at E = 128): the streaming step, the
+    forward and the backward's rebuild share one token step, so a token fed to the step gives
+    exactly the forward's row, at any position (150 tokens: several checkpoint chunks)."""
+    layer = hypermixer.HyperMixing(128, 128, heads=32, causal=True, normalize="mean", seed=5,
+                                   dtype=np.float32)
+    x, _ = batch(12, (2, 150, 128))
+    x = x.astype(np.float32)
+    y = layer.forward(x, np.array([150, 150]))
+    state = np.zeros((2, 32, 4, 4), np.float32)
+    for t in range(150):
+        row = layer._step(np.ascontiguousarray(x[:, t]), state, np.array([t, t]))
+        assert np.array_equal(row, y[:, t]), t

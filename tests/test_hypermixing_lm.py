@@ -91,20 +91,20 @@ def test_config_checks():
         ModelConfig(architecture="transformer", heads=4)
     with pytest.raises(ValueError, match="hypermixer architecture only"):
         ModelConfig(architecture="hypermixing", share_hypernetwork=True)
-    assert ModelConfig(architecture="hypermixing").resolved_heads == 16
+    assert ModelConfig(architecture="hypermixing").resolved_heads == 32
     assert ModelConfig.from_dict(ModelConfig(**SMALL).to_dict()) == ModelConfig(**SMALL)
 
 
 def test_saved_configuration_keeps_its_heads(tmp_path, monkeypatch):
     """Configurations store the resolved heads; a checkpoint written when heads = null meant
-    the old default (8) loads with 8 heads, not today's 16."""
+    the old default (8) loads with 8 heads, not today's 32."""
     from hypermixer import model as model_module
     from hypermixer.checkpoint import load_checkpoint, save_checkpoint
     from hypermixer.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_texts(["a b c d e f g"])
     base = dict(architecture="hypermixing", embedding_dim=32, hidden_dim=24, num_layers=1,
                 max_seq_len=8)
-    assert ModelConfig(**base).to_dict()["heads"] == 16
+    assert ModelConfig(**base).to_dict()["heads"] == 8     # 32 heads, but at least 4 wide
     old = build_network(ModelConfig(**base, heads=8), len(tokenizer), seed=3)
     # the writer of then: heads stored as null
     monkeypatch.setattr(model_module.ModelConfig, "to_dict",

@@ -36,7 +36,7 @@ FORMULAS = [
     "E Ht L (L + 3) token mixing (rows <= t only) + 4 L E H",
     "Transformer, per sequence: 6 L E^2 projections + 2 E L (L + 1) scores and A v (j <= i "
     "only) + 4 L E H feed-forward",
-    "hypermixing (LM default: k = E, 16 heads, d_h = E/16), per sequence: 4 L (E d_h + k d_h) "
+    "hypermixing (LM default: k = E, 32 heads, d_h = E/32), per sequence: 4 L (E d_h + k d_h) "
     "two weight generators + 4 L k d_h causal state and output products + 4 L E H",
     "LM: layers x block + 2 L E V output projection (V = 533), per sequence",
 ]

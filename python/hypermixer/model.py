@@ -108,16 +108,20 @@ class ModelConfig:
 
     @property
     def resolved_heads(self):
-        """hypermixing: 16 heads by default (fewer when E or k is not divisible by 16).
+        """hypermixing: 32 heads by default (fewer when 32 does not divide E or k, or would
+        make heads narrower than 4: E = 64 gets 16, E = 32 gets 8).
 
-        Why 16: the causal scan computes k * E / heads exact GELUs per token and layer (and
-        their slopes backward), which bound its speed; 16 heads halve the count of 8. On the
-        bundled corpus (E = 128, seeds 0-5, `hypermixer train` defaults) the best validation
-        loss of the instruction stage averaged 3.17 with 16 heads, 3.32 with 8 and 3.27 for
-        the Transformer (16 heads below the Transformer in all six seeds)."""
+        Why 32: the causal scan computes k * E / heads exact GELUs per token and layer (and
+        their slopes backward), and the generators k * E / heads + E^2 / heads products, so
+        the work per token halves with each doubling of the heads; at E = k = 128 the heads
+        are 4 wide and have a vector path of their own (csrc/hypermixing.c). On the bundled
+        corpus (E = 128, seeds 0-5, `hypermixer train` defaults) the best validation loss of
+        the instruction stage averaged 3.07 with 32 heads, 3.17 with 16, 3.12 with 64 and 3.27
+        for the Transformer (32 heads below the Transformer in all six seeds)."""
         if self.heads is not None:
             return self.heads
-        return _default_heads(16, self.embedding_dim, self.resolved_token_mixing_hidden_dim)
+        return _default_heads(32, self.embedding_dim, self.resolved_token_mixing_hidden_dim,
+                              narrowest=4)
 
     def to_dict(self):
         data = dataclasses.asdict(self)
@@ -209,10 +213,11 @@ def legacy_hypermixing_heads(raw):
     return _default_heads(8, e, k)
 
 
-def _default_heads(most, e, k):
-    """The largest power of two up to ``most`` that divides both E and k."""
+def _default_heads(most, e, k, narrowest=1):
+    """The largest power of two up to ``most`` that divides both E and k and leaves heads at
+    least ``narrowest`` wide (E / heads), or 1."""
     heads = most
-    while e % heads or k % heads:
+    while heads > 1 and (e % heads or k % heads or e // heads < narrowest):
         heads //= 2
     return heads
 
