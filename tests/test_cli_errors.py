@@ -76,6 +76,15 @@ def test_hypermixer_only_options_refused_for_the_transformer(capsys, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_hypermixing_only_options_refused_for_the_others(capsys, tmp_path):
+    for architecture in ("transformer", "hypermixer"):
+        for flags in (["--heads", "4"], ["--untied"]):
+            status, _, err = run_cli(capsys, "train", "--architecture", architecture, *flags,
+                                     "--out", str(tmp_path / "t"))
+            assert_one_line_error(status, err, flags[0], "hypermixing")
+    assert not (tmp_path / "t").exists()
+
+
 def test_out_naming_a_file_is_refused_before_building(capsys, tmp_path, monkeypatch):
     import hypermixer.train as train_module
 

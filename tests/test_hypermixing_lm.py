@@ -92,12 +92,20 @@ def test_config_checks():
     with pytest.raises(ValueError, match="hypermixer architecture only"):
         ModelConfig(architecture="hypermixing", share_hypernetwork=True)
     assert ModelConfig(architecture="hypermixing").resolved_heads == 32
-    assert ModelConfig.from_dict(ModelConfig(**SMALL).to_dict()) == ModelConfig(**SMALL)
+    # to_dict stores the resolved tying (and heads): the round trip gives them explicitly
+    assert ModelConfig.from_dict(ModelConfig(**SMALL).to_dict()) == ModelConfig(**SMALL,
+                                                                                tied=True)
+    assert ModelConfig(architecture="hypermixing").resolved_tied
+    with pytest.raises(ValueError, match="tied only"):
+        ModelConfig(architecture="transformer", tied=True)
+    with pytest.raises(TypeError, match="tied"):
+        ModelConfig(architecture="hypermixing", tied=1)
 
 
 def test_saved_configuration_keeps_its_heads(tmp_path, monkeypatch):
-    """Configurations store the resolved heads; a checkpoint written when heads = null meant
-    the old default (8) loads with 8 heads, not today's 32."""
+    """Configurations store the resolved heads and tying; a checkpoint written before they
+    did (heads = null, no "tied" key) meant the old defaults, 8 heads and two generators, and
+    loads so, not with today's 32 tied heads."""
     from hypermixer import model as model_module
     from hypermixer.checkpoint import load_checkpoint, save_checkpoint
     from hypermixer.tokenizer import Tokenizer
@@ -105,13 +113,20 @@ def test_saved_configuration_keeps_its_heads(tmp_path, monkeypatch):
     base = dict(architecture="hypermixing", embedding_dim=32, hidden_dim=24, num_layers=1,
                 max_seq_len=8)
     assert ModelConfig(**base).to_dict()["heads"] == 8     # 32 heads, but at least 4 wide
-    old = build_network(ModelConfig(**base, heads=8), len(tokenizer), seed=3)
-    # the writer of then: heads stored as null
-    monkeypatch.setattr(model_module.ModelConfig, "to_dict",
-                        lambda self: dict(model_module.dataclasses.asdict(self), heads=None))
+    assert ModelConfig(**base).to_dict()["tied"] is True
+    old = build_network(ModelConfig(**base, heads=8, tied=False), len(tokenizer), seed=3)
+
+    def old_to_dict(self):
+        # the writer of then: heads stored as null, no "tied" key
+        data = dict(model_module.dataclasses.asdict(self), heads=None)
+        del data["tied"]
+        return data
+
+    monkeypatch.setattr(model_module.ModelConfig, "to_dict", old_to_dict)
     save_checkpoint(tmp_path / "old.npz", old, tokenizer)
     monkeypatch.undo()
     loaded = load_checkpoint(tmp_path / "old.npz").network
-    assert loaded.config.resolved_heads == 8
+    assert loaded.config.resolved_heads == 8 and loaded.config.resolved_tied is False
+    assert len(list(loaded.named_parameters())) == len(list(old.named_parameters()))
     for (n, a), (_, b) in zip(old.named_parameters(), loaded.named_parameters()):
         assert np.array_equal(a, b), n

@@ -39,15 +39,16 @@ def token_embeddings_class(impl):
 def build_blocks(impl, config, rng, dtype):
     return [impl.HyperMixingBlock(
         config.embedding_dim, config.hidden_dim, config.resolved_token_mixing_hidden_dim,
-        heads=config.resolved_heads, causal=config.causal, normalize="mean", seed=rng,
-        dtype=dtype) for _ in range(config.num_layers)]
+        heads=config.resolved_heads, tied=config.resolved_tied, causal=config.causal,
+        normalize="mean", seed=rng, dtype=dtype) for _ in range(config.num_layers)]
 
 
 def parameter_count(config, vocab_size):
     e, h, v = config.embedding_dim, config.hidden_dim, vocab_size
     k, heads = config.resolved_token_mixing_hidden_dim, config.resolved_heads
     dh = e // heads
-    mixing = 2 * (e * dh + k * dh) + 2 * e
+    generators = 1 if config.resolved_tied else 2
+    mixing = generators * (e * dh + k * dh) + 2 * e
     block = 4 * e + mixing + (e * h + h + h * e + e)
     return v * e + config.num_layers * block + e * v + v
 

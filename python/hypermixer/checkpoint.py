@@ -26,7 +26,7 @@ from numpy.lib import format as npy_format
 
 from ._layer import INDEX_LIMIT
 from .model import (ModelConfig, build_network, expected_parameter_count,
-                    legacy_hypermixing_heads)
+                    legacy_hypermixing_config)
 from .tokenizer import tokenizer_from_meta
 
 FORMAT_NAME = "hypermixer-checkpoint"
@@ -356,10 +356,11 @@ def _check_meta(path, meta, archive):
                               f"be a list, got {_short(adam_steps)}")
     for step in adam_steps:
         _check_int(path, "an Adam step count", step, 0, MAX_COUNT)
-    if raw.get("architecture") == "hypermixing" and raw.get("heads") is None:
-        # written before configurations stored their resolved heads, when the default was 8
-        # (now 16): the network in the file has the old default's shapes
-        raw = dict(raw, heads=legacy_hypermixing_heads(raw))
+    if raw.get("architecture") == "hypermixing":
+        # written before configurations stored their resolved heads (the default was 8, now
+        # 32) or their tying (untied then, tied now): the network in the file has the old
+        # defaults' shapes
+        raw = legacy_hypermixing_config(raw)
     try:
         config = ModelConfig.from_dict(raw)
         tokenizer = tokenizer_from_meta(meta)

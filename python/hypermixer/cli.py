@@ -51,7 +51,11 @@ def _add_model_options(parser, architecture=True):
     group.add_argument("--token-mixing-hidden-dim", type=int, default=None,
                        help="default: embedding-dim / 2 (hypermixer only)")
     group.add_argument("--heads", type=int, default=None,
-                       help="HyperMixing heads (hypermixing only; default 16)")
+                       help="HyperMixing heads (hypermixing only; default 32, at least 4 "
+                            "wide)")
+    group.add_argument("--untied", action="store_true",
+                       help="two weight generators, one for W1 and one for W2 (hypermixing "
+                            "only; default: one for both)")
     group.add_argument("--share-hypernetwork", action="store_true",
                        help="one hypernetwork for all blocks (hypermixer only)")
     group.add_argument("--non-causal", action="store_true",
@@ -186,6 +190,13 @@ def _model_config(args, architecture=None):
             raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
                              " only to --architecture hypermixer; the transformer has no "
                              "hypernetwork and is always causal")
+    if architecture is None and args.architecture != "hypermixing":
+        ignored = [flag for flag, given in (
+            ("--heads", getattr(args, "heads", None) is not None),
+            ("--untied", getattr(args, "untied", False))) if given]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
+                             " only to --architecture hypermixing")
     architecture = architecture or args.architecture
     fields = dict(architecture=architecture, embedding_dim=args.embedding_dim,
                   hidden_dim=args.hidden_dim, num_layers=args.num_layers,
@@ -196,7 +207,9 @@ def _model_config(args, architecture=None):
                       share_hypernetwork=args.share_hypernetwork, causal=not args.non_causal)
     if architecture == "hypermixing":
         fields.update(token_mixing_hidden_dim=args.token_mixing_hidden_dim,
-                      heads=getattr(args, "heads", None), causal=not args.non_causal)
+                      heads=getattr(args, "heads", None),
+                      tied=False if getattr(args, "untied", False) else None,
+                      causal=not args.non_causal)
     try:
         return ModelConfig(**fields)
     except TypeError as exc:
