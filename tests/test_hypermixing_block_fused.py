@@ -1,0 +1,65 @@
+"""The causal HyperMixingBlock's one-call kernels (csrc/hypermixing_block.c) against the same
+block run sublayer by sublayer (HyperMixingBlockBase's Python chain): the same bits for the
+output, the input gradient and every parameter gradient, in float32 and float64, with and
+without padding (garbage in it), tied and untied, with and without biases and the
+HyperMixing LayerNorm, heads of width 4 (the width-4 path in float32) and others."""
+
+import numpy as np
+import pytest
+
+import hypermixer
+from hypermixer._hypermixing_blueprint import HyperMixingBlockBase
+
+
+def run_both(block, x, g, lengths):
+    """(one call, sublayer chain): [output, input gradient, parameter gradients...]"""
+    chain_y = HyperMixingBlockBase._forward(block, x, lengths)
+    chain_gi, chain_grads = HyperMixingBlockBase._backward(block, g)
+    y = block._forward(x, lengths)
+    gi, grads = block._backward(g)
+    return [y, gi] + list(grads), [chain_y, chain_gi] + list(chain_grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, k, heads", [(32, 32, 8), (16, 24, 2), (16, 16, 2)])
+@pytest.mark.parametrize("tied, bias, layer_norm, normalize", [
+    (True, False, True, "mean"), (False, True, True, "sum"), (False, False, False, "mean"),
+    (True, True, True, "sum")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_one_call_equals_the_sublayer_chain(dtype, d, k, heads, tied, bias, layer_norm,
+                                            normalize, padded):
+    block = hypermixer.HyperMixingBlock(d, 20, k, heads=heads, tied=tied, causal=True,
+                                        normalize=normalize, layer_norm=layer_norm,
+                                        hypernetwork_bias=bias, seed=4, dtype=dtype)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 9, d)).astype(dtype)
+    g = rng.normal(size=(3, 9, d)).astype(dtype)
+    lengths = np.array([9, 4, 1] if padded else [9, 9, 9])
+    if padded:
+        pad = np.arange(9)[None, :] >= lengths[:, None]
+        x[pad] = np.nan
+        g[pad] = np.nan
+    fused, chain = run_both(block, x, g, lengths)
+    names = ["output", "input gradient"] + [n for n, _ in block.named_parameters()]
+    assert len(fused) == len(chain) == len(names)
+    for name, a, b in zip(names, fused, chain):
+        assert a.shape == b.shape, name
+        assert np.array_equal(a, b), name
+
+
+def test_one_call_threads_bit_identical():
+    block = hypermixer.HyperMixingBlock(128, 64, 128, heads=32, tied=True, causal=True,
+                                        normalize="mean", seed=2)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 70, 128)).astype(np.float32)
+    g = rng.normal(size=(3, 70, 128)).astype(np.float32)
+    lengths = np.array([70, 33, 1])
+    results = []
+    for threads in (1, 2, 3):
+        hypermixer.set_num_threads(threads)
+        y = block.forward(x, lengths)
+        gi, grads = block.compute_gradients(x, g, lengths)
+        results.append([y, gi] + grads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
