@@ -152,6 +152,10 @@ def _width8_heads(d):
     return d.E // 8 if d.E % 8 == 0 else 1
 
 
+def _width4_heads(d):
+    return d.E // 4 if d.E % 4 == 0 else 1
+
+
 CASES = [
     Case("LayerNorm", lambda m, d, t, s: m.LayerNorm(d.E, dtype=t),
          chain=lambda d, L: 2 * d.E, rows_exact=True),
@@ -196,6 +200,13 @@ CASES = [
         dtype=t))(causal), chain=lambda d, L: 4 * d.E + _hypermixing_chain(d, L) + d.E + d.H,
         mode=mode)
       for mode, causal in (("bidirectional", False), ("causal", True))],
+    # the hypermixing LM's block: causal, k = E, heads of width 4 (32 at E = 128), tied
+    # generators, "mean": one C call each way, and in float32 the width-4 path of the
+    # generators (E a multiple of 16) and of the scan; E not divisible by 4 falls back to 1 head
+    Case("HyperMixingBlock", lambda m, d, t, s: m.HyperMixingBlock(
+        d.E, d.H, d.E, heads=_width4_heads(d), tied=True, causal=True, normalize="mean",
+        seed=s, dtype=t), chain=lambda d, L: 4 * d.E + 4 * d.E + L + d.E + d.H,
+        mode="causal, 4-wide tied heads (LM)"),
 ]
 CASES_BY_LABEL = {case.label: case for case in CASES}
 
