@@ -47,6 +47,7 @@ CASES = [
     case(1, 13, 16, 16, 4, True, [13]),
     case(2, 9, 10, 4, 1, True, [9, 2]),
     case(2, 11, 32, 64, 4, False, [11, 5]),   # heads of width 8: the small-head kernels
+    case(2, 12, 32, 32, 8, True, [12, 7]),    # width 4, k = d: the width-4 generators (f32)
 ]
 IDS = [co.describe(c).split(" lengths")[0].replace(" ", "-") for c in CASES]
 

@@ -36,8 +36,8 @@ FORMULAS = [
     "E Ht L (L + 3) token mixing (rows <= t only) + 4 L E H",
     "Transformer, per sequence: 6 L E^2 projections + 2 E L (L + 1) scores and A v (j <= i "
     "only) + 4 L E H feed-forward",
-    "hypermixing (LM default: k = E, 32 heads, d_h = E/32), per sequence: 4 L (E d_h + k d_h) "
-    "two weight generators + 4 L k d_h causal state and output products + 4 L E H",
+    "hypermixing (LM default: k = E, 32 heads, d_h = E/32, tied), per sequence: 2 L (E d_h + "
+    "k d_h) one weight generator + 4 L k d_h causal state and output products + 4 L E H",
     "LM: layers x block + 2 L E V output projection (V = 533), per sequence",
 ]
 
@@ -74,8 +74,8 @@ def forward_flops(case):
     o = 2 * s * ht + ht + s
     channel = 4 * seq * e * h
     if case["model"] == "hypermixing-lm":
-        dh = e // 16
-        block = 4 * seq * (e * dh + e * dh) + 4 * seq * e * dh + channel
+        dh = e // 32
+        block = 2 * seq * (e * dh + e * dh) + 4 * seq * e * dh + channel
     elif case["model"].startswith("hypermixer"):
         if case["causal"]:
             block = 2 * seq * (e * hh + hh * o) + e * ht * seq * (seq + 3) + channel
