@@ -187,18 +187,18 @@ static void hmx_w4_forward_unit(float* y, float* ck, const float* x, const float
                                 size_t D, size_t K, int mean, size_t chunk)
 {
     __m512 s = _mm512_setzero_ps();
-    for (size_t t = 0; t < L; t++) {
-        const size_t r = row0 + t;
-        if (t % chunk == 0) {
-            _mm512_storeu_ps(ck + (t / chunk) * 16, s);
+    for (size_t t0 = 0, c = 0; t0 < L; t0 += chunk, c++) {
+        _mm512_storeu_ps(ck + c * 16, s);
+        const size_t t1 = t0 + chunk < n ? t0 + chunk : (t0 < n ? n : t0);
+        for (size_t t = t0; t < t1; t++) {
+            const size_t r = row0 + t;
+            s = hmx_w4_add_token(s, x + r * D + 4 * j, w1 + r * K + 4 * j);
+            const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
+            hmx_w4_output(y + r * D + 4 * j, s, inv, w2 + r * K + 4 * j);
         }
-        if (t >= n) {
-            _mm_storeu_ps(y + r * D + 4 * j, _mm_setzero_ps());
-            continue;
+        for (size_t t = t1; t < t0 + chunk && t < L; t++) {   /* padding rows */
+            _mm_storeu_ps(y + (row0 + t) * D + 4 * j, _mm_setzero_ps());
         }
-        s = hmx_w4_add_token(s, x + r * D + 4 * j, w1 + r * K + 4 * j);
-        const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
-        hmx_w4_output(y + r * D + 4 * j, s, inv, w2 + r * K + 4 * j);
     }
 }
 
