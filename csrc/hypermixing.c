@@ -60,7 +60,8 @@ static void hmx_w4_forward_unit(float* y, float* ck, const float* x, const float
 static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
                                  const float* go, const float* x, const float* w1,
                                  const float* w2, const float* ck, size_t row0, size_t n,
-                                 size_t j, size_t D, size_t K, int mean, size_t chunk);
+                                 size_t j, size_t D, size_t K, int mean, size_t chunk,
+                                 int tied);
 static void hmx_w4_columns(float* cols, const float* M, size_t width, int transposed);
 static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
                                 size_t width, size_t ldi, size_t ldo, int accumulate);
@@ -213,7 +214,8 @@ HMX_W4_TARGET
 static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
                                  const float* go, const float* x, const float* w1,
                                  const float* w2, const float* ck, size_t row0, size_t n,
-                                 size_t j, size_t D, size_t K, int mean, size_t chunk)
+                                 size_t j, size_t D, size_t K, int mean, size_t chunk,
+                                 int tied)
 {
     __m512 r = _mm512_setzero_ps();
     for (size_t c = (n + chunk - 1) / chunk; c-- > 0;) {
@@ -236,15 +238,20 @@ static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
                 slope[i] = sl;
             }
             const __m512 gr = hmx_w4_repeat(go + row * D + 4 * j);
-            _mm_storeu_ps(dw2 + row * K + 4 * j,
-                          hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr)));
+            const __m128 dw2t = hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr));
             const __m512 ds = _mm512_mul_ps(
                 _mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2 + row * K + 4 * j),
                                             _mm512_set1_ps(inv)), gr),
                 _mm512_loadu_ps(slope));
             r = _mm512_add_ps(r, ds);
-            _mm_storeu_ps(dw1 + row * K + 4 * j,
-                          hmx_w4_sum_over_f(_mm512_mul_ps(r, hmx_w4_repeat(x + row * D + 4 * j))));
+            const __m128 dw1t = hmx_w4_sum_over_f(
+                _mm512_mul_ps(r, hmx_w4_repeat(x + row * D + 4 * j)));
+            if (tied) {
+                _mm_storeu_ps(dw1 + row * K + 4 * j, _mm_add_ps(dw1t, dw2t));
+            } else {
+                _mm_storeu_ps(dw1 + row * K + 4 * j, dw1t);
+                _mm_storeu_ps(dw2 + row * K + 4 * j, dw2t);
+            }
             _mm_storeu_ps(gi + row * D + 4 * j, _mm512_castps512_ps128(hmx_w4_sum_over_e(
                                                     _mm512_mul_ps(hmx_w4_spread(w1 + row * K + 4 * j), r))));
         }
@@ -1655,15 +1662,17 @@ static void F(width4_forward_unit)(REAL* y, REAL* ck, const REAL* x, const REAL*
 static void F(width4_backward_unit)(REAL* gi, REAL* dw1, REAL* dw2, REAL* sums,
                                     const REAL* go, const REAL* x, const REAL* w1,
                                     const REAL* w2, const REAL* ck, size_t row0, size_t n,
-                                    size_t j, size_t D, size_t K, int mean, size_t chunk)
+                                    size_t j, size_t D, size_t K, int mean, size_t chunk,
+                                    int tied)
 {
 #if HMX_W4
     hmx_w4_backward_unit((float*)gi, (float*)dw1, (float*)dw2, (float*)sums, (const float*)go,
                          (const float*)x, (const float*)w1, (const float*)w2,
-                         (const float*)ck, row0, n, j, D, K, mean, chunk);
+                         (const float*)ck, row0, n, j, D, K, mean, chunk, tied);
 #else
     (void)gi, (void)dw1, (void)dw2, (void)sums, (void)go, (void)x, (void)w1, (void)w2;
     (void)ck, (void)row0, (void)n, (void)j, (void)D, (void)K, (void)mean, (void)chunk;
+    (void)tied;
 #endif
 }
 
@@ -1713,13 +1722,15 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
     }
 }
 
-/* Shapes as the causal forward; dw1, dw2: (B, L, k), overwritten, 0 on padding rows.
- * grad_input gets the values' part of the input gradient (overwritten). */
+/* Shapes as the causal forward; dw1, dw2: (B, L, k), overwritten, 0 on padding rows; with
+ * `tied` (w1 and w2 the same generated weights) dw1 gets their sum dw1 + dw2, added per
+ * element after both are computed, and dw2 is scratch. grad_input gets the values' part of
+ * the input gradient (overwritten). */
 void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f64)(
     REAL* grad_input, REAL* dw1, REAL* dw2, REAL* work, size_t n_slots, const REAL* grad_output,
     const REAL* x, const REAL* w1, const REAL* w2, const REAL* checkpoints,
     const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h, int mean,
-    size_t chunk)
+    size_t chunk, int tied)
 {
     const size_t D = d, K = k, dh = D / h, kh = K / h;
     const size_t state = kh * dh, n_ck = hypermixing_causal_checkpoints(L, chunk);
@@ -1750,7 +1761,7 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
         }
         if (width4) {
             F(width4_backward_unit)(grad_input, dw1, dw2, sums, grad_output, x, w1, w2, ck,
-                                    row0, n, j, D, K, mean, C);
+                                    row0, n, j, D, K, mean, C, tied);
             continue;
         }
         for (size_t c = (n + C - 1) / C; c-- > 0;) {
@@ -1778,6 +1789,11 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
                 REAL* dw2t = dw2 + (row0 + t) * K + j * kh;
                 const REAL count = mean ? (REAL)(t + 1) : (REAL)1;
                 F(causal_back_token)(dw1t, dw2t, dv, suffix, st, g, v, w1t, w2t, kh, dh, count);
+                if (tied) {
+                    for (size_t e = 0; e < kh; e++) {
+                        dw1t[e] += dw2t[e];
+                    }
+                }
                 REAL* gi = grad_input + (row0 + t) * D + j * dh;
                 for (size_t f = 0; f < dh; f++) {
                     gi[f] = dv[f];

@@ -75,7 +75,7 @@ HM_HYPERMIXING_CAUSAL_FORWARD(double, hypermixing_causal_forward_f64);
     void name(R* grad_input, R* dw1, R* dw2, R* work, size_t n_slots, const R* grad_output,   \
               const R* x, const R* w1, const R* w2, const R* checkpoints,                     \
               const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h,       \
-              int mean, size_t chunk)
+              int mean, size_t chunk, int tied)
 HM_HYPERMIXING_CAUSAL_BACKWARD(float, hypermixing_causal_backward_f32);
 HM_HYPERMIXING_CAUSAL_BACKWARD(double, hypermixing_causal_backward_f64);
 #undef HM_HYPERMIXING_CAUSAL_BACKWARD

@@ -247,17 +247,10 @@ void KERNEL_NAME(hypermixing_block_backward_f32, hypermixing_block_backward_f64)
                               c.rstd_in, lengths, p[10], B, L, E);
         gmix = s.gmix;
     }
+    /* tied: dw1 receives dw1 + dw2 */
     F(hypermixing_causal_backward)(s.dvals, s.dw1, s.dw2, s.work, d->slots, gmix, c.n1, c.w1,
-                                   w2, c.ck, lengths, B, L, E, K, h, d->mean, d->chunk);
-    if (d->tied) {
-        REAL* dw1 = s.dw1;
-        const REAL* dw2 = s.dw2;
-        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-            if (BL * K > HM_PARALLEL_MIN)
-        for (size_t i = 0; i < BL * K; i++) {
-            dw1[i] += dw2[i];
-        }
-    }
+                                   w2, c.ck, lengths, B, L, E, K, h, d->mean, d->chunk,
+                                   d->tied);
     F(hypermixing_generator_backward)(s.dz, grads[2], grads[3], grads[4], grads[5], s.dact,
                                       s.dw1, c.z, c.act1, c.slope1, p[2], p[4], BL, E, K, h, 0);
     if (!d->tied) {

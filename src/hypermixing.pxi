@@ -79,12 +79,12 @@ cdef extern from "hypermixing.h" nogil:
                                          size_t n_slots, const float* go, const float* x,
                                          const float* w1, const float* w2, const float* ck,
                                          const int64_t* lengths, size_t B, size_t L, size_t d,
-                                         size_t k, size_t h, int mean, size_t chunk)
+                                         size_t k, size_t h, int mean, size_t chunk, int tied)
     void hypermixing_causal_backward_f64(double* gi, double* dw1, double* dw2, double* work,
                                          size_t n_slots, const double* go, const double* x,
                                          const double* w1, const double* w2, const double* ck,
                                          const int64_t* lengths, size_t B, size_t L, size_t d,
-                                         size_t k, size_t h, int mean, size_t chunk)
+                                         size_t k, size_t h, int mean, size_t chunk, int tied)
     void hypermixing_step_f32(float* y, float* state, const float* x, const float* w1,
                               const float* w2, const int64_t* positions, size_t B, size_t d,
                               size_t k, size_t h, int mean)
@@ -443,8 +443,8 @@ def hypermixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, :
                                 const floating[:, :, ::1] x, const floating[:, :, ::1] w1,
                                 const floating[:, :, ::1] w2, const floating[::1] checkpoints,
                                 const int64_t[::1] lengths, Py_ssize_t heads, bint mean,
-                                Py_ssize_t chunk):
-    """Shapes as the causal forward; dw1, dw2 like w1."""
+                                Py_ssize_t chunk, bint tied=False):
+    """Shapes as the causal forward; dw1, dw2 like w1 (tied: dw1 gets dw1 + dw2)."""
     cdef Py_ssize_t B = x.shape[0], L = x.shape[1], d = x.shape[2], k = w1.shape[2]
     _hmx_check_mix(B, L, d, k, heads, lengths)
     _hmx_check(grad_input.shape[0] == B and grad_input.shape[1] == L
@@ -462,13 +462,13 @@ def hypermixing_causal_backward(floating[:, :, ::1] grad_input, floating[:, :, :
                                             &work[0, 0], work.shape[0], &grad_output[0, 0, 0],
                                             &x[0, 0, 0], &w1[0, 0, 0], &w2[0, 0, 0],
                                             &checkpoints[0], &lengths[0], B, L, d, k, heads,
-                                            mean, chunk)
+                                            mean, chunk, tied)
         else:
             hypermixing_causal_backward_f64(&grad_input[0, 0, 0], &dw1[0, 0, 0], &dw2[0, 0, 0],
                                             &work[0, 0], work.shape[0], &grad_output[0, 0, 0],
                                             &x[0, 0, 0], &w1[0, 0, 0], &w2[0, 0, 0],
                                             &checkpoints[0], &lengths[0], B, L, d, k, heads,
-                                            mean, chunk)
+                                            mean, chunk, tied)
 
 
 def hypermixing_step(floating[:, ::1] y, floating[:, :, :, ::1] state,

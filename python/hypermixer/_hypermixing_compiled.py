@@ -125,11 +125,10 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
             w1, w2 = generated[0][0], generated[-1][0]
             dw1 = _keep_buffer(self, "_ws_dw1", (batch, seq_len, k))
             dw2 = _keep_buffer(self, "_ws_dw2", (batch, seq_len, k))
+            # tied: the kernel adds dw2 into dw1 itself (w1 and w2 are one array)
             _kernels.hypermixing_causal_backward(grad_input, dw1, dw2, self._work(chunk),
                                                  grad_output, x, w1, w2, checkpoints, lengths,
-                                                 h, mean, chunk)
-            if self.tied:
-                dw1 += dw2
+                                                 h, mean, chunk, self.tied)
             dws = [dw1] if self.tied else [dw1, dw2]
             dws = [dw.reshape(rows, k) for dw in dws]
         else:
