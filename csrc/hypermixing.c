@@ -124,15 +124,20 @@ static inline __m512 hmx_w4_sum_over_e(__m512 p)
     return _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-/* lanes e (0..3) of the result: the sum over f of p[4e + f], as
- * (p[4e] + p[4e + 1]) + (p[4e + 2] + p[4e + 3]) */
+/* The sums over f of two products at once: sum_p[e] = (p[4e] + p[4e + 1]) + (p[4e + 2] +
+ * p[4e + 3]), sum_q likewise, sharing the second shuffle */
 HMX_W4_TARGET
-static inline __m128 hmx_w4_sum_over_f(__m512 p)
+static inline void hmx_w4_two_sums_over_f(__m128* sum_p, __m128* sum_q, __m512 p, __m512 q)
 {
     p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(2, 3, 0, 1)));
-    p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(1, 0, 3, 2)));
-    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(first, p));
+    q = _mm512_add_ps(q, _mm512_permute_ps(q, _MM_SHUFFLE(2, 3, 0, 1)));
+    /* lanes 4e, 4e + 2: p's pair sums; lanes 4e + 1, 4e + 3: q's */
+    __m512 m = _mm512_mask_blend_ps((__mmask16)0xAAAA, p, q);
+    m = _mm512_add_ps(m, _mm512_permute_ps(m, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    m = _mm512_permutexvar_ps(lanes, m);
+    *sum_p = _mm512_castps512_ps128(m);
+    *sum_q = _mm512_extractf32x4_ps(m, 1);
 }
 
 HMX_W4_TARGET
@@ -238,14 +243,15 @@ static void hmx_w4_backward_unit(float* gi, float* dw1, float* dw2, float* sums,
                 slope[i] = sl;
             }
             const __m512 gr = hmx_w4_repeat(go + row * D + 4 * j);
-            const __m128 dw2t = hmx_w4_sum_over_f(_mm512_mul_ps(_mm512_loadu_ps(value), gr));
+            const __m512 p2 = _mm512_mul_ps(_mm512_loadu_ps(value), gr);
             const __m512 ds = _mm512_mul_ps(
                 _mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2 + row * K + 4 * j),
                                             _mm512_set1_ps(inv)), gr),
                 _mm512_loadu_ps(slope));
             r = _mm512_add_ps(r, ds);
-            const __m128 dw1t = hmx_w4_sum_over_f(
-                _mm512_mul_ps(r, hmx_w4_repeat(x + row * D + 4 * j)));
+            __m128 dw1t, dw2t;
+            hmx_w4_two_sums_over_f(&dw1t, &dw2t,
+                                   _mm512_mul_ps(r, hmx_w4_repeat(x + row * D + 4 * j)), p2);
             if (tied) {
                 _mm_storeu_ps(dw1 + row * K + 4 * j, _mm_add_ps(dw1t, dw2t));
             } else {
