@@ -203,12 +203,13 @@ void KERNEL_NAME(hypermixing_block_forward_f32, hypermixing_block_forward_f64)(
                              B, L, E);
     }
     F(hb_add_valid)(s.yres, x, mixed, lengths, B, L, E);               /* y = x + mixed */
-    F(layernorm_forward)(s.c, c.xhat2, c.mean2, c.rstd2, s.yres, lengths, p[12], p[13], B, L,
-                         E);
+    /* without padding the feed-forward's packed input is norm2's output itself (no copy) */
+    REAL* cn = (size_t)offsets[B] == BL ? (REAL*)c.xp : (REAL*)s.c;
+    F(layernorm_forward)(cn, c.xhat2, c.mean2, c.rstd2, s.yres, lengths, p[12], p[13], B, L, E);
     /* the feed-forward adds its own input c back; this block's residual is y instead */
-    F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.ffmixed, s.c, offsets, p[14], p[15], p[16],
+    F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.ffmixed, cn, offsets, p[14], p[15], p[16],
                               p[17], B, L, E, H);
-    F(hb_sub_add)(y, s.f, s.c, s.yres, BL * E);
+    F(hb_sub_add)(y, s.f, cn, s.yres, BL * E);
 }
 
 /* grad_input, grad_output (B, L, E); grads: see hypermixing_block.h; cache and index as the
