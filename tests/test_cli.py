@@ -107,6 +107,8 @@ def test_info_prints_the_spec_table(capsys):
         "Transformer LM": expected_parameter_count(ModelConfig.transformer(), 533),
         "HyperMixer LM, shared hypernetwork": expected_parameter_count(
             ModelConfig.hypermixer(share_hypernetwork=True), 533),
+        "hypermixing LM (32 heads, tied)": expected_parameter_count(
+            ModelConfig(architecture="hypermixing"), 533),
     }
     for name, count in expected.items():
         assert rows[name] == f"{count:,}"

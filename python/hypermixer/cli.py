@@ -367,6 +367,7 @@ def cmd_info(args):
     transformer = build_network(ModelConfig.transformer(), vocab, backend=backend)
     shared = build_network(ModelConfig.hypermixer(share_hypernetwork=True), vocab,
                            backend=backend)
+    hypermixing = build_network(ModelConfig(architecture="hypermixing"), vocab, backend=backend)
     block = hypermixer.blocks[0]
     parts = {name: layer.parameters() for name, layer in block._children}
     config = hypermixer.config
@@ -383,13 +384,16 @@ def cmd_info(args):
         ("HyperMixer LM", f"{hypermixer.parameters():,}"),
         ("Transformer LM", f"{transformer.parameters():,}"),
         ("HyperMixer LM, shared hypernetwork", f"{shared.parameters():,}"),
+        (f"hypermixing LM ({hypermixing.config.resolved_heads} heads, "
+         f"{'tied' if hypermixing.config.resolved_tied else 'untied'})",
+         f"{hypermixing.parameters():,}"),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"| {'model'.ljust(width)} | parameters |")
     print(f"| {'-' * width} | --- |")
     for name, count in rows:
         print(f"| {name.ljust(width)} | {count} |")
-    for network in (hypermixer, transformer, shared):
+    for network in (hypermixer, transformer, shared, hypermixing):
         if network.parameters() != expected_parameter_count(network.config, vocab):
             raise RuntimeError(f"{network!r} disagrees with the SPEC parameter formulas")
     return 0
