@@ -925,13 +925,15 @@ static void F(per_head_gemm)(int trans_a, int trans_b, size_t M, size_t N, size_
     }
 }
 
-/* Heads of width 8 (the hypermixing LM's 16 heads at E = 128) skip gemm, whose packing and
- * tiles cost more than the arithmetic of an 8x8 product: each row's product with every head's
- * small matrix is a loop of broadcast-times-vector updates over the head's outputs, and the
- * GELU runs over whole rows (all heads at once, full vectors). Measured (1 thread, 1,280 rows,
- * d = k = 128): forward 0.53 -> 0.21 ms, backward 0.70 -> 0.45 ms at 16 heads; at 8 heads
- * (width 16) and 32 (width 4) gemm stayed as fast or faster, so they keep it. Each output is
- * still summed by one thread in a fixed order (inputs in turn). */
+/* Heads of width 8 (k_h 8 or 16) and of width 4 (k_h 4) skip gemm, whose packing and tiles
+ * cost more than the arithmetic of an 8x8 or 4x4 product: each row's product with every
+ * head's small matrix is a loop of broadcast-times-vector updates over the head's outputs,
+ * and the GELU runs over whole rows (all heads at once, full vectors). Measured (1 thread,
+ * 1,280 rows, d = k = 128): forward 0.53 -> 0.21 ms, backward 0.70 -> 0.45 ms at 16 heads;
+ * 32 heads (width 4) 2.45 -> 0.31 ms forward, 1.6 -> 0.66 ms backward, and in float32 on
+ * AVX-512 the width-4 path below does better still (0.13 ms each way); at 8 heads (width 16)
+ * gemm stayed as fast or faster, so they keep it. Each output is still summed by one thread in
+ * a fixed order (inputs in turn). */
 #define HMX_SMALL_HEAD 16
 /* the transposed weights live on each thread's stack: at most 24 KB (float64), so a thread
  * with a small stack (OMP_STACKSIZE, threading.stack_size) is safe; wider layers use gemm */
@@ -1071,6 +1073,15 @@ static void F(small_heads_outer_sum)(REAL* restrict out, const REAL* restrict a,
     }
 }
 
+/* out (width,) := the column sums of a (R, width), rows in order: a bias's gradient */
+static void F(bias_gradient)(REAL* out, const REAL* a, size_t R, size_t width)
+{
+    for (size_t e = 0; e < width; e++) {
+        out[e] = 0;
+    }
+    F(column_sums_add)(out, a, R, width);
+}
+
 /* Whether the generators take the width-4 path (float32, d = k = 4 h, AVX-512) */
 static int F(generators_width4)(size_t D, size_t K, size_t h)
 {
@@ -1175,10 +1186,7 @@ static void F(generator_backward_width4)(REAL* dz, REAL* dA, REAL* da, REAL* dC,
     hmx_w4_columns(cols_c, (const float*)C, D, 1);
     if (dw) {
         if (dc) {
-            for (size_t e = 0; e < D; e++) {
-                dc[e] = 0;
-            }
-            F(column_sums_add)(dc, dw, R, D);
+            F(bias_gradient)(dc, dw, R, D);
         }
         /* dC_j = dw_j^T @ act_j, four heads per task */
         #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
@@ -1200,10 +1208,7 @@ static void F(generator_backward_width4)(REAL* dz, REAL* dA, REAL* da, REAL* dC,
                             D, D, accumulate);
     }
     if (da) {
-        for (size_t e = 0; e < D; e++) {
-            da[e] = 0;
-        }
-        F(column_sums_add)(da, dact, R, D);
+        F(bias_gradient)(da, dact, R, D);
     }
     /* dA_j = dpre_j^T @ z_j */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
@@ -1236,10 +1241,7 @@ void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backw
 #endif
     if (dw) {
         if (dc) {
-            for (size_t e = 0; e < K; e++) {
-                dc[e] = 0;
-            }
-            F(column_sums_add)(dc, dw, R, K);
+            F(bias_gradient)(dc, dw, R, K);
         }
         /* dC_j = dw_j^T @ act_j (a sum over all rows) */
         if (small) {
@@ -1281,10 +1283,7 @@ void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backw
         }
     }
     if (da) {
-        for (size_t e = 0; e < D; e++) {
-            da[e] = 0;
-        }
-        F(column_sums_add)(da, dact, R, D);
+        F(bias_gradient)(da, dact, R, D);
     }
     /* dA_j = dpre_j^T @ z_j (a sum over all rows) */
     if (small) {
