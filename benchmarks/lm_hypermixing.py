@@ -3,8 +3,9 @@
     python benchmarks/lm_hypermixing.py [--threads 2] [--rounds 5] [--cases 16x80 2x512 1x2048]
 
 Both models have the same width, depth and feed-forward size (E=128, H=256, 3 layers, the
-seeds' size; hypermixing with its defaults: 32 heads, tied generators) and see the same batches. One training step
-is the loss, every gradient, global-norm clipping at 1.0 and Adam. Both run in this process
+seeds' size; hypermixing with its defaults: 32 heads, tied generators) and see the same
+batches. One training step is the loss, every gradient, global-norm clipping at 1.0 and Adam.
+Both run in this process
 (they share one OpenMP runtime, so nothing spins against anything); the two alternate step by
 step in every round so slow drifts of the machine hit both alike. Reported: median step time
 and tokens/s of each, and their ratio (hypermixing / Transformer tokens/s).
