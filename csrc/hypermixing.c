@@ -25,6 +25,7 @@
 #include "gemm.h"
 #include "reduce.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -47,8 +48,9 @@ static int hmx_threads(size_t n_slots)
 }
 
 /* Heads of width 4 in float32 (d_h = k_h = 4, the hypermixing LM's 32 heads at E = k = 128)
- * have a scan path of their own, defined after the template passes (see there). It needs the
- * AVX-512 at run time (and GCC or clang on x86-64 to build it); elsewhere the general loops run. */
+ * have a scan path of their own, defined after the template passes (see there). It needs
+ * AVX-512 or AVX2 with FMA at run time (and GCC or clang on x86-64 to build it); elsewhere the
+ * general loops run. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(HM_NO_CLONES)
 #define HMX_W4 1
 static int hmx_w4_supported(void);
@@ -106,238 +108,100 @@ size_t hypermixing_mix_work_size(size_t d, size_t k, size_t h)
 #include "template.h"
 
 #if HMX_W4
-/* ---------------------------------------------------- heads of width 4, float32: the scan
- * With d_h = k_h = 4 a unit's running sum (k_h, d_h) is 16 floats: one AVX-512 register. The
- * general per-token loops spend more on loop control and 4-wide rows than on arithmetic there
- * (at 32 heads they were twice as slow per token as 16 heads of width 8), so on CPUs with
- * AVX-512 these do a token's products on the whole state at once, lane 4e + f holding s[e][f]:
+/* ---------------------------------------------------- heads of width 4, float32
+ * With d_h = k_h = 4 a unit's running sum (k_h, d_h) is 16 floats: one AVX-512 register, two
+ * AVX2 ones. The general per-token loops spend more on loop control and 4-wide rows than on
+ * arithmetic there (at 32 heads they were twice as slow per token as 16 heads of width 8), so
+ * these do a token's products on the whole state at once, lane 4e + f holding s[e][f]:
  *   s += spread(w1t) * repeat(v)            spread(a)[4e + f] = a[e], repeat(b)[4e + f] = b[f]
  *   out[f] = sum over e of (spread(w2t) * gelu(s u))[4e + f]
- * The sums over e and over f take a fixed tree of lane shuffles, the same for any thread
- * count. The forward, the streaming step and the backward's rebuild add a token with the same
- * hmx_w4_add_token and the first two take their outputs from the same hmx_w4_output, so all
- * three get the same bits. Other CPUs take the general loops. */
+ * and the generators multiply a row by their block-diagonal 4x4 matrices the same way. The
+ * sums over e and over f take a fixed tree of lane shuffles, the same for any thread count.
+ * The forward, the streaming step and the backward's rebuild add a token with the same
+ * add_token and the first two take their outputs from the same output, so all three get the
+ * same bits. hypermixing_w4.h holds the code, compiled for AVX-512 and for AVX2; the CPU
+ * picks one at run time (then used throughout), CPUs with neither take the general loops. */
 #include <immintrin.h>
-#define HMX_W4_TARGET __attribute__((target("avx512f,fma")))
+
+#define W4(name) name##_avx512
+#define W4_TARGET __attribute__((target("avx512f,fma")))
+#define W4_AVX512 1
+#include "hypermixing_w4.h"
+#undef W4
+#undef W4_TARGET
+#undef W4_AVX512
+
+#define W4(name) name##_avx2
+#define W4_TARGET __attribute__((target("arch=x86-64-v3")))
+#define W4_AVX512 0
+#include "hypermixing_w4.h"
+#undef W4
+#undef W4_TARGET
+#undef W4_AVX512
+
+/* 2: AVX-512, 1: AVX2 with FMA, 0: neither (the general loops). The environment variable
+ * HYPERMIXER_WIDTH4_ISA=avx2 or =none, read once, steps down from what the CPU has: the tests
+ * use it to hold the paths against each other, and it measures them. */
+static int hmx_w4_isa(void)
+{
+    static int isa = -1;   /* a race here writes the same value twice */
+    if (isa < 0) {
+        int best = 0;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            best = __builtin_cpu_supports("avx512f") ? 2 : 1;
+        }
+        const char* forced = getenv("HYPERMIXER_WIDTH4_ISA");
+        if (forced && strcmp(forced, "avx2") == 0 && best > 1) {
+            best = 1;
+        } else if (forced && strcmp(forced, "none") == 0) {
+            best = 0;
+        }
+        isa = best;
+    }
+    return isa;
+}
 
 static int hmx_w4_supported(void)
 {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    return hmx_w4_isa() > 0;
 }
 
-/* lanes f (0..3) of the result: the sum over e of p[4e + f], as
- * (p[f] + p[8 + f]) + (p[4 + f] + p[12 + f]) */
-HMX_W4_TARGET
-static inline __m512 hmx_w4_sum_over_e(__m512 p)
-{
-    p = _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(2, 3, 0, 1)));
-}
-
-/* The sums over f of two products at once: sum_p[e] = (p[4e] + p[4e + 1]) + (p[4e + 2] +
- * p[4e + 3]), sum_q likewise, sharing the second shuffle */
-HMX_W4_TARGET
-static inline void hmx_w4_two_sums_over_f(__m128* sum_p, __m128* sum_q, __m512 p, __m512 q)
-{
-    p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(2, 3, 0, 1)));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, _MM_SHUFFLE(2, 3, 0, 1)));
-    /* lanes 4e, 4e + 2: p's pair sums; lanes 4e + 1, 4e + 3: q's */
-    __m512 m = _mm512_mask_blend_ps((__mmask16)0xAAAA, p, q);
-    m = _mm512_add_ps(m, _mm512_permute_ps(m, _MM_SHUFFLE(1, 0, 3, 2)));
-    const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
-    m = _mm512_permutexvar_ps(lanes, m);
-    *sum_p = _mm512_castps512_ps128(m);
-    *sum_q = _mm512_extractf32x4_ps(m, 1);
-}
-
-HMX_W4_TARGET
-static inline __m512 hmx_w4_spread(const float* a)
-{
-    const __m512i index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_loadu_ps(a)));
-}
-
-HMX_W4_TARGET
-static inline __m512 hmx_w4_repeat(const float* b)
-{
-    return _mm512_broadcast_f32x4(_mm_loadu_ps(b));
-}
-
-/* out (4,) = w2t @ gelu(s * inv): the output of one token from its running sum s */
-HMX_W4_TARGET HMX_INLINE
-static inline void hmx_w4_output(float* out, __m512 s, float inv, const float* w2t)
-{
-    float u[16];
-    _mm512_storeu_ps(u, _mm512_mul_ps(s, _mm512_set1_ps(inv)));
-    #pragma omp simd
-    for (int i = 0; i < 16; i++) {
-        u[i] = gelu_f32(u[i]);
-    }
-    const __m512 p = _mm512_mul_ps(hmx_w4_spread(w2t), _mm512_loadu_ps(u));
-    _mm_storeu_ps(out, _mm512_castps512_ps128(hmx_w4_sum_over_e(p)));
-}
-
-/* the running sum after one more token: s + w1t (x) v */
-HMX_W4_TARGET HMX_INLINE
-static inline __m512 hmx_w4_add_token(__m512 s, const float* v, const float* w1t)
-{
-    return _mm512_fmadd_ps(hmx_w4_spread(w1t), hmx_w4_repeat(v), s);
-}
-
-/* Streaming: one token of one unit, state (16,) updated in place, out (4,) its output */
-HMX_W4_TARGET
 static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
                          const float* w2t, float inv)
 {
-    const __m512 s = hmx_w4_add_token(_mm512_loadu_ps(state), v, w1t);
-    _mm512_storeu_ps(state, s);
-    hmx_w4_output(out, s, inv, w2t);
-}
-
-/* The forward scans of `count` (1 or HMX_W4_GROUP) neighbouring heads j.. of the sequence
- * whose rows start at row0, n valid tokens of L. y, x: rows of D; w1, w2: rows of K; ck: the
- * first unit's checkpoints (n_ck, 16), the running sum before tokens 0, chunk, 2 chunk, ...,
- * the next unit's n_ck * 16 further. The sums stay in registers from token to token; heads
- * side by side share their rows' cache lines and give the core independent chains to
- * interleave (1 x 2048, 32 heads, 1 thread: 0.70 -> 0.65 ms against one head at a time).
- * Each unit's arithmetic is the same whatever count is. */
-HMX_W4_TARGET HMX_INLINE
-static inline void hmx_w4_forward_body(float* y, float* ck, size_t n_ck, const float* x,
-                                       const float* w1, const float* w2, size_t row0,
-                                       size_t n, size_t L, size_t j, size_t D, size_t K,
-                                       int mean, size_t chunk, int count)
-{
-    __m512 s[HMX_W4_GROUP];
-    for (int g = 0; g < count; g++) {
-        s[g] = _mm512_setzero_ps();
-    }
-    for (size_t t0 = 0, c = 0; t0 < L; t0 += chunk, c++) {
-        for (int g = 0; g < count; g++) {
-            _mm512_storeu_ps(ck + ((size_t)g * n_ck + c) * 16, s[g]);
-        }
-        const size_t t1 = t0 + chunk < n ? t0 + chunk : (t0 < n ? n : t0);
-        for (size_t t = t0; t < t1; t++) {
-            const size_t r = row0 + t;
-            const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
-            for (int g = 0; g < count; g++) {
-                const size_t col = 4 * (j + (size_t)g);
-                s[g] = hmx_w4_add_token(s[g], x + r * D + col, w1 + r * K + col);
-                hmx_w4_output(y + r * D + col, s[g], inv, w2 + r * K + col);
-            }
-        }
-        for (size_t t = t1; t < t0 + chunk && t < L; t++) {   /* padding rows */
-            for (int g = 0; g < count; g++) {
-                _mm_storeu_ps(y + (row0 + t) * D + 4 * (j + (size_t)g), _mm_setzero_ps());
-            }
-        }
+    if (hmx_w4_isa() == 2) {
+        token_avx512(out, state, v, w1t, w2t, inv);
+    } else {
+        token_avx2(out, state, v, w1t, w2t, inv);
     }
 }
 
-HMX_W4_TARGET
 static void hmx_w4_forward_group(float* y, float* ck, size_t n_ck, const float* x,
                                  const float* w1, const float* w2, size_t row0, size_t n,
                                  size_t L, size_t j, size_t D, size_t K, int mean, size_t chunk,
                                  int count)
 {
-    if (count == HMX_W4_GROUP) {
-        hmx_w4_forward_body(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk,
-                            HMX_W4_GROUP);
+    if (hmx_w4_isa() == 2) {
+        forward_group_avx512(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk, count);
     } else {
-        hmx_w4_forward_body(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk, 1);
+        forward_group_avx2(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk, count);
     }
 }
 
-/* The reverse scans of `count` neighbouring heads (arguments as the forward; gi, dw1, dw2 get
- * the units' rows of the valid tokens, overwritten; with `tied`, dw1 gets dw1 + dw2 and dw2 is
- * not written). Chunk by chunk from the last: rebuild the chunk's running sums from the
- * checkpoints with the forward's additions (the same bits) into sums (chunk, count, 16), then
- * walk them backwards carrying each unit's suffix sum r of ds in a register. Per token, with
- * u = 1 / count of tokens: ds = (w2t (x) g) * u * gelu'(s u); r += ds; dw2t = gelu(s u) @ g
- * (sum over f), dw1t = r @ v (sum over f), dv = w1t @ r (sum over e): what causal_back_token
- * computes, in the forward's layout. */
-HMX_W4_TARGET HMX_INLINE
-static inline void hmx_w4_backward_body(float* gi, float* dw1, float* dw2, float* sums,
-                                        const float* go, const float* x, const float* w1,
-                                        const float* w2, const float* ck, size_t n_ck,
-                                        size_t row0, size_t n, size_t j, size_t D, size_t K,
-                                        int mean, size_t chunk, int tied, int count)
-{
-    __m512 r[HMX_W4_GROUP];
-    for (int g = 0; g < count; g++) {
-        r[g] = _mm512_setzero_ps();
-    }
-    for (size_t c = (n + chunk - 1) / chunk; c-- > 0;) {
-        const size_t t0 = c * chunk, t1 = t0 + chunk < n ? t0 + chunk : n;
-        for (int g = 0; g < count; g++) {
-            const size_t col = 4 * (j + (size_t)g);
-            __m512 s = _mm512_loadu_ps(ck + ((size_t)g * n_ck + c) * 16);
-            for (size_t t = t0; t < t1; t++) {
-                s = hmx_w4_add_token(s, x + (row0 + t) * D + col, w1 + (row0 + t) * K + col);
-                _mm512_storeu_ps(sums + ((t - t0) * (size_t)count + (size_t)g) * 16, s);
-            }
-        }
-        for (size_t t = t1; t-- > t0;) {
-            const size_t row = row0 + t;
-            const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
-            for (int g = 0; g < count; g++) {
-                const size_t col = 4 * (j + (size_t)g);
-                float value[16], slope[16];
-                _mm512_storeu_ps(value, _mm512_mul_ps(
-                    _mm512_loadu_ps(sums + ((t - t0) * (size_t)count + (size_t)g) * 16),
-                    _mm512_set1_ps(inv)));
-                #pragma omp simd
-                for (int i = 0; i < 16; i++) {
-                    float sl;
-                    value[i] = gelu_slope_f32(value[i], &sl);
-                    slope[i] = sl;
-                }
-                const __m512 gr = hmx_w4_repeat(go + row * D + col);
-                const __m512 p2 = _mm512_mul_ps(_mm512_loadu_ps(value), gr);
-                const __m512 ds = _mm512_mul_ps(
-                    _mm512_mul_ps(_mm512_mul_ps(hmx_w4_spread(w2 + row * K + col),
-                                                _mm512_set1_ps(inv)), gr),
-                    _mm512_loadu_ps(slope));
-                r[g] = _mm512_add_ps(r[g], ds);
-                __m128 dw1t, dw2t;
-                hmx_w4_two_sums_over_f(&dw1t, &dw2t,
-                                       _mm512_mul_ps(r[g], hmx_w4_repeat(x + row * D + col)),
-                                       p2);
-                if (tied) {
-                    _mm_storeu_ps(dw1 + row * K + col, _mm_add_ps(dw1t, dw2t));
-                } else {
-                    _mm_storeu_ps(dw1 + row * K + col, dw1t);
-                    _mm_storeu_ps(dw2 + row * K + col, dw2t);
-                }
-                _mm_storeu_ps(gi + row * D + col, _mm512_castps512_ps128(hmx_w4_sum_over_e(
-                                                      _mm512_mul_ps(hmx_w4_spread(w1 + row * K +
-                                                                                  col), r[g]))));
-            }
-        }
-    }
-}
-
-HMX_W4_TARGET
 static void hmx_w4_backward_group(float* gi, float* dw1, float* dw2, float* sums,
                                   const float* go, const float* x, const float* w1,
                                   const float* w2, const float* ck, size_t n_ck, size_t row0,
                                   size_t n, size_t j, size_t D, size_t K, int mean, size_t chunk,
                                   int tied, int count)
 {
-    if (count == HMX_W4_GROUP) {
-        hmx_w4_backward_body(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K,
-                             mean, chunk, tied, HMX_W4_GROUP);
+    if (hmx_w4_isa() == 2) {
+        backward_group_avx512(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K,
+                              mean, chunk, tied, count);
     } else {
-        hmx_w4_backward_body(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K,
-                             mean, chunk, tied, 1);
+        backward_group_avx2(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K, mean,
+                            chunk, tied, count);
     }
 }
-
-/* ------------------------------------------ heads of width 4, float32: the generators
- * Per head a 4x4 matrix, so a row's product with all heads is a product with a block-diagonal
- * matrix: out[o] = sum over i < 4 of in[(o & ~3) + i] * col_i[o]. In-lane shuffles bring
- * in[(o & ~3) + i] to lane o, so 16 outputs take four shuffles and four multiply-adds instead
- * of four heads' 4-wide loops. Same products and the same order (i = 0..3) as
- * small_heads_product and small_heads_outer_sum, so the same bits. */
 
 /* cols (4, width): cols[i][o] = M[o * 4 + i] (forward: A or C, rows of 4 per output) or, with
  * `transposed`, M[((o & ~3) + i) * 4 + (o & 3)] (backward: the products with A_j, C_j
@@ -352,58 +216,23 @@ static void hmx_w4_columns(float* cols, const float* M, size_t width, int transp
     }
 }
 
-/* out (m, width) of stride ldo := (or += when accumulate) the block-diagonal product of in
- * (m, width) of stride ldi with cols (4, width); width a multiple of 16 */
-HMX_W4_TARGET
 static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
                                 size_t width, size_t ldi, size_t ldo, int accumulate)
 {
-    for (size_t r = 0; r < m; r++) {
-        const float* x = in + r * ldi;
-        float* y = out + r * ldo;
-        for (size_t o = 0; o < width; o += 16) {
-            const __m512 v = _mm512_loadu_ps(x + o);
-            __m512 acc = _mm512_mul_ps(_mm512_permute_ps(v, 0x00), _mm512_loadu_ps(cols + o));
-            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0x55),
-                                  _mm512_loadu_ps(cols + width + o), acc);
-            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0xAA),
-                                  _mm512_loadu_ps(cols + 2 * width + o), acc);
-            acc = _mm512_fmadd_ps(_mm512_permute_ps(v, 0xFF),
-                                  _mm512_loadu_ps(cols + 3 * width + o), acc);
-            if (accumulate) {
-                acc = _mm512_add_ps(_mm512_loadu_ps(y + o), acc);
-            }
-            _mm512_storeu_ps(y + o, acc);
-        }
+    if (hmx_w4_isa() == 2) {
+        rows_product_avx512(out, in, cols, m, width, ldi, ldo, accumulate);
+    } else {
+        rows_product_avx2(out, in, cols, m, width, ldi, ldo, accumulate);
     }
 }
 
-/* The weight-gradient sums of heads 4c..4c+3: out[j][e][o] = sum over rows r < R in turn of
- * a[r][4j + e] * b[r][4j + o], out (h, 4, 4) */
-HMX_W4_TARGET
 static void hmx_w4_outer_sum(float* out, const float* a, const float* b, size_t R, size_t c,
                              size_t lda, size_t ldb)
 {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    for (size_t r = 0; r < R; r++) {
-        const __m512 va = _mm512_loadu_ps(a + r * lda + 16 * c);
-        const __m512 vb = _mm512_loadu_ps(b + r * ldb + 16 * c);
-        acc0 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0x00), vb, acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0x55), vb, acc1);
-        acc2 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0xAA), vb, acc2);
-        acc3 = _mm512_fmadd_ps(_mm512_permute_ps(va, 0xFF), vb, acc3);
-    }
-    float sums[4][16];
-    _mm512_storeu_ps(sums[0], acc0);
-    _mm512_storeu_ps(sums[1], acc1);
-    _mm512_storeu_ps(sums[2], acc2);
-    _mm512_storeu_ps(sums[3], acc3);
-    for (size_t j = 0; j < 4; j++) {
-        for (size_t e = 0; e < 4; e++) {
-            for (size_t o = 0; o < 4; o++) {
-                out[((4 * c + j) * 4 + e) * 4 + o] = sums[e][4 * j + o];
-            }
-        }
+    if (hmx_w4_isa() == 2) {
+        outer_sum_avx512(out, a, b, R, c, lda, ldb);
+    } else {
+        outer_sum_avx2(out, a, b, R, c, lda, ldb);
     }
 }
 #endif

@@ -401,3 +401,25 @@ def test_width4_stream_step_equals_forward_bit_for_bit():
     for t in range(150):
         row = layer._step(np.ascontiguousarray(x[:, t]), state, np.array([t, t]))
         assert np.array_equal(row, y[:, t]), t
+
+
+@pytest.mark.parametrize("isa", ["avx2", "none"])
+def test_width4_paths_of_other_cpus(isa):
+    """The width-4 tests above once more in a process that takes the AVX2 path
+    (HYPERMIXER_WIDTH4_ISA=avx2; on a CPU without AVX-512 that is its default) or the general
+    loops (=none), as a CPU without AVX-512, or without AVX2, would: the same parity, padding,
+    batch, thread and streaming checks must hold there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, HYPERMIXER_WIDTH4_ISA=isa)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         str(here / "test_hypermixing.py"), str(here / "test_hypermixing_block_fused.py"),
+         "-k", "small_heads or one_by_one or padding_isolated or threshold or width4_stream "
+               "or one_call"],
+        env=env, cwd=here, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
