@@ -85,3 +85,18 @@ def assert_same_non_finite(actual, expected, what):
     inf_e = np.isinf(expected)
     assert np.array_equal(np.isinf(actual), inf_e), f"{what}: infinities differ"
     assert np.array_equal(actual[inf_e], expected[inf_e]), f"{what}: signs of inf differ"
+
+
+def assert_thread_counts_agree(layer, x, grad_output, lengths, thread_counts=(1, 2, 3)):
+    """Output, input gradient and every parameter gradient bit for bit the same at each
+    thread count."""
+    import hypermixer
+    results = []
+    for threads in thread_counts:
+        hypermixer.set_num_threads(threads)
+        y = layer.forward(x, lengths)
+        gi, grads = layer.compute_gradients(x, grad_output, lengths)
+        results.append([y, gi] + list(grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)

@@ -8,7 +8,8 @@ import hypermixer
 import hypermixer.reference as ref
 from hypermixer._hypermixing_blueprint import position_table
 
-from helpers import assert_close, check_parity, finite_difference_check
+from helpers import (assert_close, assert_thread_counts_agree, check_parity,
+                     finite_difference_check)
 
 DTYPES = [np.float32, np.float64]
 
@@ -258,15 +259,7 @@ def test_threads_bit_identical_above_parallel_threshold(causal, tied, bias):
     for k, heads in ((128, 4), (128, 8), (64, 16)):
         layer = hypermixer.HyperMixing(64, k, heads=heads, causal=causal, tied=tied,
                                        hypernetwork_bias=bias, normalize="mean", seed=3)
-        results = []
-        for threads in (1, 2, 3):
-            hypermixer.set_num_threads(threads)
-            y = layer.forward(x, lengths)
-            gi, grads = layer.compute_gradients(x, g, lengths)
-            results.append([y, gi] + grads)
-        for other in results[1:]:
-            for a, b in zip(results[0], other):
-                assert np.array_equal(a, b)
+        assert_thread_counts_agree(layer, x, g, lengths)
 
 
 # ---------------------------------------------------------------- causality
