@@ -1475,8 +1475,8 @@ static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict
 }
 
 /* The per-token kernels with the row width (d_h forward, k_h backward) as a constant for the
- * common widths (16 is the hypermixing LM's default: one AVX-512 register of float32 per
- * row), so the row loops compile without loop control; other widths take the general loop.
+ * common widths (16: one AVX-512 register of float32 per row), so the row loops compile
+ * without loop control; other widths take the general loop.
  * Same operations in the same order either way. */
 HM_SIMD
 static void F(causal_token)(REAL* restrict out, REAL* next, const REAL* prev,

@@ -189,7 +189,7 @@ CASES = [
         d.E, 2 * d.Ht, heads=2, causal=causal, hypernetwork_bias=True, seed=s,
         dtype=t))(causal), chain=_hypermixing_chain, mode=mode)
       for mode, causal in (("bidirectional", False), ("causal", True))],
-    # heads of width 8 with k = E (the hypermixing LM's default shape: 16 heads at E = 128)
+    # heads of width 8 with k = E (16 heads at E = 128, the hypermixing LM's default before 32)
     # take the kernels' small-head generator path; E not divisible by 8 falls back to 1 head
     *[Case("HyperMixing", (lambda causal: lambda m, d, t, s: m.HyperMixing(
         d.E, d.E, heads=_width8_heads(d), causal=causal, normalize="mean", seed=s,
