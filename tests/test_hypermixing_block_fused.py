@@ -57,3 +57,40 @@ def test_one_call_threads_bit_identical():
     g = rng.normal(size=(3, 70, 128)).astype(np.float32)
     lengths = np.array([70, 33, 1])
     assert_thread_counts_agree(block, x, g, lengths)
+
+
+def test_one_call_bindings_refuse_bad_arguments():
+    """The binding's own checks: a wrong internal call raises ValueError, never reaches C."""
+    from hypermixer import _kernels
+    block = hypermixer.HyperMixingBlock(16, 20, 16, heads=4, tied=True, causal=True,
+                                        normalize="mean", seed=1)
+    x = np.zeros((2, 5, 16), np.float32)
+    lengths = np.array([5, 3])
+    block._forward(x, lengths)          # builds the workspaces and the slots
+    sizes = block._sizes(5)
+    cache, scratch, index = block._one_call_workspaces(
+        _kernels.hypermixing_block_workspace_sizes(x.shape, sizes))
+    params = block._slots(block._hypermixing_names())
+    pos = block.hypermixing.positions(5)
+    y = np.empty_like(x)
+    good = dict(y=y, cache=cache, index=index, scratch=scratch, x=x, lengths=lengths, pos=pos,
+                params=params, sizes=sizes)
+
+    def call(**change):
+        args = dict(good, **change)
+        _kernels.hypermixing_block_forward(args["y"], args["cache"], args["index"],
+                                           args["scratch"], args["x"], args["lengths"],
+                                           args["pos"], args["params"], args["sizes"])
+
+    call()   # the good call works
+    bad_params = list(params)
+    bad_params[0] = np.ones(3, np.float32)
+    tied_filled = list(params)
+    tied_filled[6] = params[2]
+    for change in (dict(params=params[:-1]), dict(params=bad_params),
+                   dict(params=tied_filled), dict(lengths=np.array([6, 3])),
+                   dict(cache=cache[:10]), dict(scratch=scratch[:10]),
+                   dict(x=x.astype(np.float64)), dict(pos=pos[:2]),
+                   dict(sizes=(20, 16, 3) + sizes[3:]), dict(y=y[:1])):
+        with pytest.raises(ValueError):
+            call(**change)
