@@ -201,7 +201,7 @@ class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
     # calls (its mixing kernels differ, and no language model uses it).
     def _slots(self, params):
         """The 18 parameter slots of csrc/hypermixing_block.h, None where there is none."""
-        hm, n1, n2, ff = self.hypermixing, self.norm1, self.norm2, self.feed_forward
+        n1, n2, ff = self.norm1, self.norm2, self.feed_forward
         slots = [n1.gamma, n1.beta]
         for gen in ("w1_gen", "w2_gen"):
             p = f"hyper.{gen}."
@@ -212,8 +212,7 @@ class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
         return slots
 
     def _hypermixing_names(self):
-        hm = self.hypermixing
-        return {name: arr for name, arr in hm._own_parameters}
+        return dict(self.hypermixing._own_parameters)
 
     def _sizes(self, seq_len):
         hm = self.hypermixing
