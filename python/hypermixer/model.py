@@ -121,10 +121,11 @@ class ModelConfig:
         Why 32: the causal scan computes k * E / heads exact GELUs per token and layer (and
         their slopes backward), and the generators k * E / heads + E^2 / heads products, so
         the work per token halves with each doubling of the heads; at E = k = 128 the heads
-        are 4 wide and have a vector path of their own (csrc/hypermixing.c). On the bundled
-        corpus (E = 128, seeds 0-5, `hypermixer train` defaults) the best validation loss of
-        the instruction stage averaged 3.07 with 32 heads, 3.17 with 16, 3.12 with 64 and 3.27
-        for the Transformer (32 heads below the Transformer in all six seeds)."""
+        are 4 wide and have a vector path of their own (csrc/hypermixing_w4.h). On the bundled
+        corpus (E = 128, seeds 0-5, `hypermixer train` defaults, untied generators) the best
+        validation loss of the instruction stage averaged 3.10 with 32 heads (3.07 before the
+        width-4 path changed the rounding), 3.17 with 16, 3.12 with 64 and 3.27 for the
+        Transformer; tied (the default, see resolved_tied) 2.98."""
         if self.heads is not None:
             return self.heads
         return _default_heads(32, self.embedding_dim, self.resolved_token_mixing_hidden_dim,
