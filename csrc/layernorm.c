@@ -116,9 +116,19 @@ void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
     REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x, const int64_t* lengths,
     const REAL* gamma, const REAL* beta, size_t B, size_t L, size_t E)
 {
+    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * E > HM_PARALLEL_MIN)
+    F(layernorm_forward_team)(y, xhat, mean, rstd, x, lengths, gamma, beta, B, L, E);
+}
+
+/* The forward's work shared by the threads of the calling team (an orphaned omp for: the
+ * whole work when called outside a parallel region). A whole-block kernel calls it inside its
+ * own region instead of opening one per sublayer. */
+void KERNEL_NAME(layernorm_forward_team_f32, layernorm_forward_team_f64)(
+    REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x, const int64_t* lengths,
+    const REAL* gamma, const REAL* beta, size_t B, size_t L, size_t E)
+{
     const size_t rows = B * L, width = E;
-    const int parallel = rows * width > HM_PARALLEL_MIN;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
+    #pragma omp for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / L, t = r % L;
         REAL* restrict out = y + r * width;
@@ -147,16 +157,27 @@ void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
  * partial: workspace of layernorm_partial_tiles(B*L) blocks of (2, E). Tile k holds the
  * dgamma / dbeta sums of rows k*HM_TILE_ROWS .. (k+1)*HM_TILE_ROWS-1 (rows in order); the
  * tiles are then added in order, so the result does not depend on the thread count. */
-HM_SIMD
 void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
+    REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial, const REAL* grad_output,
+    const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, size_t B,
+    size_t L, size_t E)
+{
+    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * E > HM_PARALLEL_MIN)
+    F(layernorm_backward_team)(grad_input, dgamma, dbeta, partial, grad_output, xhat, rstd,
+                               lengths, gamma, B, L, E);
+}
+
+/* The backward's work shared by the calling team, as layernorm_forward_team. In a function
+ * of its own (not an OpenMP-outlined body) the row loop runs in the SIMD clones. */
+HM_SIMD
+void KERNEL_NAME(layernorm_backward_team_f32, layernorm_backward_team_f64)(
     REAL* grad_input, REAL* dgamma, REAL* dbeta, REAL* partial, const REAL* grad_output,
     const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, size_t B,
     size_t L, size_t E)
 {
     const size_t rows = B * L, width = E;
     const size_t tiles = layernorm_partial_tiles(rows);
-    const int parallel = rows * width > HM_PARALLEL_MIN;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel)
+    #pragma omp for schedule(static)
     for (size_t k = 0; k < tiles; k++) {
         REAL* restrict pg = partial + k * 2 * width;
         REAL* restrict pb = pg + width;
@@ -222,8 +243,7 @@ void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
             }
         }
     }
-    const int parallel_sum = width * tiles > HM_PARALLEL_MIN;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (parallel_sum)
+    #pragma omp for schedule(static)
     for (size_t e = 0; e < width; e++) {
         REAL sg = 0, sb = 0;
         for (size_t k = 0; k < tiles; k++) {
@@ -233,6 +253,7 @@ void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
         dgamma[e] = sg;
         dbeta[e] = sb;
     }
+    #pragma omp for schedule(static)
     for (size_t e = 0; e < width; e++) {
         if (isfinite(dgamma[e]) && isfinite(dbeta[e])) {
             continue;

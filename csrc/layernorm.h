@@ -8,6 +8,9 @@
               const R* gamma, const R* beta, size_t B, size_t L, size_t E)
 HM_LAYERNORM_FORWARD(float, layernorm_forward_f32);
 HM_LAYERNORM_FORWARD(double, layernorm_forward_f64);
+/* the same work shared by the threads of the caller's parallel region (see layernorm.c) */
+HM_LAYERNORM_FORWARD(float, layernorm_forward_team_f32);
+HM_LAYERNORM_FORWARD(double, layernorm_forward_team_f64);
 #undef HM_LAYERNORM_FORWARD
 
 #define HM_LAYERNORM_BACKWARD(R, name)                                                        \
@@ -16,6 +19,8 @@ HM_LAYERNORM_FORWARD(double, layernorm_forward_f64);
               size_t L, size_t E)
 HM_LAYERNORM_BACKWARD(float, layernorm_backward_f32);
 HM_LAYERNORM_BACKWARD(double, layernorm_backward_f64);
+HM_LAYERNORM_BACKWARD(float, layernorm_backward_team_f32);
+HM_LAYERNORM_BACKWARD(double, layernorm_backward_team_f64);
 #undef HM_LAYERNORM_BACKWARD
 
 /* Number of (2, E) partial-sum blocks the backward workspace `partial` must hold for B*L
