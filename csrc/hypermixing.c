@@ -569,9 +569,20 @@ void KERNEL_NAME(hypermixing_token_info_forward_f32, hypermixing_token_info_forw
     REAL* z, const REAL* x, const REAL* pos, const int64_t* lengths, size_t B, size_t L, size_t d,
     REAL scale)
 {
+    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * d > HM_PARALLEL_MIN)
+    F(hypermixing_token_info_forward_team)(z, x, pos, lengths, B, L, d, scale);
+}
+
+/* Team forms (here and below): the kernel's work shared by the threads of the caller's
+ * parallel region with an orphaned omp for (all of it when called outside one), so that the
+ * whole-block kernel (hypermixing_block.c) runs its sublayers in one region. */
+void KERNEL_NAME(hypermixing_token_info_forward_team_f32,
+                 hypermixing_token_info_forward_team_f64)(
+    REAL* z, const REAL* x, const REAL* pos, const int64_t* lengths, size_t B, size_t L, size_t d,
+    REAL scale)
+{
     const size_t rows = B * L, width = d;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (rows * width > HM_PARALLEL_MIN)
+    #pragma omp for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / L, t = r % L;
         REAL* restrict zr = z + r * width;
@@ -594,9 +605,17 @@ void KERNEL_NAME(hypermixing_token_info_backward_f32, hypermixing_token_info_bac
     REAL* grad_input, const REAL* dz, const int64_t* lengths, size_t B, size_t L, size_t d,
     REAL scale)
 {
+    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * d > HM_PARALLEL_MIN)
+    F(hypermixing_token_info_backward_team)(grad_input, dz, lengths, B, L, d, scale);
+}
+
+void KERNEL_NAME(hypermixing_token_info_backward_team_f32,
+                 hypermixing_token_info_backward_team_f64)(
+    REAL* grad_input, const REAL* dz, const int64_t* lengths, size_t B, size_t L, size_t d,
+    REAL scale)
+{
     const size_t rows = B * L, width = d;
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (rows * width > HM_PARALLEL_MIN)
+    #pragma omp for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t b = r / L, t = r % L;
         REAL* restrict gr = grad_input + r * width;
@@ -923,6 +942,40 @@ static int F(generators_width4)(size_t D, size_t K, size_t h)
 #endif
 }
 
+/* The generator forward's team form, for the width-4 path only (hypermixing_team_ready):
+ * every thread of the team builds the column copies of A and C on its stack. */
+void KERNEL_NAME(hypermixing_generator_forward_team_f32,
+                 hypermixing_generator_forward_team_f64)(
+    REAL* w, REAL* act, REAL* slope, const REAL* z, const REAL* A, const REAL* a, const REAL* C,
+    const REAL* c, size_t rows, size_t d, size_t k, size_t h)
+{
+#if HMX_W4
+    const size_t R = rows, D = d, K = k;
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
+    float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
+    hmx_w4_columns(cols_a, (const float*)A, D, 0);
+    hmx_w4_columns(cols_c, (const float*)C, K, 0);
+    #pragma omp for schedule(static)
+    for (size_t tile = 0; tile < tiles; tile++) {
+        const size_t r0 = tile * HMX_GEN_TILE;
+        const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
+        hmx_w4_rows_product((float*)(act + r0 * D), (const float*)(z + r0 * D), cols_a, m, D,
+                            D, D, 0);
+        F(gelu_block)(act + r0 * D, slope ? slope + r0 * D : NULL, a, m, D, D);
+        if (w) {
+            hmx_w4_rows_product((float*)(w + r0 * K), (const float*)(act + r0 * D), cols_c, m,
+                                K, D, K, 0);
+            if (c) {
+                F(bias_block)(w + r0 * K, c, m, K, K);
+            }
+        }
+    }
+#else
+    (void)w, (void)act, (void)slope, (void)z, (void)A, (void)a, (void)C, (void)c, (void)rows;
+    (void)d, (void)k, (void)h;
+#endif
+}
+
 /* act, slope, z: (rows, d); w: (rows, k) or NULL; A: (h, d_h, d_h); a: (h, d_h) or NULL;
  * C: (h, k_h, d_h); c: (h, k_h) or NULL. Head j reads columns j*d_h.. of z:
  * act_j = gelu(z_j @ A_j^T + a_j), slope_j = gelu'(z_j @ A_j^T + a_j) (not computed when
@@ -934,30 +987,12 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     const size_t R = rows, D = d, K = k;
     const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
-#if HMX_W4
     if (F(generators_width4)(D, K, h)) {
-        float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
-        hmx_w4_columns(cols_a, (const float*)A, D, 0);
-        hmx_w4_columns(cols_c, (const float*)C, K, 0);
-        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
+        #pragma omp parallel num_threads(hm_num_threads()) \
             if (R * D > HM_PARALLEL_MIN && tiles > 1)
-        for (size_t tile = 0; tile < tiles; tile++) {
-            const size_t r0 = tile * HMX_GEN_TILE;
-            const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
-            hmx_w4_rows_product((float*)(act + r0 * D), (const float*)(z + r0 * D), cols_a, m,
-                                D, D, D, 0);
-            F(gelu_block)(act + r0 * D, slope ? slope + r0 * D : NULL, a, m, D, D);
-            if (w) {
-                hmx_w4_rows_product((float*)(w + r0 * K), (const float*)(act + r0 * D), cols_c,
-                                    m, K, D, K, 0);
-                if (c) {
-                    F(bias_block)(w + r0 * K, c, m, K, K);
-                }
-            }
-        }
+        F(hypermixing_generator_forward_team)(w, act, slope, z, A, a, C, c, rows, d, k, h);
         return;
     }
-#endif
     if (F(small_heads)(D, K, h)) {
         #pragma omp parallel num_threads(hm_num_threads()) if (R * D > HM_PARALLEL_MIN && tiles > 1)
         {
@@ -1000,31 +1035,33 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     }
 }
 
-#if HMX_W4
-/* The generator backward on the width-4 path (d = k = 4 h): as the general one below, with the
- * per-head products and sums of hmx_w4_rows_product and hmx_w4_outer_sum */
-static void F(generator_backward_width4)(REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc,
-                                         REAL* dact, const REAL* dw, const REAL* z,
-                                         const REAL* act, const REAL* slope, const REAL* A,
-                                         const REAL* C, size_t R, size_t D, int accumulate)
+/* The generator backward's team form, for the width-4 path only (d = k = 4 h,
+ * hypermixing_team_ready): as the general one below, with the per-head products and sums of
+ * hmx_w4_rows_product and hmx_w4_outer_sum. Arguments as the kernel. */
+void KERNEL_NAME(hypermixing_generator_backward_team_f32,
+                 hypermixing_generator_backward_team_f64)(
+    REAL* dz, REAL* dA, REAL* da, REAL* dC, REAL* dc, REAL* dact, const REAL* dw, const REAL* z,
+    const REAL* act, const REAL* slope, const REAL* A, const REAL* C, size_t rows, size_t d,
+    size_t k, size_t h, int accumulate)
 {
+#if HMX_W4
+    const size_t R = rows, D = d;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, chunks = D / 16;
-    const int big = R * D > HM_PARALLEL_MIN;
     float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
     hmx_w4_columns(cols_a, (const float*)A, D, 1);
     hmx_w4_columns(cols_c, (const float*)C, D, 1);
     if (dw) {
         if (dc) {
+            #pragma omp single
             F(bias_gradient)(dc, dw, R, D);
         }
         /* dC_j = dw_j^T @ act_j, four heads per task */
-        #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
+        #pragma omp for schedule(static)
         for (size_t c = 0; c < chunks; c++) {
             hmx_w4_outer_sum((float*)dC, (const float*)dw, (const float*)act, R, c, D, D);
         }
     }
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (big && tiles > 1)
+    #pragma omp for schedule(static)
     for (size_t tile = 0; tile < tiles; tile++) {
         const size_t r0 = tile * HMX_GEN_TILE;
         const size_t m = R - r0 < HMX_GEN_TILE ? R - r0 : HMX_GEN_TILE;
@@ -1037,15 +1074,19 @@ static void F(generator_backward_width4)(REAL* dz, REAL* dA, REAL* da, REAL* dC,
                             D, D, accumulate);
     }
     if (da) {
+        #pragma omp single
         F(bias_gradient)(da, dact, R, D);
     }
     /* dA_j = dpre_j^T @ z_j */
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) if (big)
+    #pragma omp for schedule(static)
     for (size_t c = 0; c < chunks; c++) {
         hmx_w4_outer_sum((float*)dA, (const float*)dact, (const float*)z, R, c, D, D);
     }
-}
+#else
+    (void)dz, (void)dA, (void)da, (void)dC, (void)dc, (void)dact, (void)dw, (void)z, (void)act;
+    (void)slope, (void)A, (void)C, (void)rows, (void)d, (void)k, (void)h, (void)accumulate;
 #endif
+}
 
 /* dact: (rows, d). Without dw it holds the gradient of act on entry; with dw (rows, k), the
  * gradient of the generated weights (0 on padding rows), it is workspace and dC (like C) and
@@ -1061,13 +1102,12 @@ void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backw
     const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * h;
     const int small = F(small_heads)(D, K, h);
-#if HMX_W4
     if (F(generators_width4)(D, K, h)) {
-        F(generator_backward_width4)(dz, dA, da, dC, dc, dact, dw, z, act, slope, A, C, R, D,
-                                     accumulate);
+        #pragma omp parallel num_threads(hm_num_threads()) if (R * D > HM_PARALLEL_MIN)
+        F(hypermixing_generator_backward_team)(dz, dA, da, dC, dc, dact, dw, z, act, slope, A, C,
+                                               rows, d, k, h, accumulate);
         return;
     }
-#endif
     if (dw) {
         if (dc) {
             F(bias_gradient)(dc, dw, R, K);
@@ -1546,41 +1586,54 @@ static inline void F(width4_token)(REAL* out, REAL* state, const REAL* v, const 
 #endif
 }
 
-/* The width-4 scans where the build has them (the float pass only; never reached with double,
- * whose pointers are cast here only so that both passes compile): work split over groups of
- * HMX_W4_GROUP neighbouring heads (single heads when h is not a multiple), each group computed
- * by one thread, so no result depends on the thread count. Arguments as the kernels below. */
-static void F(width4_forward)(REAL* y, REAL* checkpoints, size_t n_slots, const REAL* x,
-                              const REAL* w1, const REAL* w2, const int64_t* lengths, size_t B,
-                              size_t L, size_t D, size_t K, size_t h, int mean, size_t chunk)
+/* Whether the team forms of the generators and of the causal scan apply: float32, heads of
+ * width 4 with d = k (a multiple of 16, at most HMX_W4_MAX_WIDTH), a CPU with AVX2 or AVX-512.
+ * The whole-block kernel runs its sublayers in one parallel region then. */
+int KERNEL_NAME(hypermixing_team_ready_f32, hypermixing_team_ready_f64)(size_t d, size_t k,
+                                                                        size_t h)
+{
+    return F(generators_width4)(d, k, h) && F(scan_width4)(k / h, d / h);
+}
+
+/* The causal scan's team forms, for the width-4 path only (hypermixing_team_ready), float
+ * pass (double never reaches them; its pointers are cast only so that both passes compile):
+ * work split over groups of HMX_W4_GROUP neighbouring heads (single heads when h is not a
+ * multiple), each group computed by one thread, so no result depends on the thread count. The
+ * team must have at most n_slots threads (the workspace slots). Arguments as the kernels. */
+void KERNEL_NAME(hypermixing_causal_forward_team_f32, hypermixing_causal_forward_team_f64)(
+    REAL* y, REAL* checkpoints, REAL* work, size_t n_slots, const REAL* x, const REAL* w1,
+    const REAL* w2, const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h,
+    int mean, size_t chunk)
 {
 #if HMX_W4
     const size_t n_ck = hypermixing_causal_checkpoints(L, chunk);
     const size_t count = h % HMX_W4_GROUP == 0 ? HMX_W4_GROUP : 1, groups = B * h / count;
-    #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
+    #pragma omp for schedule(static)
     for (size_t q = 0; q < groups; q++) {
         const size_t u = q * count, b = u / h;
         hmx_w4_forward_group((float*)y, (float*)(checkpoints + u * n_ck * 16), n_ck,
                              (const float*)x, (const float*)w1, (const float*)w2, b * L,
-                             (size_t)lengths[b], L, u % h, D, K, mean, chunk, (int)count);
+                             (size_t)lengths[b], L, u % h, d, k, mean, chunk, (int)count);
     }
 #else
-    (void)y, (void)checkpoints, (void)n_slots, (void)x, (void)w1, (void)w2, (void)lengths;
-    (void)B, (void)L, (void)D, (void)K, (void)h, (void)mean, (void)chunk;
+    (void)y, (void)checkpoints, (void)x, (void)w1, (void)w2, (void)lengths, (void)B, (void)L;
+    (void)d, (void)k, (void)h, (void)mean, (void)chunk;
 #endif
+    (void)work, (void)n_slots;
 }
 
-static void F(width4_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* work,
-                               size_t n_slots, const REAL* grad_output, const REAL* x,
-                               const REAL* w1, const REAL* w2, const REAL* checkpoints,
-                               const int64_t* lengths, size_t B, size_t L, size_t D, size_t K,
-                               size_t h, int mean, size_t chunk, int tied)
+void KERNEL_NAME(hypermixing_causal_backward_team_f32, hypermixing_causal_backward_team_f64)(
+    REAL* grad_input, REAL* dw1, REAL* dw2, REAL* work, size_t n_slots, const REAL* grad_output,
+    const REAL* x, const REAL* w1, const REAL* w2, const REAL* checkpoints,
+    const int64_t* lengths, size_t B, size_t L, size_t d, size_t k, size_t h, int mean,
+    size_t chunk, int tied)
 {
 #if HMX_W4
+    const size_t D = d, K = k;
     const size_t n_ck = hypermixing_causal_checkpoints(L, chunk);
     const size_t slot_size = hypermixing_causal_work_size(D, K, h, chunk);
     const size_t count = h % HMX_W4_GROUP == 0 ? HMX_W4_GROUP : 1, groups = B * h / count;
-    #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
+    #pragma omp for schedule(static)
     for (size_t q = 0; q < groups; q++) {
         const size_t u = q * count, b = u / h, j = u % h, n = (size_t)lengths[b];
         for (size_t t = n; t < L; t++) {   /* padding rows of the group's columns: 0 */
@@ -1597,10 +1650,11 @@ static void F(width4_backward)(REAL* grad_input, REAL* dw1, REAL* dw2, REAL* wor
                               n_ck, b * L, n, j, D, K, mean, chunk, tied, (int)count);
     }
 #else
-    (void)grad_input, (void)dw1, (void)dw2, (void)work, (void)n_slots, (void)grad_output;
-    (void)x, (void)w1, (void)w2, (void)checkpoints, (void)lengths, (void)B, (void)L, (void)D;
-    (void)K, (void)h, (void)mean, (void)chunk, (void)tied;
+    (void)grad_input, (void)dw1, (void)dw2, (void)work, (void)grad_output, (void)x, (void)w1;
+    (void)w2, (void)checkpoints, (void)lengths, (void)B, (void)L, (void)d, (void)k, (void)h;
+    (void)mean, (void)chunk, (void)tied;
 #endif
+    (void)n_slots;
 }
 
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
@@ -1616,8 +1670,9 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
     const size_t slot_size = hypermixing_causal_work_size(d, k, h, chunk);
     const size_t units = B * h;
     if (F(scan_width4)(kh, dh)) {
-        F(width4_forward)(y, checkpoints, n_slots, x, w1, w2, lengths, B, L, D, K, h, mean,
-                          chunk);
+        #pragma omp parallel num_threads(hmx_threads(n_slots))
+        F(hypermixing_causal_forward_team)(y, checkpoints, work, n_slots, x, w1, w2, lengths, B,
+                                           L, d, k, h, mean, chunk);
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
@@ -1665,8 +1720,10 @@ void KERNEL_NAME(hypermixing_causal_backward_f32, hypermixing_causal_backward_f6
     const size_t C = chunk;
     const size_t units = B * h;
     if (F(scan_width4)(kh, dh)) {
-        F(width4_backward)(grad_input, dw1, dw2, work, n_slots, grad_output, x, w1, w2,
-                           checkpoints, lengths, B, L, D, K, h, mean, chunk, tied);
+        #pragma omp parallel num_threads(hmx_threads(n_slots))
+        F(hypermixing_causal_backward_team)(grad_input, dw1, dw2, work, n_slots, grad_output, x,
+                                            w1, w2, checkpoints, lengths, B, L, d, k, h, mean,
+                                            chunk, tied);
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))

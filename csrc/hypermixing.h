@@ -16,11 +16,20 @@ HM_HYPERMIXING_ERF(float, hypermixing_erf_f32);
 HM_HYPERMIXING_ERF(double, hypermixing_erf_f64);
 #undef HM_HYPERMIXING_ERF
 
+/* Team forms (the *_team_* names below): the same work shared by the threads of the
+ * caller's parallel region, for a whole-block kernel that runs its sublayers in one region.
+ * The generators' and the causal scan's exist for the width-4 path only: call them where
+ * hypermixing_team_ready says so. */
+int hypermixing_team_ready_f32(size_t d, size_t k, size_t h);
+int hypermixing_team_ready_f64(size_t d, size_t k, size_t h);
+
 #define HM_HYPERMIXING_TOKEN_INFO_FORWARD(R, name)                                            \
     void name(R* z, const R* x, const R* pos, const int64_t* lengths, size_t B, size_t L,     \
               size_t d, R scale)
 HM_HYPERMIXING_TOKEN_INFO_FORWARD(float, hypermixing_token_info_forward_f32);
 HM_HYPERMIXING_TOKEN_INFO_FORWARD(double, hypermixing_token_info_forward_f64);
+HM_HYPERMIXING_TOKEN_INFO_FORWARD(float, hypermixing_token_info_forward_team_f32);
+HM_HYPERMIXING_TOKEN_INFO_FORWARD(double, hypermixing_token_info_forward_team_f64);
 #undef HM_HYPERMIXING_TOKEN_INFO_FORWARD
 
 #define HM_HYPERMIXING_TOKEN_INFO_BACKWARD(R, name)                                           \
@@ -28,6 +37,8 @@ HM_HYPERMIXING_TOKEN_INFO_FORWARD(double, hypermixing_token_info_forward_f64);
               size_t d, R scale)
 HM_HYPERMIXING_TOKEN_INFO_BACKWARD(float, hypermixing_token_info_backward_f32);
 HM_HYPERMIXING_TOKEN_INFO_BACKWARD(double, hypermixing_token_info_backward_f64);
+HM_HYPERMIXING_TOKEN_INFO_BACKWARD(float, hypermixing_token_info_backward_team_f32);
+HM_HYPERMIXING_TOKEN_INFO_BACKWARD(double, hypermixing_token_info_backward_team_f64);
 #undef HM_HYPERMIXING_TOKEN_INFO_BACKWARD
 
 #define HM_HYPERMIXING_GENERATOR_FORWARD(R, name)                                             \
@@ -35,6 +46,8 @@ HM_HYPERMIXING_TOKEN_INFO_BACKWARD(double, hypermixing_token_info_backward_f64);
               const R* c, size_t rows, size_t d, size_t k, size_t h)
 HM_HYPERMIXING_GENERATOR_FORWARD(float, hypermixing_generator_forward_f32);
 HM_HYPERMIXING_GENERATOR_FORWARD(double, hypermixing_generator_forward_f64);
+HM_HYPERMIXING_GENERATOR_FORWARD(float, hypermixing_generator_forward_team_f32);
+HM_HYPERMIXING_GENERATOR_FORWARD(double, hypermixing_generator_forward_team_f64);
 #undef HM_HYPERMIXING_GENERATOR_FORWARD
 
 #define HM_HYPERMIXING_GENERATOR_BACKWARD(R, name)                                            \
@@ -43,6 +56,8 @@ HM_HYPERMIXING_GENERATOR_FORWARD(double, hypermixing_generator_forward_f64);
               size_t k, size_t h, int accumulate)
 HM_HYPERMIXING_GENERATOR_BACKWARD(float, hypermixing_generator_backward_f32);
 HM_HYPERMIXING_GENERATOR_BACKWARD(double, hypermixing_generator_backward_f64);
+HM_HYPERMIXING_GENERATOR_BACKWARD(float, hypermixing_generator_backward_team_f32);
+HM_HYPERMIXING_GENERATOR_BACKWARD(double, hypermixing_generator_backward_team_f64);
 #undef HM_HYPERMIXING_GENERATOR_BACKWARD
 
 #define HM_HYPERMIXING_FORWARD(R, name)                                                       \
@@ -69,6 +84,8 @@ HM_HYPERMIXING_BACKWARD(double, hypermixing_backward_f64);
               size_t h, int mean, size_t chunk)
 HM_HYPERMIXING_CAUSAL_FORWARD(float, hypermixing_causal_forward_f32);
 HM_HYPERMIXING_CAUSAL_FORWARD(double, hypermixing_causal_forward_f64);
+HM_HYPERMIXING_CAUSAL_FORWARD(float, hypermixing_causal_forward_team_f32);
+HM_HYPERMIXING_CAUSAL_FORWARD(double, hypermixing_causal_forward_team_f64);
 #undef HM_HYPERMIXING_CAUSAL_FORWARD
 
 #define HM_HYPERMIXING_CAUSAL_BACKWARD(R, name)                                               \
@@ -78,6 +95,8 @@ HM_HYPERMIXING_CAUSAL_FORWARD(double, hypermixing_causal_forward_f64);
               int mean, size_t chunk, int tied)
 HM_HYPERMIXING_CAUSAL_BACKWARD(float, hypermixing_causal_backward_f32);
 HM_HYPERMIXING_CAUSAL_BACKWARD(double, hypermixing_causal_backward_f64);
+HM_HYPERMIXING_CAUSAL_BACKWARD(float, hypermixing_causal_backward_team_f32);
+HM_HYPERMIXING_CAUSAL_BACKWARD(double, hypermixing_causal_backward_team_f64);
 #undef HM_HYPERMIXING_CAUSAL_BACKWARD
 
 #define HM_HYPERMIXING_STEP(R, name)                                                          \

@@ -130,12 +130,14 @@ size_t hypermixing_block_index_size(const HypermixingBlockDims* d)
 #include "template.h"
 #else
 
+/* Elementwise passes in team form (an orphaned omp for: the threads of the caller's region
+ * share the rows; all of them when called outside one). */
+
 /* out (B, L, E) := a + b on the valid rows, 0 on padding rows (out may be a or b) */
-static void F(hb_add_valid)(REAL* out, const REAL* a, const REAL* b, const int64_t* lengths,
-                            size_t B, size_t L, size_t E)
+static void F(hb_add_valid_team)(REAL* out, const REAL* a, const REAL* b,
+                                 const int64_t* lengths, size_t B, size_t L, size_t E)
 {
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (B * L * E > HM_PARALLEL_MIN)
+    #pragma omp for schedule(static)
     for (size_t r = 0; r < B * L; r++) {
         REAL* o = out + r * E;
         const int valid = (int64_t)(r % L) < lengths[r / L];
@@ -146,11 +148,10 @@ static void F(hb_add_valid)(REAL* out, const REAL* a, const REAL* b, const int64
 }
 
 /* out (B, L, E) := a on the valid rows, 0 on padding rows */
-static void F(hb_copy_valid)(REAL* out, const REAL* a, const int64_t* lengths, size_t B,
-                             size_t L, size_t E)
+static void F(hb_copy_valid_team)(REAL* out, const REAL* a, const int64_t* lengths, size_t B,
+                                  size_t L, size_t E)
 {
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (B * L * E > HM_PARALLEL_MIN)
+    #pragma omp for schedule(static)
     for (size_t r = 0; r < B * L; r++) {
         const int valid = (int64_t)(r % L) < lengths[r / L];
         for (size_t e = 0; e < E; e++) {
@@ -159,14 +160,115 @@ static void F(hb_copy_valid)(REAL* out, const REAL* a, const int64_t* lengths, s
     }
 }
 
-/* out (n,) := (a - b) + c, or a - b when c is NULL; out may be a */
-static void F(hb_sub_add)(REAL* out, const REAL* a, const REAL* b, const REAL* c, size_t n)
+/* out (n,) := (a - b) + c, or a - b when c is NULL, or a + b when `add` (c NULL); out may be a */
+static void F(hb_combine_team)(REAL* out, const REAL* a, const REAL* b, const REAL* c,
+                               size_t n, int add)
 {
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (n > HM_PARALLEL_MIN)
+    #pragma omp for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        out[i] = c ? (a[i] - b[i]) + c[i] : a[i] - b[i];
+        out[i] = c ? (a[i] - b[i]) + c[i] : (add ? a[i] + b[i] : a[i] - b[i]);
     }
+}
+
+/* Runs a sublayer kernel: its team form inside the caller's region when `team`, else the
+ * kernel itself (which opens its own regions) */
+#define HB_STEP(kernel, ...)                                                                  \
+    do {                                                                                      \
+        if (team) {                                                                           \
+            F(kernel##_team)(__VA_ARGS__);                                                    \
+        } else {                                                                              \
+            F(kernel)(__VA_ARGS__);                                                           \
+        }                                                                                     \
+    } while (0)
+/* The elementwise passes outside a team get a region of their own */
+#define HB_PASS(pass, ...)                                                                    \
+    do {                                                                                      \
+        if (team) {                                                                           \
+            F(pass##_team)(__VA_ARGS__);                                                      \
+        } else {                                                                              \
+            _Pragma("omp parallel num_threads(hm_num_threads()) if (big)")                    \
+            F(pass##_team)(__VA_ARGS__);                                                      \
+        }                                                                                     \
+    } while (0)
+
+/* The forward from norm1 to norm2: y = x + HyperMixing(norm1(x)) into yres, norm2(y) into cn.
+ * Called by every thread of one parallel region with `team` (the width-4 path:
+ * hypermixing_team_ready), else once, the kernels opening their own regions. */
+static void F(hb_mixing_forward)(const HbCache* c, const HbForward* s, REAL* cn, const REAL* x,
+                                 const int64_t* lengths, const REAL* pos, const REAL* const* p,
+                                 const HypermixingBlockDims* d, int team)
+{
+    const size_t B = d->B, L = d->L, E = d->E, K = d->k, h = d->h, BL = B * L;
+    const int big = BL * E > HM_PARALLEL_MIN;
+    REAL *n1 = c->n1, *w1 = c->w1, *w2 = d->tied ? c->w1 : (REAL*)c->w2;
+    HB_STEP(layernorm_forward, n1, c->xhat1, c->mean1, c->rstd1, x, lengths, p[0], p[1], B, L,
+            E);
+    /* HyperMixing(n1): token information, the generators, the causal scan, its LayerNorm */
+    HB_STEP(hypermixing_token_info_forward, c->z, n1, pos, lengths, B, L, E,
+            (REAL)d->info_scale);
+    HB_STEP(hypermixing_generator_forward, w1, c->act1, c->slope1, c->z, p[2], p[3], p[4], p[5],
+            BL, E, K, h);
+    if (!d->tied) {
+        HB_STEP(hypermixing_generator_forward, w2, c->act2, c->slope2, c->z, p[6], p[7], p[8],
+                p[9], BL, E, K, h);
+    }
+    HB_STEP(hypermixing_causal_forward, s->m, c->ck, s->work, d->slots, n1, w1, w2, lengths, B,
+            L, E, K, h, d->mean, d->chunk);
+    REAL* mixed = s->m;
+    if (d->layer_norm) {
+        mixed = s->mixed;
+        HB_STEP(layernorm_forward, mixed, c->xhat_in, c->mean_in, c->rstd_in, s->m, lengths,
+                p[10], p[11], B, L, E);
+    }
+    HB_PASS(hb_add_valid, s->yres, x, mixed, lengths, B, L, E);        /* y = x + mixed */
+    HB_STEP(layernorm_forward, cn, c->xhat2, c->mean2, c->rstd2, s->yres, lengths, p[12], p[13],
+            B, L, E);
+}
+
+/* The backward from the feed-forward's input gradient dc (its own residual still in) to
+ * grad_input; `team` as hb_mixing_forward. g: the output gradient, padding rows 0. */
+static void F(hb_mixing_backward)(REAL* grad_input, REAL* const* grads, const HbCache* c,
+                                  const HbBackward* s, const REAL* g, const int64_t* lengths,
+                                  const REAL* const* p, const HypermixingBlockDims* d, int team)
+{
+    const size_t B = d->B, L = d->L, E = d->E, K = d->k, h = d->h, BL = B * L;
+    const int big = BL * E > HM_PARALLEL_MIN;
+    const REAL* w2 = d->tied ? c->w1 : (REAL*)c->w2;
+    HB_PASS(hb_combine, s->dc, s->dc, g, NULL, BL * E, 0);           /* FF's own residual off */
+    HB_STEP(layernorm_backward, s->gy, grads[12], grads[13], s->partial, s->dc, c->xhat2,
+            c->rstd2, lengths, p[12], B, L, E);
+    HB_PASS(hb_combine, s->gy, s->gy, g, NULL, BL * E, 1);           /* gy = dy + g */
+    const REAL* gmix = s->gy;
+    if (d->layer_norm) {
+        HB_STEP(layernorm_backward, s->gmix, grads[10], grads[11], s->partial, s->gy,
+                c->xhat_in, c->rstd_in, lengths, p[10], B, L, E);
+        gmix = s->gmix;
+    }
+    /* tied: dw1 receives dw1 + dw2 */
+    HB_STEP(hypermixing_causal_backward, s->dvals, s->dw1, s->dw2, s->work, d->slots, gmix,
+            c->n1, c->w1, w2, c->ck, lengths, B, L, E, K, h, d->mean, d->chunk, d->tied);
+    HB_STEP(hypermixing_generator_backward, s->dz, grads[2], grads[3], grads[4], grads[5],
+            s->dact, s->dw1, c->z, c->act1, c->slope1, p[2], p[4], BL, E, K, h, 0);
+    if (!d->tied) {
+        HB_STEP(hypermixing_generator_backward, s->dz, grads[6], grads[7], grads[8], grads[9],
+                s->dact, s->dw2, c->z, c->act2, c->slope2, p[6], p[8], BL, E, K, h, 1);
+    }
+    HB_STEP(hypermixing_token_info_backward, s->dvals, s->dz, lengths, B, L, E,
+            (REAL)d->info_scale);
+    HB_STEP(layernorm_backward, grad_input, grads[0], grads[1], s->partial, s->dvals, c->xhat1,
+            c->rstd1, lengths, p[0], B, L, E);
+    HB_PASS(hb_add_valid, grad_input, s->gy, grad_input, lengths, B, L, E);   /* gx = gy + gx */
+}
+
+/* The threads of the one region the mixing runs in (at most the scan's workspace slots), or 0
+ * when the sublayers take paths without team forms */
+static int F(hb_team_threads)(const HypermixingBlockDims* d)
+{
+    if (!F(hypermixing_team_ready)(d->E, d->k, d->h)) {
+        return 0;
+    }
+    const int n = hm_num_threads();
+    return (size_t)n < d->slots ? n : (int)d->slots;
 }
 
 /* y, x (B, L, E); see hypermixing_block.h. */
@@ -178,38 +280,26 @@ void KERNEL_NAME(hypermixing_block_forward_f32, hypermixing_block_forward_f64)(
     HbForward s;
     hb_carve_cache(&c, cache, sizeof(REAL), d);
     hb_carve_forward(&s, scratch, sizeof(REAL), d);
-    const size_t B = d->B, L = d->L, E = d->E, H = d->H, K = d->k, h = d->h, BL = B * L;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, BL = B * L;
     int64_t* offsets = index;
     offsets[0] = 0;
     for (size_t b = 0; b < B; b++) {
         offsets[b + 1] = offsets[b] + lengths[b];
     }
-    REAL *n1 = c.n1, *w1 = c.w1, *w2 = d->tied ? c.w1 : (REAL*)c.w2;
-    F(layernorm_forward)(n1, c.xhat1, c.mean1, c.rstd1, x, lengths, p[0], p[1], B, L, E);
-    /* HyperMixing(n1): token information, the generators, the causal scan, its LayerNorm */
-    F(hypermixing_token_info_forward)(c.z, n1, pos, lengths, B, L, E, (REAL)d->info_scale);
-    F(hypermixing_generator_forward)(w1, c.act1, c.slope1, c.z, p[2], p[3], p[4], p[5], BL, E,
-                                     K, h);
-    if (!d->tied) {
-        F(hypermixing_generator_forward)(w2, c.act2, c.slope2, c.z, p[6], p[7], p[8], p[9], BL,
-                                         E, K, h);
-    }
-    F(hypermixing_causal_forward)(s.m, c.ck, s.work, d->slots, n1, w1, w2, lengths, B, L, E, K,
-                                  h, d->mean, d->chunk);
-    REAL* mixed = s.m;
-    if (d->layer_norm) {
-        mixed = s.mixed;
-        F(layernorm_forward)(mixed, c.xhat_in, c.mean_in, c.rstd_in, s.m, lengths, p[10], p[11],
-                             B, L, E);
-    }
-    F(hb_add_valid)(s.yres, x, mixed, lengths, B, L, E);               /* y = x + mixed */
     /* without padding the feed-forward's packed input is norm2's output itself (no copy) */
     REAL* cn = (size_t)offsets[B] == BL ? (REAL*)c.xp : (REAL*)s.c;
-    F(layernorm_forward)(cn, c.xhat2, c.mean2, c.rstd2, s.yres, lengths, p[12], p[13], B, L, E);
+    const int threads = F(hb_team_threads)(d);
+    if (threads > 0) {
+        #pragma omp parallel num_threads(threads)
+        F(hb_mixing_forward)(&c, &s, cn, x, lengths, pos, p, d, 1);
+    } else {
+        F(hb_mixing_forward)(&c, &s, cn, x, lengths, pos, p, d, 0);
+    }
     /* the feed-forward adds its own input c back; this block's residual is y instead */
     F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.ffmixed, cn, offsets, p[14], p[15], p[16],
                               p[17], B, L, E, H);
-    F(hb_sub_add)(y, s.f, cn, s.yres, BL * E);
+    #pragma omp parallel num_threads(hm_num_threads()) if (BL * E > HM_PARALLEL_MIN)
+    F(hb_combine_team)(y, s.f, cn, s.yres, BL * E, 0);
 }
 
 /* grad_input, grad_output (B, L, E); grads: see hypermixing_block.h; cache and index as the
@@ -223,46 +313,27 @@ void KERNEL_NAME(hypermixing_block_backward_f32, hypermixing_block_backward_f64)
     HbBackward s;
     hb_carve_cache(&c, cache, sizeof(REAL), d);
     hb_carve_backward(&s, scratch, sizeof(REAL), d);
-    const size_t B = d->B, L = d->L, E = d->E, H = d->H, K = d->k, h = d->h, BL = B * L;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, BL = B * L;
     const int64_t* offsets = index;
-    const REAL* w2 = d->tied ? c.w1 : (REAL*)c.w2;
     /* padding rows of the output gradient count as 0 (whatever they hold) */
     const REAL* g = grad_output;
     if ((size_t)offsets[B] != BL) {
-        F(hb_copy_valid)(s.g0, grad_output, lengths, B, L, E);
+        #pragma omp parallel num_threads(hm_num_threads()) if (BL * E > HM_PARALLEL_MIN)
+        F(hb_copy_valid_team)(s.g0, grad_output, lengths, B, L, E);
         g = s.g0;
     }
     F(channel_mixing_backward)(s.dc, grads[14], grads[15], grads[16], grads[17], s.gp,
                                s.dhidden, g, c.xp, c.hidden, offsets, p[14], p[16], B, L, E, H);
-    F(hb_sub_add)(s.dc, s.dc, g, NULL, BL * E);                         /* FF's own residual off */
-    F(layernorm_backward)(s.gy, grads[12], grads[13], s.partial, s.dc, c.xhat2, c.rstd2, lengths,
-                          p[12], B, L, E);
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads()) \
-        if (BL * E > HM_PARALLEL_MIN)
-    for (size_t i = 0; i < BL * E; i++) {
-        ((REAL*)s.gy)[i] += g[i];                                         /* gy = dy + g */
+    const int threads = F(hb_team_threads)(d);
+    if (threads > 0) {
+        #pragma omp parallel num_threads(threads)
+        F(hb_mixing_backward)(grad_input, grads, &c, &s, g, lengths, p, d, 1);
+    } else {
+        F(hb_mixing_backward)(grad_input, grads, &c, &s, g, lengths, p, d, 0);
     }
-    const REAL* gmix = s.gy;
-    if (d->layer_norm) {
-        F(layernorm_backward)(s.gmix, grads[10], grads[11], s.partial, s.gy, c.xhat_in,
-                              c.rstd_in, lengths, p[10], B, L, E);
-        gmix = s.gmix;
-    }
-    /* tied: dw1 receives dw1 + dw2 */
-    F(hypermixing_causal_backward)(s.dvals, s.dw1, s.dw2, s.work, d->slots, gmix, c.n1, c.w1,
-                                   w2, c.ck, lengths, B, L, E, K, h, d->mean, d->chunk,
-                                   d->tied);
-    F(hypermixing_generator_backward)(s.dz, grads[2], grads[3], grads[4], grads[5], s.dact,
-                                      s.dw1, c.z, c.act1, c.slope1, p[2], p[4], BL, E, K, h, 0);
-    if (!d->tied) {
-        F(hypermixing_generator_backward)(s.dz, grads[6], grads[7], grads[8], grads[9], s.dact,
-                                          s.dw2, c.z, c.act2, c.slope2, p[6], p[8], BL, E, K, h,
-                                          1);
-    }
-    F(hypermixing_token_info_backward)(s.dvals, s.dz, lengths, B, L, E, (REAL)d->info_scale);
-    F(layernorm_backward)(grad_input, grads[0], grads[1], s.partial, s.dvals, c.xhat1, c.rstd1,
-                          lengths, p[0], B, L, E);
-    F(hb_add_valid)(grad_input, s.gy, grad_input, lengths, B, L, E);     /* gx = gy + gx */
 }
+
+#undef HB_STEP
+#undef HB_PASS
 
 #endif
