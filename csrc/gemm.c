@@ -238,7 +238,41 @@ void KERNEL_NAME(gemm_f32, gemm_f64)(
     F(gemm_bias_act)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
 }
 
+void KERNEL_NAME(gemm_team_f32, gemm_team_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc)
+{
+    F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
+}
+
+/* Small products stay on one thread, unless they stream a lot of memory (a hypernetwork row at
+ * B=1 is a (1, 32) @ (32, 10384) product: few flops, 1.3 MB of weights), which two cores read
+ * faster than one. */
+static int F(gemm_is_small)(size_t M, size_t N, size_t K)
+{
+    const double touched = (double)M * K + (double)K * N + (double)M * N;
+    return (double)M * (double)N * (double)K < 1e6 && touched < 65536;
+}
+
 void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
+    int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
+    const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
+{
+    const int threads = hm_num_threads();
+    if (threads > 1 && M > 0 && N > 0 && K > 0 && !F(gemm_is_small)(M, N, K)) {
+        #pragma omp parallel num_threads(threads)
+        F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias,
+                              relu);
+    } else {   /* on this thread, without entering a region */
+        F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias,
+                              relu);
+    }
+}
+
+/* The work of gemm_bias_act shared by the threads of the caller's parallel region (an orphaned
+ * omp for over the tiles; a small product on one thread of them), for kernels that run several
+ * steps in one region. The tiles do not depend on the thread count, so neither do the bits. */
+void KERNEL_NAME(gemm_bias_act_team_f32, gemm_bias_act_team_f64)(
     int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
     const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
 {
@@ -247,24 +281,25 @@ void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
         return;
     }
     if (K == 0) {
-        F(scale_only)(M, N, beta, C, ldc);
-        if (epilogue) {
-            F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+        #pragma omp single
+        {
+            F(scale_only)(M, N, beta, C, ldc);
+            if (epilogue) {
+                F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+            }
         }
         return;
     }
     size_t mr, nr;
     F(region_fn) region = F(pick_region)(&mr, &nr);
-    const int threads = hm_num_threads();
-    /* Small products stay on one thread, unless they stream a lot of memory (a hypernetwork
-     * row at B=1 is a (1, 32) @ (32, 10384) product: few flops, 1.3 MB of weights), which
-     * two cores read faster than one. */
-    const double touched = (double)M * K + (double)K * N + (double)M * N;
-    if (threads == 1 || ((double)M * (double)N * (double)K < 1e6 && touched < 65536)) {
-        region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,
-               (REAL*)hm_gemm_work);
-        if (epilogue) {
-            F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+    if (F(gemm_is_small)(M, N, K)) {
+        #pragma omp single
+        {
+            region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,
+                   (REAL*)hm_gemm_work);
+            if (epilogue) {
+                F(bias_act)(C, ldc, 0, M, 0, N, bias, relu);
+            }
         }
         return;
     }
@@ -286,7 +321,7 @@ void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
     }
     const size_t row_tiles = (M + tm - 1) / tm, col_tiles = (N + tn - 1) / tn;
     const size_t tiles = row_tiles * col_tiles;
-    #pragma omp parallel for schedule(static) num_threads(threads)
+    #pragma omp for schedule(static)
     for (size_t t = 0; t < tiles; t++) {
         const size_t i0 = (t / col_tiles) * tm, j0 = (t % col_tiles) * tn;
         const size_t i1 = i0 + tm < M ? i0 + tm : M;

@@ -15,6 +15,9 @@
  * relu != 0, applied by each thread to the rectangle it has just computed; the bits are those
  * of gemm_* followed by that pass.
  *
+ * gemm_team_*, gemm_bias_act_team_*: the same work shared by the threads of the caller's
+ * parallel region (for kernels that chain several steps in one region); same bits.
+ *
  * gemm_naive_*: the same contract with plain loops, single-threaded; the reference the tests
  * hold the fast kernels to. */
 #define HM_GEMM(R, name)                                                                      \
@@ -24,6 +27,8 @@ HM_GEMM(float, gemm_serial_f32);
 HM_GEMM(double, gemm_serial_f64);
 HM_GEMM(float, gemm_f32);
 HM_GEMM(double, gemm_f64);
+HM_GEMM(float, gemm_team_f32);
+HM_GEMM(double, gemm_team_f64);
 HM_GEMM(float, gemm_naive_f32);
 HM_GEMM(double, gemm_naive_f64);
 #undef HM_GEMM
@@ -33,6 +38,8 @@ HM_GEMM(double, gemm_naive_f64);
               const R* B, size_t ldb, R beta, R* C, size_t ldc, const R* bias, int relu)
 HM_GEMM_BIAS_ACT(float, gemm_bias_act_f32);
 HM_GEMM_BIAS_ACT(double, gemm_bias_act_f64);
+HM_GEMM_BIAS_ACT(float, gemm_bias_act_team_f32);
+HM_GEMM_BIAS_ACT(double, gemm_bias_act_team_f64);
 #undef HM_GEMM_BIAS_ACT
 
 /* Testing aid: cap the instruction-set variant the fast kernels use (0 = widest the CPU

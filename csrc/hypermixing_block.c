@@ -191,14 +191,15 @@ static void F(hb_combine_team)(REAL* out, const REAL* a, const REAL* b, const RE
         }                                                                                     \
     } while (0)
 
-/* The forward from norm1 to norm2: y = x + HyperMixing(norm1(x)) into yres, norm2(y) into cn.
- * Called by every thread of one parallel region with `team` (the width-4 path:
- * hypermixing_team_ready), else once, the kernels opening their own regions. */
-static void F(hb_mixing_forward)(const HbCache* c, const HbForward* s, REAL* cn, const REAL* x,
-                                 const int64_t* lengths, const REAL* pos, const REAL* const* p,
-                                 const HypermixingBlockDims* d, int team)
+/* The forward's steps: y = x + HyperMixing(norm1(x)) into yres, norm2(y) into cn, then the
+ * output (FF(cn) - cn) + yres. Called by every thread of one parallel region with `team` (the
+ * width-4 path: hypermixing_team_ready), else once, the kernels opening their own regions. */
+static void F(hb_forward_steps)(const HbCache* c, const HbForward* s, REAL* y, REAL* cn,
+                                const REAL* x, const int64_t* lengths, const int64_t* offsets,
+                                const REAL* pos, const REAL* const* p,
+                                const HypermixingBlockDims* d, int team)
 {
-    const size_t B = d->B, L = d->L, E = d->E, K = d->k, h = d->h, BL = B * L;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, K = d->k, h = d->h, BL = B * L;
     const int big = BL * E > HM_PARALLEL_MIN;
     REAL *n1 = c->n1, *w1 = c->w1, *w2 = d->tied ? c->w1 : (REAL*)c->w2;
     HB_STEP(layernorm_forward, n1, c->xhat1, c->mean1, c->rstd1, x, lengths, p[0], p[1], B, L,
@@ -223,17 +224,29 @@ static void F(hb_mixing_forward)(const HbCache* c, const HbForward* s, REAL* cn,
     HB_PASS(hb_add_valid, s->yres, x, mixed, lengths, B, L, E);        /* y = x + mixed */
     HB_STEP(layernorm_forward, cn, c->xhat2, c->mean2, c->rstd2, s->yres, lengths, p[12], p[13],
             B, L, E);
+    /* the feed-forward adds its own input cn back; this block's residual is y instead */
+    HB_STEP(channel_mixing_forward, s->f, c->xp, c->hidden, s->ffmixed, cn, offsets, p[14],
+            p[15], p[16], p[17], B, L, E, H);
+    HB_PASS(hb_combine, y, s->f, cn, s->yres, BL * E, 0);
 }
 
-/* The backward from the feed-forward's input gradient dc (its own residual still in) to
- * grad_input; `team` as hb_mixing_forward. g: the output gradient, padding rows 0. */
-static void F(hb_mixing_backward)(REAL* grad_input, REAL* const* grads, const HbCache* c,
-                                  const HbBackward* s, const REAL* g, const int64_t* lengths,
-                                  const REAL* const* p, const HypermixingBlockDims* d, int team)
+/* The backward's steps, `team` as hb_forward_steps. Padding rows of the output gradient
+ * count as 0 (whatever they hold): g0 gets it with them zeroed when there are any. */
+static void F(hb_backward_steps)(REAL* grad_input, REAL* const* grads, const HbCache* c,
+                                 const HbBackward* s, const REAL* grad_output,
+                                 const int64_t* lengths, const int64_t* offsets,
+                                 const REAL* const* p, const HypermixingBlockDims* d, int team)
 {
-    const size_t B = d->B, L = d->L, E = d->E, K = d->k, h = d->h, BL = B * L;
+    const size_t B = d->B, L = d->L, E = d->E, H = d->H, K = d->k, h = d->h, BL = B * L;
     const int big = BL * E > HM_PARALLEL_MIN;
     const REAL* w2 = d->tied ? c->w1 : (REAL*)c->w2;
+    const REAL* g = grad_output;
+    if ((size_t)offsets[B] != BL) {
+        HB_PASS(hb_copy_valid, s->g0, grad_output, lengths, B, L, E);
+        g = s->g0;
+    }
+    HB_STEP(channel_mixing_backward, s->dc, grads[14], grads[15], grads[16], grads[17], s->gp,
+            s->dhidden, g, c->xp, c->hidden, offsets, p[14], p[16], B, L, E, H);
     HB_PASS(hb_combine, s->dc, s->dc, g, NULL, BL * E, 0);           /* FF's own residual off */
     HB_STEP(layernorm_backward, s->gy, grads[12], grads[13], s->partial, s->dc, c->xhat2,
             c->rstd2, lengths, p[12], B, L, E);
@@ -280,7 +293,7 @@ void KERNEL_NAME(hypermixing_block_forward_f32, hypermixing_block_forward_f64)(
     HbForward s;
     hb_carve_cache(&c, cache, sizeof(REAL), d);
     hb_carve_forward(&s, scratch, sizeof(REAL), d);
-    const size_t B = d->B, L = d->L, E = d->E, H = d->H, BL = B * L;
+    const size_t B = d->B, BL = B * d->L;
     int64_t* offsets = index;
     offsets[0] = 0;
     for (size_t b = 0; b < B; b++) {
@@ -291,15 +304,10 @@ void KERNEL_NAME(hypermixing_block_forward_f32, hypermixing_block_forward_f64)(
     const int threads = F(hb_team_threads)(d);
     if (threads > 0) {
         #pragma omp parallel num_threads(threads)
-        F(hb_mixing_forward)(&c, &s, cn, x, lengths, pos, p, d, 1);
+        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 1);
     } else {
-        F(hb_mixing_forward)(&c, &s, cn, x, lengths, pos, p, d, 0);
+        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 0);
     }
-    /* the feed-forward adds its own input c back; this block's residual is y instead */
-    F(channel_mixing_forward)(s.f, c.xp, c.hidden, s.ffmixed, cn, offsets, p[14], p[15], p[16],
-                              p[17], B, L, E, H);
-    #pragma omp parallel num_threads(hm_num_threads()) if (BL * E > HM_PARALLEL_MIN)
-    F(hb_combine_team)(y, s.f, cn, s.yres, BL * E, 0);
 }
 
 /* grad_input, grad_output (B, L, E); grads: see hypermixing_block.h; cache and index as the
@@ -313,23 +321,12 @@ void KERNEL_NAME(hypermixing_block_backward_f32, hypermixing_block_backward_f64)
     HbBackward s;
     hb_carve_cache(&c, cache, sizeof(REAL), d);
     hb_carve_backward(&s, scratch, sizeof(REAL), d);
-    const size_t B = d->B, L = d->L, E = d->E, H = d->H, BL = B * L;
-    const int64_t* offsets = index;
-    /* padding rows of the output gradient count as 0 (whatever they hold) */
-    const REAL* g = grad_output;
-    if ((size_t)offsets[B] != BL) {
-        #pragma omp parallel num_threads(hm_num_threads()) if (BL * E > HM_PARALLEL_MIN)
-        F(hb_copy_valid_team)(s.g0, grad_output, lengths, B, L, E);
-        g = s.g0;
-    }
-    F(channel_mixing_backward)(s.dc, grads[14], grads[15], grads[16], grads[17], s.gp,
-                               s.dhidden, g, c.xp, c.hidden, offsets, p[14], p[16], B, L, E, H);
     const int threads = F(hb_team_threads)(d);
     if (threads > 0) {
         #pragma omp parallel num_threads(threads)
-        F(hb_mixing_backward)(grad_input, grads, &c, &s, g, lengths, p, d, 1);
+        F(hb_backward_steps)(grad_input, grads, &c, &s, grad_output, lengths, index, p, d, 1);
     } else {
-        F(hb_mixing_backward)(grad_input, grads, &c, &s, g, lengths, p, d, 0);
+        F(hb_backward_steps)(grad_input, grads, &c, &s, grad_output, lengths, index, p, d, 0);
     }
 }
 

@@ -9,6 +9,9 @@
     void name(R* out, const R* a, size_t rows, size_t cols)
 HM_COLUMN_SUMS_ADD(float, column_sums_add_f32);
 HM_COLUMN_SUMS_ADD(double, column_sums_add_f64);
+/* the same work shared by the threads of the caller's parallel region */
+HM_COLUMN_SUMS_ADD(float, column_sums_add_team_f32);
+HM_COLUMN_SUMS_ADD(double, column_sums_add_team_f64);
 #undef HM_COLUMN_SUMS_ADD
 
 #endif
