@@ -6,6 +6,13 @@
  * forward; (dc - g), then + g, then + gy backward), so the fused block computes, bit for bit,
  * what the sublayers compute one call at a time (tests/test_hypermixing_block_fused.py).
  *
+ * One parallel region each way: where every sublayer has a team form (float32, heads of width
+ * 4: hypermixing_team_ready), all threads enter the block once and share each sublayer's loops
+ * (orphaned omp for, barriers between the steps), instead of entering 11 regions forward and
+ * 21 backward. A region's entry and exit cost a little on a quiet machine and a lot more when
+ * the VM is contended (a step's time grew by about 20 us per region in slow spells), which
+ * weighed on the LM's short steps. Elsewhere the kernels run one by one.
+ *
  * cache (forward to backward): xhat1 n1 z (B,L,E) mean1 rstd1 (B,L) | w1 (B,L,k) act1 slope1
  *   (B,L,E) | untied: w2 (B,L,k) act2 slope2 (B,L,E) | checkpoints (B,h,n_ck,k_h,d_h) |
  *   layer_norm: xhat_in (B,L,E) mean_in rstd_in (B,L) | xp (B*L,E) hidden (B*L,H) | xhat2
