@@ -49,14 +49,10 @@ void KERNEL_NAME(channel_mixing_forward_f32, channel_mixing_forward_f64)(
     const REAL* w1, const REAL* b1, const REAL* w2, const REAL* b2, size_t B, size_t L, size_t E,
     size_t H)
 {
-    if (B * L * (E + H) > HM_PARALLEL_MIN || mlp_wants_threads((size_t)offsets[B], E, H, E)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(channel_mixing_forward_team)(y, xp, hidden, mixed, x, offsets, w1, b1, w2, b2, B, L, E,
-                                       H);
-    } else {   /* on this thread, without entering a region */
-        F(channel_mixing_forward_team)(y, xp, hidden, mixed, x, offsets, w1, b1, w2, b2, B, L, E,
-                                       H);
-    }
+    HM_RUN_TEAM(B * L * (E + H) > HM_PARALLEL_MIN ||
+                    mlp_wants_threads((size_t)offsets[B], E, H, E),
+                F(channel_mixing_forward_team)(y, xp, hidden, mixed, x, offsets, w1, b1, w2,
+                                               b2, B, L, E, H));
 }
 
 HM_SIMD
@@ -99,14 +95,11 @@ void KERNEL_NAME(channel_mixing_backward_f32, channel_mixing_backward_f64)(
     const REAL* grad_output, const REAL* xp, const REAL* hidden, const int64_t* offsets,
     const REAL* w1, const REAL* w2, size_t B, size_t L, size_t E, size_t H)
 {
-    if (B * L * (E + H) > HM_PARALLEL_MIN || mlp_wants_threads((size_t)offsets[B], E, H, E)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(channel_mixing_backward_team)(grad_input, dw1, db1, dw2, db2, gp, dhidden, grad_output,
-                                        xp, hidden, offsets, w1, w2, B, L, E, H);
-    } else {   /* on this thread, without entering a region */
-        F(channel_mixing_backward_team)(grad_input, dw1, db1, dw2, db2, gp, dhidden, grad_output,
-                                        xp, hidden, offsets, w1, w2, B, L, E, H);
-    }
+    HM_RUN_TEAM(B * L * (E + H) > HM_PARALLEL_MIN ||
+                    mlp_wants_threads((size_t)offsets[B], E, H, E),
+                F(channel_mixing_backward_team)(grad_input, dw1, db1, dw2, db2, gp, dhidden,
+                                                grad_output, xp, hidden, offsets, w1, w2, B, L,
+                                                E, H));
 }
 
 HM_SIMD

@@ -16,6 +16,20 @@
 #define HM_SIMD
 #endif
 
+/* Runs `call`, the team form of a kernel (its loops orphaned omp for constructs), with all
+ * threads in a parallel region of its own when `cond`, else on the calling thread without
+ * entering a region (an orphaned omp for outside a region runs every iteration), so small calls
+ * pay nothing for the threads they do not use. */
+#define HM_RUN_TEAM(cond, call)                                                               \
+    do {                                                                                      \
+        if (cond) {                                                                           \
+            _Pragma("omp parallel num_threads(hm_num_threads())")                             \
+            call;                                                                             \
+        } else {                                                                              \
+            call;                                                                             \
+        }                                                                                     \
+    } while (0)
+
 /* Work is cut into tiles of a fixed size that does not depend on the thread count, and every
  * output element is computed by exactly one thread in a fixed order. That makes results
  * bit-identical for any number of threads. */

@@ -258,15 +258,10 @@ void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
     int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
     const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
 {
-    const int threads = hm_num_threads();
-    if (threads > 1 && M > 0 && N > 0 && K > 0 && !F(gemm_is_small)(M, N, K)) {
-        #pragma omp parallel num_threads(threads)
-        F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias,
-                              relu);
-    } else {   /* on this thread, without entering a region */
-        F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, bias,
-                              relu);
-    }
+    HM_RUN_TEAM(hm_num_threads() > 1 && M > 0 && N > 0 && K > 0 &&
+                    !F(gemm_is_small)(M, N, K),
+                F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc,
+                                      bias, relu));
 }
 
 /* The work of gemm_bias_act shared by the threads of the caller's parallel region (an orphaned

@@ -35,12 +35,8 @@ void KERNEL_NAME(mlp_first_forward_f32, mlp_first_forward_f64)(
     REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1, const REAL* b1, size_t E,
     size_t H)
 {
-    if (mlp_wants_threads(M, E, H, 1)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(mlp_first_forward_team)(pre, hidden, x, M, w1, b1, E, H);
-    } else {   /* on this thread, without entering a region */
-        F(mlp_first_forward_team)(pre, hidden, x, M, w1, b1, E, H);
-    }
+    HM_RUN_TEAM(mlp_wants_threads(M, E, H, 1),
+                F(mlp_first_forward_team)(pre, hidden, x, M, w1, b1, E, H));
 }
 
 HM_SIMD
@@ -65,12 +61,8 @@ void KERNEL_NAME(mlp_forward_f32, mlp_forward_f64)(
     REAL* out, REAL* pre, REAL* hidden, const REAL* x, size_t M, const REAL* w1, const REAL* b1,
     const REAL* w2, const REAL* b2, size_t E, size_t H, size_t O)
 {
-    if (mlp_wants_threads(M, E, H, O)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(mlp_forward_team)(out, pre, hidden, x, M, w1, b1, w2, b2, E, H, O);
-    } else {   /* on this thread, without entering a region */
-        F(mlp_forward_team)(out, pre, hidden, x, M, w1, b1, w2, b2, E, H, O);
-    }
+    HM_RUN_TEAM(mlp_wants_threads(M, E, H, O),
+                F(mlp_forward_team)(out, pre, hidden, x, M, w1, b1, w2, b2, E, H, O));
 }
 
 void KERNEL_NAME(mlp_forward_team_f32, mlp_forward_team_f64)(
@@ -89,14 +81,9 @@ void KERNEL_NAME(mlp_first_backward_f32, mlp_first_backward_f64)(
     REAL* grad_input, REAL input_beta, REAL* dw1, REAL* db1, int accumulate, const REAL* dpre,
     const REAL* x, size_t M, const REAL* w1, size_t E, size_t H)
 {
-    if (mlp_wants_threads(M, E, H, 1)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(mlp_first_backward_team)(grad_input, input_beta, dw1, db1, accumulate, dpre, x, M, w1, E,
-                                   H);
-    } else {   /* on this thread, without entering a region */
-        F(mlp_first_backward_team)(grad_input, input_beta, dw1, db1, accumulate, dpre, x, M, w1, E,
-                                   H);
-    }
+    HM_RUN_TEAM(mlp_wants_threads(M, E, H, 1),
+                F(mlp_first_backward_team)(grad_input, input_beta, dw1, db1, accumulate, dpre,
+                                           x, M, w1, E, H));
 }
 
 void KERNEL_NAME(mlp_first_backward_team_f32, mlp_first_backward_team_f64)(
@@ -120,14 +107,9 @@ void KERNEL_NAME(mlp_backward_f32, mlp_backward_f64)(
     REAL* dhidden, const REAL* grad_output, const REAL* x, const REAL* hidden, size_t M,
     const REAL* w1, const REAL* w2, size_t E, size_t H, size_t O)
 {
-    if (mlp_wants_threads(M, E, H, O)) {
-        #pragma omp parallel num_threads(hm_num_threads())
-        F(mlp_backward_team)(grad_input, input_beta, dw1, db1, dw2, db2, accumulate, dhidden,
-                             grad_output, x, hidden, M, w1, w2, E, H, O);
-    } else {   /* on this thread, without entering a region */
-        F(mlp_backward_team)(grad_input, input_beta, dw1, db1, dw2, db2, accumulate, dhidden,
-                             grad_output, x, hidden, M, w1, w2, E, H, O);
-    }
+    HM_RUN_TEAM(mlp_wants_threads(M, E, H, O),
+                F(mlp_backward_team)(grad_input, input_beta, dw1, db1, dw2, db2, accumulate,
+                                     dhidden, grad_output, x, hidden, M, w1, w2, E, H, O));
 }
 
 HM_SIMD
