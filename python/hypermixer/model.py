@@ -123,9 +123,9 @@ class ModelConfig:
         the work per token halves with each doubling of the heads; at E = k = 128 the heads
         are 4 wide and have a vector path of their own (csrc/hypermixing_w4.h). On the bundled
         corpus (E = 128, seeds 0-5, `hypermixer train` defaults, untied generators) the best
-        validation loss of the instruction stage averaged 3.10 with 32 heads (3.07 before the
-        width-4 path changed the rounding), 3.17 with 16, 3.12 with 64 and 3.27 for the
-        Transformer; tied (the default, see resolved_tied) 2.98."""
+        validation loss of the instruction stage averaged 3.10 with 32 heads, and in earlier
+        builds 3.17 with 16 and 3.12 with 64; the Transformer 3.26; tied (the default, see
+        resolved_tied) 2.99."""
         if self.heads is not None:
             return self.heads
         return _default_heads(32, self.embedding_dim, self.resolved_token_mixing_hidden_dim,
@@ -138,8 +138,8 @@ class ModelConfig:
 
         Why: it halves the generators' work and parameters, and on the bundled corpus
         (E = 128, 32 heads, seeds 0-5, `hypermixer train` defaults) the best validation loss
-        of the instruction stage averaged 2.98 tied against 3.10 untied and 3.27 for the
-        Transformer (tied below the Transformer in all six seeds; final 3.52 against 3.65
+        of the instruction stage averaged 2.99 tied against 3.10 untied and 3.26 for the
+        Transformer (tied below the Transformer in all six seeds; final 3.54 against 3.62
         untied)."""
         return True if self.tied is None else self.tied
 
