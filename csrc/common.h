@@ -58,7 +58,13 @@
  *     gradient the token-mixing backward has just written (they are its second half).
  *     Building blocks add only when the caller asks, through an explicit argument: gemm's
  *     beta, column_sums_add (by name), mlp_*'s input_beta / accumulate;
- *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS). */
+ *   - results do not depend on the thread count (fixed tiles, see HM_TILE_ROWS);
+ *   - a kernel a whole-block kernel chains may have a team form, <name>_team_f32/_f64: the
+ *     same work with its loops as orphaned omp for constructs (serial steps under omp single),
+ *     which the threads of the caller's parallel region share, so that a block enters one
+ *     region instead of one per step; the kernel itself runs its team form in a region of its
+ *     own (HM_RUN_TEAM), with the same bits. A team form is called by every thread of the
+ *     region, and never from inside another loop that is already split among them. */
 
 /* Carves consecutive pieces of `item`-byte elements out of one caller-owned buffer (the
  * whole-block kernels' workspaces); with base NULL it only counts, so the same function gives

@@ -9,9 +9,11 @@
  * "mean" divides s by the number of tokens summed.
  *
  * Threads: the generator's products run through gemm_* (fixed tiles, K never split), or for
- * heads of width 8 through row loops over fixed tiles and per-head sums (one thread per head);
- * the mixing loops over (sequence, head) units, each computed by one thread in a fixed order.
- * So no result depends on the thread count.
+ * heads of width 8 and 4 through row loops over fixed tiles and per-head sums (one thread per
+ * head or group of four heads); the mixing loops over (sequence, head) units, or groups of four
+ * neighbouring heads on the width-4 path, each computed by one thread in a fixed order. So no
+ * result depends on the thread count. The token information, the width-4 generators and the
+ * width-4 scan have team forms (common.h) for the whole-block kernel.
  *
  * Causal memory: the forward keeps only the running sum of each unit, saving a copy of it every
  * `chunk` tokens (checkpoints). The backward walks the chunks from last to first: it rebuilds
