@@ -16,6 +16,16 @@
  * Its size is fixed by the block sizes below, not by the problem. */
 #ifndef REAL
 #include "gemm.h"
+
+/* Small products stay on one thread, unless they stream a lot of memory (a hypernetwork row at
+ * B=1 is a (1, 32) @ (32, 10384) product: few flops, 1.3 MB of weights), which two cores read
+ * faster than one. */
+int gemm_would_split(size_t M, size_t N, size_t K)
+{
+    const double touched = (double)M * K + (double)K * N + (double)M * N;
+    return !((double)M * (double)N * (double)K < 1e6 && touched < 65536);
+}
+
 #define HM_TEMPLATE_FILE "gemm.c"
 #include "template.h"
 #else
@@ -245,21 +255,11 @@ void KERNEL_NAME(gemm_team_f32, gemm_team_f64)(
     F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
 }
 
-/* Small products stay on one thread, unless they stream a lot of memory (a hypernetwork row at
- * B=1 is a (1, 32) @ (32, 10384) product: few flops, 1.3 MB of weights), which two cores read
- * faster than one. */
-static int F(gemm_is_small)(size_t M, size_t N, size_t K)
-{
-    const double touched = (double)M * K + (double)K * N + (double)M * N;
-    return (double)M * (double)N * (double)K < 1e6 && touched < 65536;
-}
-
 void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
     int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
     const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
 {
-    HM_RUN_TEAM(hm_num_threads() > 1 && M > 0 && N > 0 && K > 0 &&
-                    !F(gemm_is_small)(M, N, K),
+    HM_RUN_TEAM(hm_num_threads() > 1 && M > 0 && N > 0 && K > 0 && gemm_would_split(M, N, K),
                 F(gemm_bias_act_team)(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc,
                                       bias, relu));
 }
@@ -287,7 +287,7 @@ void KERNEL_NAME(gemm_bias_act_team_f32, gemm_bias_act_team_f64)(
     }
     size_t mr, nr;
     F(region_fn) region = F(pick_region)(&mr, &nr);
-    if (F(gemm_is_small)(M, N, K)) {
+    if (!gemm_would_split(M, N, K)) {
         #pragma omp single
         {
             region(trans_a, trans_b, 0, M, 0, N, K, A, lda, B, ldb, beta, C, ldc,

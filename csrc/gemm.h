@@ -20,6 +20,10 @@
  *
  * gemm_naive_*: the same contract with plain loops, single-threaded; the reference the tests
  * hold the fast kernels to. */
+/* Whether gemm_* gives an (M, N) x K product to all threads (else the calling thread does it
+ * alone): the same bits either way. */
+int gemm_would_split(size_t M, size_t N, size_t K);
+
 #define HM_GEMM(R, name)                                                                      \
     void name(int trans_a, int trans_b, size_t M, size_t N, size_t K, const R* A, size_t lda, \
               const R* B, size_t ldb, R beta, R* C, size_t ldc)

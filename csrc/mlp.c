@@ -8,16 +8,13 @@
 #include "gemm.h"
 #include "reduce.h"
 #include <string.h>
-/* Whether an MLP over M rows opens its region with all threads: when one of its products is
- * one gemm would split (gemm.c: 1e6 multiply-adds, or 65,536 elements touched) or its
- * elementwise pass is over HM_PARALLEL_MIN; small MLPs (the tiny blocks) stay on the calling
- * thread, as their steps did one by one. Changes no result, only who computes it. */
+/* Whether an MLP over M rows opens its region with all threads: when gemm would split one of
+ * its products or its elementwise pass is over HM_PARALLEL_MIN; small MLPs (the tiny blocks)
+ * stay on the calling thread, as their steps did one by one. Changes no result, only who
+ * computes it. */
 int mlp_wants_threads(size_t M, size_t E, size_t H, size_t O)
 {
-    const double m = (double)M, e = (double)E, h = (double)H, o = (double)O;
-    const int first = m * h * e >= 1e6 || m * e + e * h + m * h >= 65536;
-    const int second = m * o * h >= 1e6 || m * h + h * o + m * o >= 65536;
-    return first || second || M * H > HM_PARALLEL_MIN;
+    return gemm_would_split(M, H, E) || gemm_would_split(M, O, H) || M * H > HM_PARALLEL_MIN;
 }
 
 #define HM_TEMPLATE_FILE "mlp.c"
