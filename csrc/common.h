@@ -19,10 +19,18 @@
 /* Runs `call`, the team form of a kernel (its loops orphaned omp for constructs), with all
  * threads in a parallel region of its own when `cond`, else on the calling thread without
  * entering a region (an orphaned omp for outside a region runs every iteration), so small calls
- * pay nothing for the threads they do not use. */
+ * pay nothing for the threads they do not use. Called from inside a parallel region (a kernel
+ * used within another's omp single, say), it always opens its own region, which then has one
+ * thread: a bare call there would bind the team form's loops to the outer team. */
+#ifdef _OPENMP
+#include <omp.h>
+#define HM_IN_PARALLEL() omp_in_parallel()
+#else
+#define HM_IN_PARALLEL() 0
+#endif
 #define HM_RUN_TEAM(cond, call)                                                               \
     do {                                                                                      \
-        if (cond) {                                                                           \
+        if ((cond) || HM_IN_PARALLEL()) {                                                     \
             _Pragma("omp parallel num_threads(hm_num_threads())")                             \
             call;                                                                             \
         } else {                                                                              \

@@ -571,8 +571,8 @@ void KERNEL_NAME(hypermixing_token_info_forward_f32, hypermixing_token_info_forw
     REAL* z, const REAL* x, const REAL* pos, const int64_t* lengths, size_t B, size_t L, size_t d,
     REAL scale)
 {
-    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * d > HM_PARALLEL_MIN)
-    F(hypermixing_token_info_forward_team)(z, x, pos, lengths, B, L, d, scale);
+    HM_RUN_TEAM(B * L * d > HM_PARALLEL_MIN,
+                F(hypermixing_token_info_forward_team)(z, x, pos, lengths, B, L, d, scale));
 }
 
 /* Team forms (here and below): the kernel's work shared by the threads of the caller's
@@ -607,8 +607,8 @@ void KERNEL_NAME(hypermixing_token_info_backward_f32, hypermixing_token_info_bac
     REAL* grad_input, const REAL* dz, const int64_t* lengths, size_t B, size_t L, size_t d,
     REAL scale)
 {
-    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * d > HM_PARALLEL_MIN)
-    F(hypermixing_token_info_backward_team)(grad_input, dz, lengths, B, L, d, scale);
+    HM_RUN_TEAM(B * L * d > HM_PARALLEL_MIN,
+                F(hypermixing_token_info_backward_team)(grad_input, dz, lengths, B, L, d, scale));
 }
 
 void KERNEL_NAME(hypermixing_token_info_backward_team_f32,
@@ -990,9 +990,9 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     const size_t dh = D / h, kh = K / h;
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
     if (F(generators_width4)(D, K, h)) {
-        #pragma omp parallel num_threads(hm_num_threads()) \
-            if (R * D > HM_PARALLEL_MIN && tiles > 1)
-        F(hypermixing_generator_forward_team)(w, act, slope, z, A, a, C, c, rows, d, k, h);
+        HM_RUN_TEAM(R * D > HM_PARALLEL_MIN && tiles > 1,
+                    F(hypermixing_generator_forward_team)(w, act, slope, z, A, a, C, c, rows, d,
+                                                          k, h));
         return;
     }
     if (F(small_heads)(D, K, h)) {
@@ -1105,9 +1105,10 @@ void KERNEL_NAME(hypermixing_generator_backward_f32, hypermixing_generator_backw
     const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, tasks = tiles * h;
     const int small = F(small_heads)(D, K, h);
     if (F(generators_width4)(D, K, h)) {
-        #pragma omp parallel num_threads(hm_num_threads()) if (R * D > HM_PARALLEL_MIN)
-        F(hypermixing_generator_backward_team)(dz, dA, da, dC, dc, dact, dw, z, act, slope, A, C,
-                                               rows, d, k, h, accumulate);
+        HM_RUN_TEAM(R * D > HM_PARALLEL_MIN,
+                    F(hypermixing_generator_backward_team)(dz, dA, da, dC, dc, dact, dw, z, act,
+                                                           slope, A, C, rows, d, k, h,
+                                                           accumulate));
         return;
     }
     if (dw) {

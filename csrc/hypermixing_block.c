@@ -189,7 +189,14 @@ static void F(hb_combine_team)(REAL* out, const REAL* a, const REAL* b, const RE
     } while (0)
 /* The elementwise passes: inside the caller's region when `team`, else in a region of their
  * own when `big` */
-#define HB_PASS(pass, ...) HM_RUN_TEAM(!team && big, F(pass##_team)(__VA_ARGS__))
+#define HB_PASS(pass, ...)                                                                    \
+    do {                                                                                      \
+        if (team) {                                                                           \
+            F(pass##_team)(__VA_ARGS__);                                                      \
+        } else {                                                                              \
+            HM_RUN_TEAM(big, F(pass##_team)(__VA_ARGS__));                                    \
+        }                                                                                     \
+    } while (0)
 
 /* The forward's steps: y = x + HyperMixing(norm1(x)) into yres, norm2(y) into cn, then the
  * output (FF(cn) - cn) + yres. Called by every thread of one parallel region with `team` (the

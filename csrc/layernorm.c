@@ -116,8 +116,8 @@ void KERNEL_NAME(layernorm_forward_f32, layernorm_forward_f64)(
     REAL* y, REAL* xhat, REAL* mean, REAL* rstd, const REAL* x, const int64_t* lengths,
     const REAL* gamma, const REAL* beta, size_t B, size_t L, size_t E)
 {
-    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * E > HM_PARALLEL_MIN)
-    F(layernorm_forward_team)(y, xhat, mean, rstd, x, lengths, gamma, beta, B, L, E);
+    HM_RUN_TEAM(B * L * E > HM_PARALLEL_MIN,
+                F(layernorm_forward_team)(y, xhat, mean, rstd, x, lengths, gamma, beta, B, L, E));
 }
 
 /* The forward's work shared by the threads of the calling team (an orphaned omp for: the
@@ -162,9 +162,9 @@ void KERNEL_NAME(layernorm_backward_f32, layernorm_backward_f64)(
     const REAL* xhat, const REAL* rstd, const int64_t* lengths, const REAL* gamma, size_t B,
     size_t L, size_t E)
 {
-    #pragma omp parallel num_threads(hm_num_threads()) if (B * L * E > HM_PARALLEL_MIN)
-    F(layernorm_backward_team)(grad_input, dgamma, dbeta, partial, grad_output, xhat, rstd,
-                               lengths, gamma, B, L, E);
+    HM_RUN_TEAM(B * L * E > HM_PARALLEL_MIN,
+                F(layernorm_backward_team)(grad_input, dgamma, dbeta, partial, grad_output, xhat,
+                                           rstd, lengths, gamma, B, L, E));
 }
 
 /* The backward's work shared by the calling team, as layernorm_forward_team. In a function

@@ -11,8 +11,7 @@
 void KERNEL_NAME(column_sums_add_f32, column_sums_add_f64)(
     REAL* out, const REAL* a, size_t rows, size_t cols)
 {
-    #pragma omp parallel num_threads(hm_num_threads()) if (rows * cols > HM_PARALLEL_MIN)
-    F(column_sums_add_team)(out, a, rows, cols);
+    HM_RUN_TEAM(rows * cols > HM_PARALLEL_MIN, F(column_sums_add_team)(out, a, rows, cols));
 }
 
 /* The same shared by the threads of the caller's parallel region (an orphaned omp for) */
