@@ -168,14 +168,20 @@ static int hmx_w4_supported(void)
     return hmx_w4_isa() > 0;
 }
 
+/* name_avx512(...) or name_avx2(...), by the instruction set picked above */
+#define HMX_W4_DISPATCH(name, ...)                                                            \
+    do {                                                                                      \
+        if (hmx_w4_isa() == 2) {                                                              \
+            name##_avx512(__VA_ARGS__);                                                       \
+        } else {                                                                              \
+            name##_avx2(__VA_ARGS__);                                                         \
+        }                                                                                     \
+    } while (0)
+
 static void hmx_w4_token(float* out, float* state, const float* v, const float* w1t,
                          const float* w2t, float inv)
 {
-    if (hmx_w4_isa() == 2) {
-        token_avx512(out, state, v, w1t, w2t, inv);
-    } else {
-        token_avx2(out, state, v, w1t, w2t, inv);
-    }
+    HMX_W4_DISPATCH(token, out, state, v, w1t, w2t, inv);
 }
 
 static void hmx_w4_forward_group(float* y, float* ck, size_t n_ck, const float* x,
@@ -183,11 +189,8 @@ static void hmx_w4_forward_group(float* y, float* ck, size_t n_ck, const float* 
                                  size_t L, size_t j, size_t D, size_t K, int mean, size_t chunk,
                                  int count)
 {
-    if (hmx_w4_isa() == 2) {
-        forward_group_avx512(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk, count);
-    } else {
-        forward_group_avx2(y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk, count);
-    }
+    HMX_W4_DISPATCH(forward_group, y, ck, n_ck, x, w1, w2, row0, n, L, j, D, K, mean, chunk,
+                    count);
 }
 
 static void hmx_w4_backward_group(float* gi, float* dw1, float* dw2, float* sums,
@@ -196,13 +199,8 @@ static void hmx_w4_backward_group(float* gi, float* dw1, float* dw2, float* sums
                                   size_t n, size_t j, size_t D, size_t K, int mean, size_t chunk,
                                   int tied, int count)
 {
-    if (hmx_w4_isa() == 2) {
-        backward_group_avx512(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K,
-                              mean, chunk, tied, count);
-    } else {
-        backward_group_avx2(gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D, K, mean,
-                            chunk, tied, count);
-    }
+    HMX_W4_DISPATCH(backward_group, gi, dw1, dw2, sums, go, x, w1, w2, ck, n_ck, row0, n, j, D,
+                    K, mean, chunk, tied, count);
 }
 
 /* cols (4, width): cols[i][o] = M[o * 4 + i] (forward: A or C, rows of 4 per output) or, with
@@ -221,21 +219,13 @@ static void hmx_w4_columns(float* cols, const float* M, size_t width, int transp
 static void hmx_w4_rows_product(float* out, const float* in, const float* cols, size_t m,
                                 size_t width, size_t ldi, size_t ldo, int accumulate)
 {
-    if (hmx_w4_isa() == 2) {
-        rows_product_avx512(out, in, cols, m, width, ldi, ldo, accumulate);
-    } else {
-        rows_product_avx2(out, in, cols, m, width, ldi, ldo, accumulate);
-    }
+    HMX_W4_DISPATCH(rows_product, out, in, cols, m, width, ldi, ldo, accumulate);
 }
 
 static void hmx_w4_outer_sum(float* out, const float* a, const float* b, size_t R, size_t c,
                              size_t lda, size_t ldb)
 {
-    if (hmx_w4_isa() == 2) {
-        outer_sum_avx512(out, a, b, R, c, lda, ldb);
-    } else {
-        outer_sum_avx2(out, a, b, R, c, lda, ldb);
-    }
+    HMX_W4_DISPATCH(outer_sum, out, a, b, R, c, lda, ldb);
 }
 #endif
 #else
