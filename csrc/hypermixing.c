@@ -86,8 +86,8 @@ size_t hypermixing_causal_work_size(size_t d, size_t k, size_t h, size_t chunk)
     /* running sum / suffix sum, the chunk's sums, a transposed checkpoint, two rows of d_h */
     const size_t general = state * (chunk + 2) + 2 * (d / h);
 #if HMX_W4
-    if (state == 16 && k / h == 4) {   /* heads of width 4: a group's chunk of sums */
-        const size_t group = HMX_W4_GROUP * 16 * chunk;
+    if (state == 16 && k / h == 4) {   /* heads of width 4: a group's chunk of sums, slopes */
+        const size_t group = 2 * HMX_W4_GROUP * 16 * chunk;
         return group > general ? group : general;
     }
 #endif

@@ -156,28 +156,19 @@ W4_TARGET HMX_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m12
 
 /* ---------------------------------------------------------------- the scan */
 
-/* W4_GELU16(v): v (16,) := gelu(v); W4_GELU_SLOPE16(v, slope): also slope (16,) := gelu'(v).
- * With AVX-512 inline loops (gcc vectorises them, using mask registers for the GELU's
- * selects); gcc leaves the same loops scalar for AVX2 ("control flow in loop"), so that pass
- * calls gelu_block, whose AVX2 clone is vectorised (a call per state; the same values). */
+/* W4_GELU(v, n): v (n,) := gelu(v). With AVX-512 an inline loop (gcc vectorises it, using
+ * mask registers for the GELU's selects); gcc leaves the same loop scalar for AVX2 ("control
+ * flow in loop"), so that pass calls gelu_block, whose AVX2 clone is vectorised. Either way
+ * every value goes through the same vector code, however many are done at once. */
 #if W4_AVX512
-#define W4_GELU16(v)                                                                          \
+#define W4_GELU(v, n)                                                                         \
     do {                                                                                      \
-        for (size_t i_ = 0; i_ < 16; i_++) {                                                  \
+        for (size_t i_ = 0; i_ < (n); i_++) {                                                 \
             (v)[i_] = gelu_f32((v)[i_]);                                                      \
         }                                                                                     \
     } while (0)
-#define W4_GELU_SLOPE16(v, slope)                                                             \
-    do {                                                                                      \
-        for (size_t i_ = 0; i_ < 16; i_++) {                                                  \
-            float s_;                                                                         \
-            (v)[i_] = gelu_slope_f32((v)[i_], &s_);                                           \
-            (slope)[i_] = s_;                                                                 \
-        }                                                                                     \
-    } while (0)
 #else
-#define W4_GELU16(v) gelu_block_f32((v), NULL, NULL, 1, 16, 16)
-#define W4_GELU_SLOPE16(v, slope) gelu_block_f32((v), (slope), NULL, 1, 16, 16)
+#define W4_GELU(v, n) gelu_block_f32((v), NULL, NULL, 1, (n), (n))
 #endif
 
 /* out (4,) = w2t @ gelu(s * inv): the output of one token from its running sum s */
@@ -186,7 +177,7 @@ static inline void W4(output)(float* out, W4(v16) s, float inv, const float* w2t
 {
     float g[16];
     W4(store)(g, W4(mul)(s, W4(set1)(inv)));
-    W4_GELU16(g);
+    W4_GELU(g, 16);
     W4(store_sum_over_e)(out, W4(mul)(W4(spread)(w2t), W4(load)(g)));
 }
 
@@ -213,7 +204,9 @@ static void W4(token)(float* out, float* state, const float* v, const float* w1t
  * the next unit's n_ck * 16 further. The sums stay in registers from token to token; heads
  * side by side share their rows' cache lines and give the core independent chains to
  * interleave (1 x 2048, 32 heads, 1 thread: 0.70 -> 0.65 ms against one head at a time).
- * Each unit's arithmetic is the same whatever count is. */
+ * The GELUs of W4_BLOCK tokens go in one pass (see below). Each unit's arithmetic is the same
+ * whatever count is, and the same as W4(token)'s. */
+#define W4_BLOCK 8
 W4_TARGET HMX_INLINE
 static inline void W4(forward_body)(float* y, float* ck, size_t n_ck, const float* x,
                                     const float* w1, const float* w2, size_t row0, size_t n,
@@ -221,6 +214,10 @@ static inline void W4(forward_body)(float* y, float* ck, size_t n_ck, const floa
                                     size_t chunk, int count)
 {
     W4(v16) s[HMX_W4_GROUP];
+    /* the scaled sums of a block of tokens, then their GELUs: independent values back to
+     * back keep the vector units busy, where one state at a time left them waiting on each
+     * GELU's chain (1 thread, 2 x 512 tokens, 32 heads: forward 0.46 -> 0.39 ms) */
+    float act[W4_BLOCK * HMX_W4_GROUP * 16];
     for (int g = 0; g < count; g++) {
         s[g] = W4(zero)();
     }
@@ -229,13 +226,27 @@ static inline void W4(forward_body)(float* y, float* ck, size_t n_ck, const floa
             W4(store)(ck + ((size_t)g * n_ck + c) * 16, s[g]);
         }
         const size_t t1 = t0 + chunk < n ? t0 + chunk : (t0 < n ? n : t0);
-        for (size_t t = t0; t < t1; t++) {
-            const size_t r = row0 + t;
-            const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
-            for (int g = 0; g < count; g++) {
-                const size_t col = 4 * (j + (size_t)g);
-                s[g] = W4(add_token)(s[g], x + r * D + col, w1 + r * K + col);
-                W4(output)(y + r * D + col, s[g], inv, w2 + r * K + col);
+        for (size_t b0 = t0; b0 < t1; b0 += W4_BLOCK) {
+            const size_t b1 = b0 + W4_BLOCK < t1 ? b0 + W4_BLOCK : t1;
+            for (size_t t = b0; t < b1; t++) {
+                const size_t r = row0 + t;
+                const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
+                for (int g = 0; g < count; g++) {
+                    const size_t col = 4 * (j + (size_t)g);
+                    s[g] = W4(add_token)(s[g], x + r * D + col, w1 + r * K + col);
+                    W4(store)(act + ((t - b0) * (size_t)count + (size_t)g) * 16,
+                              W4(mul)(s[g], W4(set1)(inv)));
+                }
+            }
+            W4_GELU(act, (b1 - b0) * (size_t)count * 16);
+            for (size_t t = b0; t < b1; t++) {
+                const size_t r = row0 + t;
+                for (int g = 0; g < count; g++) {
+                    const size_t col = 4 * (j + (size_t)g);
+                    W4(store_sum_over_e)(y + r * D + col, W4(mul)(
+                        W4(spread)(w2 + r * K + col),
+                        W4(load)(act + ((t - b0) * (size_t)count + (size_t)g) * 16)));
+                }
             }
         }
         for (size_t t = t1; t < t0 + chunk && t < L; t++) {   /* padding rows */
@@ -284,25 +295,29 @@ static inline void W4(backward_body)(float* gi, float* dw1, float* dw2, float* s
             const size_t col = 4 * (j + (size_t)g);
             W4(v16) s = W4(load)(ck + ((size_t)g * n_ck + c) * 16);
             for (size_t t = t0; t < t1; t++) {
+                const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
                 s = W4(add_token)(s, x + (row0 + t) * D + col, w1 + (row0 + t) * K + col);
-                W4(store)(sums + ((t - t0) * (size_t)count + (size_t)g) * 16, s);
+                W4(store)(sums + ((t - t0) * (size_t)count + (size_t)g) * 16,
+                          W4(mul)(s, W4(set1)(inv)));
             }
         }
+        /* the chunk's GELUs and slopes in one call: independent values back to back keep
+         * the vector units busy, where one state at a time left them waiting on each GELU's
+         * chain (1 thread, 2 x 512 tokens, 32 heads: backward 0.58 -> 0.46 ms) */
+        float* slopes = sums + chunk * (size_t)count * 16;
+        const size_t n_values = (t1 - t0) * (size_t)count * 16;
+        gelu_block_f32(sums, slopes, NULL, 1, n_values, n_values);
         for (size_t t = t1; t-- > t0;) {
             const size_t row = row0 + t;
             const float inv = mean ? 1.0f / (float)(t + 1) : 1.0f;
             for (int g = 0; g < count; g++) {
                 const size_t col = 4 * (j + (size_t)g);
-                float value[16], slope[16];
-                W4(store)(value, W4(mul)(
-                    W4(load)(sums + ((t - t0) * (size_t)count + (size_t)g) * 16),
-                    W4(set1)(inv)));
-                W4_GELU_SLOPE16(value, slope);
+                const size_t at = ((t - t0) * (size_t)count + (size_t)g) * 16;
                 const W4(v16) gr = W4(repeat)(go + row * D + col);
-                const W4(v16) p2 = W4(mul)(W4(load)(value), gr);
+                const W4(v16) p2 = W4(mul)(W4(load)(sums + at), gr);
                 const W4(v16) ds = W4(mul)(
                     W4(mul)(W4(mul)(W4(spread)(w2 + row * K + col), W4(set1)(inv)), gr),
-                    W4(load)(slope));
+                    W4(load)(slopes + at));
                 r[g] = W4(add)(r[g], ds);
                 __m128 dw1t, dw2t;
                 W4(two_sums_over_f)(&dw1t, &dw2t,
@@ -391,5 +406,5 @@ static void W4(outer_sum)(float* out, const float* a, const float* b, size_t R, 
 }
 
 #undef W4_SHUFFLE
-#undef W4_GELU16
-#undef W4_GELU_SLOPE16
+#undef W4_GELU
+#undef W4_BLOCK
