@@ -25,8 +25,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define HM_IN_PARALLEL() omp_in_parallel()
+#define HM_TEAM_SIZE() omp_get_num_threads()
 #else
 #define HM_IN_PARALLEL() 0
+#define HM_TEAM_SIZE() 1
 #endif
 #define HM_RUN_TEAM(cond, call)                                                               \
     do {                                                                                      \

@@ -266,7 +266,7 @@ void KERNEL_NAME(gemm_bias_act_f32, gemm_bias_act_f64)(
 
 /* The work of gemm_bias_act shared by the threads of the caller's parallel region (an orphaned
  * omp for over the tiles; a small product on one thread of them), for kernels that run several
- * steps in one region. The tiles do not depend on the thread count, so neither do the bits. */
+ * steps in one region. The bits do not depend on the thread count. */
 void KERNEL_NAME(gemm_bias_act_team_f32, gemm_bias_act_team_f64)(
     int trans_a, int trans_b, size_t M, size_t N, size_t K, const REAL* A, size_t lda,
     const REAL* B, size_t ldb, REAL beta, REAL* C, size_t ldc, const REAL* bias, int relu)
@@ -314,7 +314,25 @@ void KERNEL_NAME(gemm_bias_act_team_f32, gemm_bias_act_team_f64)(
             break;
         }
     }
-    const size_t row_tiles = (M + tm - 1) / tm, col_tiles = (N + tn - 1) / tn;
+    size_t row_tiles = (M + tm - 1) / tm;
+    const size_t col_tiles = (N + tn - 1) / tn;
+    /* A tile count the team does not divide leaves threads idle at the end (the output
+     * layer's weight gradient, 533 x 128: 5 row tiles, 384 rows against 149): more, smaller
+     * row tiles until it divides, still whole micro-tiles. Only where tiles of C begin and
+     * end changes with the team; each entry is the same K-blocked sum in any tile, so the
+     * bits do not. */
+    const size_t team = (size_t)HM_TEAM_SIZE();
+    if (team > 1 && (row_tiles * col_tiles) % team != 0) {
+        size_t want = row_tiles;
+        while ((want * col_tiles) % team != 0) {
+            want++;
+        }
+        const size_t even = ((M + want - 1) / want + mr - 1) / mr * mr;
+        if ((M + even - 1) / even * col_tiles % team == 0) {
+            tm = even;
+            row_tiles = (M + tm - 1) / tm;
+        }
+    }
     const size_t tiles = row_tiles * col_tiles;
     #pragma omp for schedule(static)
     for (size_t t = 0; t < tiles; t++) {
