@@ -178,6 +178,41 @@ def test_gradient_buffer_step_equals_train_step():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("arch, share", [("hypermixer", False), ("hypermixer", True),
+                                         ("transformer", False), ("hypermixing", False)])
+def test_gradients_written_in_place_equal_the_copied_ones(arch, share, dtype):
+    # train_step and loss_and_gradient_buffer let the one-call blocks and the output layer
+    # write straight into the flat gradient buffer (Sequential._backward's grad_views);
+    # loss_and_gradients hands out fresh arrays. Both must be the same numbers, bit for bit,
+    # including a hypernetwork shared by the blocks (its gradients summed, never in place).
+    a = tiny_lm("compiled", dtype, share=share, arch=arch)
+    b = tiny_lm("compiled", dtype, share=share, arch=arch)
+    ids, targets, lengths = batch(7)
+    views = a._root_store().gradient_views()
+    taken = a._enter()
+    try:
+        grads_in_place = a._loss_locked(ids, targets, lengths, True, in_place=True)[1]
+    finally:
+        a._leave(taken)
+    written = [name for (name, _), g, v in zip(a.named_parameters(), grads_in_place, views)
+               if g is v]
+    # the blocks (unless they share a hypernetwork) and the output layer wrote in place
+    expected = [name for name, _ in a.named_parameters()
+                if name.startswith("output.") or (name.startswith("blocks.") and not share)]
+    assert written == expected
+    loss, flat = a.loss_and_gradient_buffer(ids, targets, lengths)
+    loss_b, grads = b.loss_and_gradients(ids, targets, lengths)
+    assert loss == loss_b
+    assert not any(np.shares_memory(g, b.gradient_buffer()) for g in grads)   # caller's own
+    assert np.array_equal(flat, np.concatenate([g.ravel() for g in grads]))
+    assert views is a._root_store().gradient_views()
+    result = a.train_step(ids, targets, lengths, lr=1e-2, clip_norm=0.5)
+    b.train_step(ids, targets, lengths, lr=1e-2, clip_norm=0.5)
+    assert result.applied
+    assert np.array_equal(a.parameter_buffer(), b.parameter_buffer())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_kernel_threads_bit_identical_and_matches_numpy(dtype):
     rng = np.random.default_rng(0)
     n = 300_001   # past the parallel threshold and not a multiple of the norm block

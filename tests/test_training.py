@@ -198,16 +198,16 @@ def test_non_finite_loss_stops_with_the_place_and_keeps_the_last_checkpoint(
         tmp_path, stages, monkeypatch):
     settings = TrainSettings(epochs=2, batch_size=4, lr=0.02)
     calls = []
-    real = LanguageModel._loss
+    real = LanguageModel._loss_locked
 
-    def poisoned(self, token_ids, targets, lengths, with_gradients):
-        loss, grads, lengths = real(self, token_ids, targets, lengths, with_gradients)
+    def poisoned(self, token_ids, targets, lengths, with_gradients, in_place=False):
+        loss, grads, lengths = real(self, token_ids, targets, lengths, with_gradients, in_place)
         if with_gradients:   # a training step, not an evaluation
             calls.append(1)
             loss = float("nan") if len(calls) == 4 else loss
         return loss, grads, lengths
 
-    monkeypatch.setattr(LanguageModel, "_loss", poisoned)
+    monkeypatch.setattr(LanguageModel, "_loss_locked", poisoned)
     with pytest.raises(TrainingDiverged) as info:
         quiet_train(tmp_path, stages, settings)
     message = str(info.value)

@@ -185,6 +185,7 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
 
 class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
     __doc__ = hb.HyperMixingBlockBase.__doc__
+    # OneCallBlock's _grads_out holds: the causal backward writes into grads_out
     #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
     #: result (the language model's own steps reuse them; never handed to a user)
     _out_buffers = frozenset({"forward", "backward"})
@@ -237,8 +238,8 @@ class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
         self._saved = (lengths, x.shape, sizes)
         return y
 
-    def _backward(self, grad_output, out=None):
-        if not self.causal:
+    def _backward(self, grad_output, out=None, grads_out=None):
+        if not self.causal:   # grads_out is only an offer: fresh arrays are returned here
             grad_input, grads = super()._backward(grad_output)
             if out is None:
                 return grad_input, grads
@@ -249,15 +250,26 @@ class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
         cache, scratch, index = self._one_call_workspaces(
             _kernels.hypermixing_block_workspace_sizes(shape, sizes))
         names = self._hypermixing_names()
-        grads = {name: np.empty_like(arr) for name, arr in names.items()}
         params = self._slots(names)
-        slots = self._slots(grads)
-        for i in (0, 1, 12, 13, 14, 15, 16, 17):     # the norms' and feed-forward's own
-            slots[i] = np.empty_like(params[i])
+        if grads_out is None:
+            grads = {name: np.empty_like(arr) for name, arr in names.items()}
+            slots = self._slots(grads)
+            for i in (0, 1, 12, 13, 14, 15, 16, 17):     # the norms' and feed-forward's own
+                slots[i] = np.empty_like(params[i])
+        else:
+            # named_parameters() order: norm1's two, the mixer's own, norm2's two, the
+            # feed-forward's four
+            mixer = len(self.hypermixing._own_parameters)
+            grads = dict(zip(names, grads_out[2:2 + mixer]))
+            slots = self._slots(grads)
+            slots[0:2] = grads_out[0:2]
+            slots[12:18] = grads_out[2 + mixer:]
         grad_input = np.empty(shape, self.dtype) if out is None else out
         _kernels.hypermixing_block_backward(grad_input, slots, cache, index, scratch,
                                             np.ascontiguousarray(grad_output), lengths, params,
                                             sizes)
+        if grads_out is not None:
+            return grad_input, grads_out
         hm_grads = [grads[name] for name, _ in self.hypermixing._own_parameters]
         return grad_input, self._merge_gradients([
             (self.norm1, slots[0:2]), (self.hypermixing, hm_grads), (self.norm2, slots[12:14]),

@@ -260,11 +260,18 @@ class OneCallBlock:
             index = self._ws_index = np.empty(index_n, np.int64)
         return cache, scratch, index
 
-    def _one_call_gradients(self, params):
-        """Where the backward writes the parameter gradients: straight into the flat
-        gradient buffer during this block's own ``backward(g, lr)``, else new arrays (which
+    #: _backward accepts ``grads_out=``: views (named_parameters() order) to write the
+    #: parameter gradients into, which it returns (Sequential._backward passes them)
+    _grads_out = True
+
+    def _one_call_gradients(self, params, grads_out=None):
+        """Where the backward writes the parameter gradients: ``grads_out`` (views of a
+        language model's flat gradient buffer) when given; straight into the flat gradient
+        buffer during this block's own ``backward(g, lr)``; else new arrays (which
         ``compute_gradients`` hands to its caller). A block holds one hypernetwork, so its
         parameters are exactly its named_parameters(), in order."""
+        if grads_out is not None:
+            return grads_out
         store = self._gradient_target
         if store is not None and store.root is self:
             return store.gradient_views()
@@ -307,13 +314,13 @@ class HyperMixerBlock(OneCallBlock, bp.HyperMixerBlockBase):
         self._saved = (lengths, x.shape)
         return y
 
-    def _backward(self, grad_output, out=None):
+    def _backward(self, grad_output, out=None, grads_out=None):
         lengths, shape = self._saved
         self._saved = None
         sizes = self._block_sizes()
         cache, scratch, index = self._block_workspaces(shape[0], shape[1], sizes)
         params = self._block_parameters()
-        grads = self._one_call_gradients(params)
+        grads = self._one_call_gradients(params, grads_out)
         grad_input = np.empty(shape, self.dtype) if out is None else out
         _kernels.block_backward(grad_input, grads, cache, index, scratch,
                                 np.ascontiguousarray(grad_output), lengths,
@@ -413,12 +420,12 @@ class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
         self._saved = (lengths, x.shape)
         return y
 
-    def _backward(self, grad_output, out=None):
+    def _backward(self, grad_output, out=None, grads_out=None):
         lengths, shape = self._saved
         self._saved = None
         cache, scratch, index = self._block_workspaces(shape[0], shape[1])
         params = self._block_parameters()
-        grads = self._one_call_gradients(params)
+        grads = self._one_call_gradients(params, grads_out)
         grad_input = np.empty(shape, self.dtype) if out is None else out
         _kernels.transformer_block_backward(grad_input, grads, cache, index, scratch,
                                             np.ascontiguousarray(grad_output), lengths,
@@ -431,6 +438,8 @@ class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
     #: which of _forward / _backward accept ``out=``, a buffer the caller keeps for the
     #: result (the language model's own steps reuse them; never handed to a user)
     _out_buffers = frozenset({"forward", "backward"})
+    #: _backward accepts ``grads_out=`` (see OneCallBlock)
+    _grads_out = True
 
     def _forward(self, x, lengths, out=None):
         # out: a (B, L, V) buffer of the layer's dtype the caller keeps (the language model's
@@ -440,13 +449,14 @@ class OutputProjection(CompiledAdam, bp.OutputProjectionBase):
         self._saved = (x, lengths)
         return logits
 
-    def _backward(self, grad_output, out=None):
+    def _backward(self, grad_output, out=None, grads_out=None):
         x, lengths = self._saved
         real_rows = int(lengths.sum())
         # packing workspaces, used only when some sequence is shorter than the padded length
         rows = real_rows if real_rows < x.shape[0] * x.shape[1] else 1
         grad_input = np.empty_like(x) if out is None else out
-        dw, db = np.empty_like(self.w), np.empty_like(self.b)
+        dw, db = (np.empty_like(self.w), np.empty_like(self.b)) if grads_out is None \
+            else grads_out
         xp = _keep_buffer(self, "_ws_xp", (rows, self.embedding_dim))
         gp = _keep_buffer(self, "_ws_gp", (rows, self.vocab_size))
         _kernels.output_backward(grad_input, dw, db, xp, gp, grad_output, x, self.w, lengths)

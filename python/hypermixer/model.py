@@ -357,11 +357,14 @@ class LanguageModel(Sequential):
         targets, _, _ = check_token_ids("targets", targets, lengths, self.vocab_size)
         return ids, targets, lengths
 
-    def _loss_locked(self, token_ids, targets, lengths, with_gradients):
+    def _loss_locked(self, token_ids, targets, lengths, with_gradients, in_place=False):
         """Loss and, if asked, gradients; the caller holds the network (``_enter``).
 
         With gradients the forward cache is consumed; without, the forward stays pending
         (a ``backward`` with the logits' gradient may follow, as after ``forward``).
+        ``in_place``: layers that can write their gradients straight into the flat gradient
+        buffer do, and the returned list holds those views (for a caller that then calls
+        ``write_gradients``; never handed to a user, whose arrays must outlive the step).
         """
         ids, targets, lengths = self._prepare(token_ids, targets, lengths)
         self._check_buffers(ids)   # logits (B, L, V) etc. must fit before any is made
@@ -382,7 +385,8 @@ class LanguageModel(Sequential):
             out=self._loss_buffer("_grad_logits_buf", ids.shape + (self.vocab_size,)))
         grads = None
         if with_gradients:
-            grads = self._backward(grad_logits, out_buffers=buffers)[1]
+            views = self._root_store().gradient_views() if in_place else None
+            grads = self._backward(grad_logits, out_buffers=buffers, grad_views=views)[1]
         else:
             self._cache = (logits.shape, False)
         return float(loss), grads, lengths
@@ -396,10 +400,10 @@ class LanguageModel(Sequential):
             setattr(self, attr, buf)
         return buf
 
-    def _loss(self, token_ids, targets, lengths, with_gradients):
+    def _loss(self, token_ids, targets, lengths, with_gradients, in_place=False):
         taken = self._enter()
         try:
-            return self._loss_locked(token_ids, targets, lengths, with_gradients)
+            return self._loss_locked(token_ids, targets, lengths, with_gradients, in_place)
         finally:
             self._leave(taken)
 
@@ -419,7 +423,7 @@ class LanguageModel(Sequential):
         all-reduces ``flat`` in place, then calls :meth:`step_from_gradient_buffer`."""
         taken = self._enter()
         try:
-            loss, grads, _ = self._loss_locked(token_ids, targets, lengths, True)
+            loss, grads, _ = self._loss_locked(token_ids, targets, lengths, True, in_place=True)
             return loss, self._root_store().write_gradients(grads)
         finally:
             self._leave(taken)
@@ -440,9 +444,12 @@ class LanguageModel(Sequential):
                 "if this is really intended")
         lr = check_learning_rate(lr)
         clip = check_clip_norm(clip_norm)
-        loss, grads, lengths = self._loss(token_ids, targets, lengths, with_gradients=True)
+        # one hold from the loss to the update: the layers write their gradients into the
+        # flat buffer, which no other thread may touch before the update reads it
         taken = self._enter()
         try:
+            loss, grads, lengths = self._loss_locked(token_ids, targets, lengths, True,
+                                                     in_place=True)
             store = self._root_store()
             store.write_gradients(grads)
             tokens = int(lengths.sum())
