@@ -40,7 +40,12 @@ fi
 # process that aborts takes the captured text with it.
 REPORTS="$(mktemp -d /tmp/hm-sanitizer-reports.XXXXXX)"
 # detect_leaks=0: CPython keeps interned objects and arenas alive at exit by design.
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$REPORTS/asan"
+# detect_stack_use_after_return=0: ASan's fake stack frames are not 64-byte aligned, and the
+# Debug build (-O0) spills 512-bit vectors with aligned moves (vmovaps) into them, so the
+# AVX-512 width-4 code (csrc/hypermixing_w4.h) faults there although it is correct (seen in
+# gdb: `vmovaps %zmm5,-0x140(%r11)` on a fake-stack address; the same tests pass with real
+# stack frames).
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:check_initialization_order=1:log_path=$REPORTS/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan"
 export PYTHONMALLOC=malloc   # let ASan see every Python allocation too
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
