@@ -272,9 +272,10 @@ static void W4(forward_group)(float* y, float* ck, size_t n_ck, const float* x,
 
 /* The reverse scans of `count` neighbouring heads (arguments as the forward; gi, dw1, dw2 get
  * the units' rows of the valid tokens, overwritten; with `tied`, dw1 gets dw1 + dw2 and dw2 is
- * not written). Chunk by chunk from the last: rebuild the chunk's running sums from the
- * checkpoints with the forward's additions (the same bits) into sums (chunk, count, 16), then
- * walk them backwards carrying each unit's suffix sum r of ds in a register. Per token, with
+ * not written). Chunk by chunk from the last: rebuild the chunk's running sums s from the
+ * checkpoints with the forward's additions (the same bits), store s u into sums (chunk, count,
+ * 16) and then their GELUs there, their slopes in the slot's second half, then walk them
+ * backwards carrying each unit's suffix sum r of ds in a register. Per token, with
  * u = 1 / count of tokens: ds = (w2t (x) g) * u * gelu'(s u); r += ds; dw2t = gelu(s u) @ g
  * (sum over f), dw1t = r @ v (sum over f), dv = w1t @ r (sum over e): what causal_back_token
  * computes, in the forward's layout. */
