@@ -16,6 +16,16 @@
 #define HM_SIMD
 #endif
 
+/* Forced inlining, for the helpers of HM_SIMD functions (and of the width-4 and gemm
+ * micro-kernels): a helper gcc chooses not to inline runs as a call compiled for the baseline
+ * ISA (gcc stopped inlining hmx_cdf once it grew, and the causal forward became 100x slower;
+ * LayerNorm's row statistics ran as a baseline SSE2 call, 2.7x slower). */
+#if defined(__GNUC__)
+#define HM_INLINE __attribute__((always_inline))
+#else
+#define HM_INLINE
+#endif
+
 /* Runs `call`, the team form of a kernel (its loops orphaned omp for constructs), with all
  * threads in a parallel region of its own when `cond`, else on the calling thread without
  * entering a region (an orphaned omp for outside a region runs every iteration), so small calls

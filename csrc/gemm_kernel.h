@@ -37,7 +37,7 @@ static const size_t GK(tile_cols) = GK_NR;
  *   mode 0: C = sum (first slice, beta == 0: C is never read, so NaN in C is harmless)
  *   mode 1: C = beta * C + sum (first slice)
  *   mode 2: C = C + sum (later slices). */
-GK_TARGET __attribute__((always_inline)) static inline void GK(micro_body)(
+GK_TARGET HM_INLINE static inline void GK(micro_body)(
     size_t kc, const REAL* restrict a, size_t a_rs, size_t a_ks, const REAL* restrict b,
     size_t b_ks, REAL* restrict c, size_t ldc, size_t mr, size_t nr, REAL beta, int mode,
     int nv)

@@ -289,14 +289,6 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_ROUND_F32 12582912.0f
 /* the causal backward's per-row sums use a pairwise tree up to this width */
 #define HMX_TREE 64
-/* Forced inlining: the erf/GELU helpers must be inlined into the SIMD-cloned loops that call
- * them, or they run as scalar calls compiled for the baseline ISA (gcc stopped inlining
- * hmx_cdf once it grew, and the causal forward became 100x slower). */
-#if defined(__GNUC__)
-#define HMX_INLINE __attribute__((always_inline))
-#else
-#define HMX_INLINE
-#endif
 #define HMX_ROUND_F64 6755399441055744.0
 #endif
 
@@ -305,7 +297,7 @@ static const double hmx_inv_factorial[14] = {
 #define HMX_INV_SQRT_2PI 0.39894228040143267794
 
 /* sum of c[i] T_i(y) for i = 0..n-1 (Clenshaw's recurrence) */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
 {
     const REAL y2 = y + y;
@@ -322,7 +314,7 @@ static inline REAL F(hmx_chebyshev)(const REAL* c, int n, REAL y)
  * is exact; exp(r) by its Taylor polynomial (degree 7 in float32, 13 in float64: remainder
  * under 6e-9 and 4e-18 relative); 2^n from the exponent bits. Below -87 (float32) / -708
  * (float64) the result, tinier than the smallest normal number, is 0. */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_exp_nonpos)(REAL x)
 {
     const REAL lo = HMX_SINGLE ? (REAL)-87 : (REAL)-708;
@@ -359,7 +351,7 @@ static inline REAL F(hmx_exp_nonpos)(REAL x)
 }
 
 /* float64: erf(x) for |x| < 1 */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erf_small)(REAL x)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_small_f64;
@@ -367,7 +359,7 @@ static inline REAL F(hmx_erf_small)(REAL x)
 }
 
 /* float64: erfc(a) for a >= 1 (0 past 6) */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erfc_large)(REAL a)
 {
     const REAL* c = (const REAL*)(const void*)hmx_cheb_tail_f64;
@@ -380,7 +372,7 @@ static inline REAL F(hmx_erfc_large)(REAL a)
 /* c[0] + c[1] y + ... + c[n-1] y^(n-1) as two interleaved Horner chains in y^2 (even and odd
  * powers), half as long as one: the latency, not the number of operations, bounds these
  * kernels' per-row cost */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 {
     const REAL yy = y * y;
@@ -397,7 +389,7 @@ static inline REAL F(hmx_poly_split)(const REAL* c, int n, REAL y)
 
 /* float32: erf(|x|) for |x| < 1.5 (returned) and erfc(|x|) for 1.5 <= |x| <= 4 (*tail, from
  * Q; |x| is taken as 4 beyond), NaN kept */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 {
     const REAL* p = (const REAL*)(const void*)hmx_poly_small_f32;
@@ -415,7 +407,7 @@ static inline REAL F(hmx_erf_pieces32)(REAL x, REAL* tail_out)
 }
 
 /* float32: erf(|x|), NaN kept */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erf_abs32)(REAL x)
 {
     REAL tail;
@@ -425,7 +417,7 @@ static inline REAL F(hmx_erf_abs32)(REAL x)
     return a < (REAL)1.5 ? small : large;
 }
 
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erf)(REAL x)
 {
     if (HMX_SINGLE) {
@@ -443,7 +435,7 @@ static inline REAL F(hmx_erf)(REAL x)
  * error under 5e-7 at a = 6, on values below 2.2e-17.
  * It keeps the lower tail of GELU nonzero as the reference's erfc does: a GELU of exactly 0
  * turned an infinite generated weight into inf * 0 = NaN where the reference gives +-inf. */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erfc_asymptotic_e)(REAL a, REAL e)
 {
     /* e = exp(-a^2), which the GELU slope computes anyway */
@@ -453,7 +445,7 @@ static inline REAL F(hmx_erfc_asymptotic_e)(REAL a, REAL e)
     return e * series / (a * (REAL)1.77245385090551602730);
 }
 
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_erfc_asymptotic)(REAL a)
 {
     return F(hmx_erfc_asymptotic_e)(a, F(hmx_exp_nonpos)(-a * a));
@@ -463,7 +455,7 @@ static inline REAL F(hmx_erfc_asymptotic)(REAL a)
  * (below). float64: for v < -sqrt 2 straight from erfc (no cancellation in 1 - erf), far in
  * the lower tail from the asymptotic erfc. Both sides are computed and one selected, so a loop
  * of it still vectorises. */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_cdf_e)(REAL v, const REAL* e)
 {
     /* e: NULL, or &exp(-v^2 / 2) when the caller has it (the far tail needs exp(-x^2)) */
@@ -497,21 +489,21 @@ static inline REAL F(hmx_cdf_e)(REAL v, const REAL* e)
     return a >= (REAL)1 ? (x < 0 ? tail : (REAL)1 - tail) : small;
 }
 
-HMX_INLINE
+HM_INLINE
 static inline REAL F(hmx_cdf)(REAL v)
 {
     return F(hmx_cdf_e)(v, NULL);
 }
 
 /* Exact GELU v * Phi(v) */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(gelu)(REAL v)
 {
     return v * F(hmx_cdf)(v);
 }
 
 /* Both at once: *slope = gelu'(v) = Phi(v) + v phi(v); returns gelu(v). */
-HMX_INLINE
+HM_INLINE
 static inline REAL F(gelu_slope)(REAL v, REAL* slope)
 {
     const REAL e = F(hmx_exp_nonpos)((REAL)-0.5 * v * v);
@@ -520,7 +512,7 @@ static inline REAL F(gelu_slope)(REAL v, REAL* slope)
     return v * cdf;
 }
 
-HMX_INLINE
+HM_INLINE
 static inline REAL F(gelu_grad)(REAL v)
 {
     REAL slope;
@@ -807,7 +799,7 @@ static void F(small_heads_transpose)(REAL* restrict At, REAL* restrict Ct,
 /* out (m, h * n_out), stride ldo, := (or += when accumulate) per head j, in_j @ Wt_j, with in
  * (m, h * n_in) of stride ldi and Wt (h, n_in, n_out): out[r, j n_out + o] = sum over i of
  * in[r, j n_in + i] Wt[j, i, o], i in turn. */
-HMX_INLINE
+HM_INLINE
 static inline void F(small_heads_product_body)(REAL* restrict out, const REAL* restrict in,
                                                const REAL* restrict Wt, size_t m, size_t h,
                                                size_t n_in, size_t n_out, size_t ldi,
@@ -859,7 +851,7 @@ static void F(small_heads_product)(REAL* restrict out, const REAL* restrict in,
  * (R, h * n_a) of stride lda and b (R, h * n_b) of stride ldb: the weight gradients of small
  * heads (gemm would pack 8x8 products for nothing). Heads are split over the threads, so each
  * head is summed by one thread, rows in order, whatever the thread count. */
-HMX_INLINE
+HM_INLINE
 static inline void F(small_heads_outer_sum_body)(REAL* restrict out, const REAL* restrict a,
                                                  const REAL* restrict b, size_t R, size_t j,
                                                  size_t n_a, size_t n_b, size_t lda,
@@ -1351,7 +1343,7 @@ void KERNEL_NAME(hypermixing_backward_f32, hypermixing_backward_f64)(
  * backward's rebuild and the streaming step so all three add in the same order:
  * state += w1t (x) v; out = w2t @ gelu(state * (1 / count)) when out is not NULL (a product
  * with the reciprocal: one division per token, not one per state element). */
-HMX_INLINE
+HM_INLINE
 static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const REAL* prev,
                                         const REAL* restrict v, const REAL* restrict w1t,
                                         const REAL* restrict w2t, size_t kh, size_t dh,
@@ -1410,7 +1402,7 @@ static inline void F(causal_token_body)(REAL* restrict out, REAL* next, const RE
  *
  * Rebuild one token's running sum from the previous one, next = prev + v (x) w1t (the same
  * products and additions as causal_token, transposed). */
-HMX_INLINE
+HM_INLINE
 static inline void F(causal_rebuild_body)(REAL* restrict next, const REAL* restrict prev,
                                           const REAL* restrict v, const REAL* restrict w1t,
                                           size_t kh, size_t dh)
@@ -1430,7 +1422,7 @@ static inline void F(causal_rebuild_body)(REAL* restrict next, const REAL* restr
  * run row by row in order; the sum over k_h within a row in a fixed pairwise tree
  * (power-of-two k_h up to HMX_TREE) or an omp simd reduction (order fixed by the instruction
  * set chosen at load time). Never by the thread count. */
-HMX_INLINE
+HM_INLINE
 static inline void F(causal_back_token_body)(REAL* restrict dw1t, REAL* restrict dw2t,
                                              REAL* restrict dv, REAL* restrict suffix,
                                              const REAL* restrict st, const REAL* restrict g,

@@ -10,20 +10,20 @@
 #if W4_AVX512
 typedef __m512 W4(v16);
 
-W4_TARGET HMX_INLINE static inline W4(v16) W4(zero)(void) { return _mm512_setzero_ps(); }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(load)(const float* p) { return _mm512_loadu_ps(p); }
-W4_TARGET HMX_INLINE static inline void W4(store)(float* p, W4(v16) v) { _mm512_storeu_ps(p, v); }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(set1)(float x) { return _mm512_set1_ps(x); }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(add)(W4(v16) a, W4(v16) b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(zero)(void) { return _mm512_setzero_ps(); }
+W4_TARGET HM_INLINE static inline W4(v16) W4(load)(const float* p) { return _mm512_loadu_ps(p); }
+W4_TARGET HM_INLINE static inline void W4(store)(float* p, W4(v16) v) { _mm512_storeu_ps(p, v); }
+W4_TARGET HM_INLINE static inline W4(v16) W4(set1)(float x) { return _mm512_set1_ps(x); }
+W4_TARGET HM_INLINE static inline W4(v16) W4(add)(W4(v16) a, W4(v16) b)
 {
     return _mm512_add_ps(a, b);
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(mul)(W4(v16) a, W4(v16) b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(mul)(W4(v16) a, W4(v16) b)
 {
     return _mm512_mul_ps(a, b);
 }
 /* a * b + c, fused */
-W4_TARGET HMX_INLINE static inline W4(v16) W4(fmadd)(W4(v16) a, W4(v16) b, W4(v16) c)
+W4_TARGET HM_INLINE static inline W4(v16) W4(fmadd)(W4(v16) a, W4(v16) b, W4(v16) c)
 {
     return _mm512_fmadd_ps(a, b, c);
 }
@@ -32,20 +32,20 @@ W4_TARGET HMX_INLINE static inline W4(v16) W4(fmadd)(W4(v16) a, W4(v16) b, W4(v1
 #define W4_SHUFFLE(v, imm) _mm512_permute_ps(v, imm)
 
 /* spread(a)[4e + f] = a[e] */
-W4_TARGET HMX_INLINE static inline W4(v16) W4(spread)(const float* a)
+W4_TARGET HM_INLINE static inline W4(v16) W4(spread)(const float* a)
 {
     const __m512i index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_loadu_ps(a)));
 }
 
 /* repeat(b)[4e + f] = b[f] */
-W4_TARGET HMX_INLINE static inline W4(v16) W4(repeat)(const float* b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(repeat)(const float* b)
 {
     return _mm512_broadcast_f32x4(_mm_loadu_ps(b));
 }
 
 /* out[f] = sum over e of p[4e + f], as (p[f] + p[8 + f]) + (p[4 + f] + p[12 + f]) */
-W4_TARGET HMX_INLINE static inline void W4(store_sum_over_e)(float* out, W4(v16) p)
+W4_TARGET HM_INLINE static inline void W4(store_sum_over_e)(float* out, W4(v16) p)
 {
     p = _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(1, 0, 3, 2)));
     p = _mm512_add_ps(p, _mm512_shuffle_f32x4(p, p, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -55,7 +55,7 @@ W4_TARGET HMX_INLINE static inline void W4(store_sum_over_e)(float* out, W4(v16)
 /* The sums over f of two products at once: sum_p[e] = (p[4e] + p[4e + 1]) + (p[4e + 2] +
  * p[4e + 3]), sum_q likewise, sharing the second shuffle (q's pair sums are taken in the
  * other order, q[4e + 1] + q[4e], the same number) */
-W4_TARGET HMX_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m128* sum_q,
+W4_TARGET HM_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m128* sum_q,
                                                             W4(v16) p, W4(v16) q)
 {
     p = _mm512_add_ps(p, _mm512_permute_ps(p, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -74,50 +74,50 @@ typedef struct {
     __m256 lo, hi;
 } W4(v16);
 
-W4_TARGET HMX_INLINE static inline W4(v16) W4(zero)(void)
+W4_TARGET HM_INLINE static inline W4(v16) W4(zero)(void)
 {
     W4(v16) r = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     return r;
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(load)(const float* p)
+W4_TARGET HM_INLINE static inline W4(v16) W4(load)(const float* p)
 {
     W4(v16) r = {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
     return r;
 }
-W4_TARGET HMX_INLINE static inline void W4(store)(float* p, W4(v16) v)
+W4_TARGET HM_INLINE static inline void W4(store)(float* p, W4(v16) v)
 {
     _mm256_storeu_ps(p, v.lo);
     _mm256_storeu_ps(p + 8, v.hi);
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(set1)(float x)
+W4_TARGET HM_INLINE static inline W4(v16) W4(set1)(float x)
 {
     W4(v16) r = {_mm256_set1_ps(x), _mm256_set1_ps(x)};
     return r;
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(add)(W4(v16) a, W4(v16) b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(add)(W4(v16) a, W4(v16) b)
 {
     W4(v16) r = {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
     return r;
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(mul)(W4(v16) a, W4(v16) b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(mul)(W4(v16) a, W4(v16) b)
 {
     W4(v16) r = {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
     return r;
 }
-W4_TARGET HMX_INLINE static inline W4(v16) W4(fmadd)(W4(v16) a, W4(v16) b, W4(v16) c)
+W4_TARGET HM_INLINE static inline W4(v16) W4(fmadd)(W4(v16) a, W4(v16) b, W4(v16) c)
 {
     W4(v16) r = {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
     return r;
 }
 #define W4_SHUFFLE(v, imm) W4(shuffle_pair)(_mm256_permute_ps((v).lo, imm), \
                                             _mm256_permute_ps((v).hi, imm))
-W4_TARGET HMX_INLINE static inline W4(v16) W4(shuffle_pair)(__m256 lo, __m256 hi)
+W4_TARGET HM_INLINE static inline W4(v16) W4(shuffle_pair)(__m256 lo, __m256 hi)
 {
     W4(v16) r = {lo, hi};
     return r;
 }
 
-W4_TARGET HMX_INLINE static inline W4(v16) W4(spread)(const float* a)
+W4_TARGET HM_INLINE static inline W4(v16) W4(spread)(const float* a)
 {
     const __m256 a4 = _mm256_broadcast_ps((const __m128*)(const void*)a);
     W4(v16) r = {_mm256_permutevar8x32_ps(a4, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
@@ -125,20 +125,20 @@ W4_TARGET HMX_INLINE static inline W4(v16) W4(spread)(const float* a)
     return r;
 }
 
-W4_TARGET HMX_INLINE static inline W4(v16) W4(repeat)(const float* b)
+W4_TARGET HM_INLINE static inline W4(v16) W4(repeat)(const float* b)
 {
     const __m256 b4 = _mm256_broadcast_ps((const __m128*)(const void*)b);
     W4(v16) r = {b4, b4};
     return r;
 }
 
-W4_TARGET HMX_INLINE static inline void W4(store_sum_over_e)(float* out, W4(v16) p)
+W4_TARGET HM_INLINE static inline void W4(store_sum_over_e)(float* out, W4(v16) p)
 {
     const __m256 a = _mm256_add_ps(p.lo, p.hi);   /* p[f] + p[8 + f], p[4 + f] + p[12 + f] */
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
 }
 
-W4_TARGET HMX_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m128* sum_q,
+W4_TARGET HM_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m128* sum_q,
                                                             W4(v16) p, W4(v16) q)
 {
     p = W4(add)(p, W4_SHUFFLE(p, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -172,7 +172,7 @@ W4_TARGET HMX_INLINE static inline void W4(two_sums_over_f)(__m128* sum_p, __m12
 #endif
 
 /* out (4,) = w2t @ gelu(s * inv): the output of one token from its running sum s */
-W4_TARGET HMX_INLINE
+W4_TARGET HM_INLINE
 static inline void W4(output)(float* out, W4(v16) s, float inv, const float* w2t)
 {
     float g[16];
@@ -182,7 +182,7 @@ static inline void W4(output)(float* out, W4(v16) s, float inv, const float* w2t
 }
 
 /* the running sum after one more token: s + w1t (x) v */
-W4_TARGET HMX_INLINE
+W4_TARGET HM_INLINE
 static inline W4(v16) W4(add_token)(W4(v16) s, const float* v, const float* w1t)
 {
     return W4(fmadd)(W4(spread)(w1t), W4(repeat)(v), s);
@@ -207,7 +207,7 @@ static void W4(token)(float* out, float* state, const float* v, const float* w1t
  * The GELUs of W4_BLOCK tokens go in one pass (see below). Each unit's arithmetic is the same
  * whatever count is, and the same as W4(token)'s. */
 #define W4_BLOCK 8
-W4_TARGET HMX_INLINE
+W4_TARGET HM_INLINE
 static inline void W4(forward_body)(float* y, float* ck, size_t n_ck, const float* x,
                                     const float* w1, const float* w2, size_t row0, size_t n,
                                     size_t L, size_t j, size_t D, size_t K, int mean,
@@ -279,7 +279,7 @@ static void W4(forward_group)(float* y, float* ck, size_t n_ck, const float* x,
  * u = 1 / count of tokens: ds = (w2t (x) g) * u * gelu'(s u); r += ds; dw2t = gelu(s u) @ g
  * (sum over f), dw1t = r @ v (sum over f), dv = w1t @ r (sum over e): what causal_back_token
  * computes, in the forward's layout. */
-W4_TARGET HMX_INLINE
+W4_TARGET HM_INLINE
 static inline void W4(backward_body)(float* gi, float* dw1, float* dw2, float* sums,
                                      const float* go, const float* x, const float* w1,
                                      const float* w2, const float* ck, size_t n_ck, size_t row0,

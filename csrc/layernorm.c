@@ -34,7 +34,7 @@ typedef struct {
 
 /* The sum of the partial sums acc[0 .. LN_SUMS) and rest, added in one fixed order (never an
  * order the thread count could change) */
-__attribute__((always_inline)) static inline double ln_total(const ln_vec* acc, double rest)
+HM_INLINE static inline double ln_total(const ln_vec* acc, double rest)
 {
     const ln_vec v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     return (((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))) + rest;
@@ -64,14 +64,14 @@ __attribute__((always_inline)) static inline double ln_total(const ln_vec* acc, 
 /* LN_LANES entries of a row from p, in double (through a pointer: a 64-byte vector passed by
  * value would have a different ABI in each clone) */
 typedef REAL F(ln_reals) __attribute__((vector_size(LN_LANES * sizeof(REAL))));
-__attribute__((always_inline)) static inline void F(ln_load)(ln_vec* out, const REAL* p)
+HM_INLINE static inline void F(ln_load)(ln_vec* out, const REAL* p)
 {
     F(ln_reals) v;
     memcpy(&v, p, sizeof v);
     *out = __builtin_convertvector(v, ln_vec);
 }
 
-__attribute__((always_inline)) static inline ln_stats F(ln_row_stats)(const REAL* restrict in, size_t width)
+HM_INLINE static inline ln_stats F(ln_row_stats)(const REAL* restrict in, size_t width)
 {
     const int one_pass = sizeof(REAL) == sizeof(float);
     double scale = 1.0;
