@@ -66,19 +66,20 @@ cdef int _hb_fill(object what, list arrays, void** out, int typenum,
     cdef size_t sizes[18]
     cdef cnp.ndarray a
     cdef int i
-    cdef bint needed
+    cdef bint absent
     _hb_sizes(sizes, d)
     if len(arrays) != HM_HYPERMIXING_BLOCK_PARAMS:
         raise ValueError(f"{what}: expected {HM_HYPERMIXING_BLOCK_PARAMS} slots")
     for i in range(HM_HYPERMIXING_BLOCK_PARAMS):
-        needed = not ((6 <= i <= 9 and d.tied) or (10 <= i <= 11 and not d.layer_norm)
-                      or i == 3 or i == 5 or i == 7 or i == 9)
+        # absent: the second generator when tied, the LayerNorm when off; the generators'
+        # biases (3, 5, 7, 9) are optional
+        absent = (6 <= i <= 9 and d.tied) or (10 <= i <= 11 and not d.layer_norm)
         if arrays[i] is None:
-            if needed:
+            if not (absent or i == 3 or i == 5 or i == 7 or i == 9):
                 raise ValueError(f"{what}[{i}]: missing")
             out[i] = NULL
             continue
-        if (6 <= i <= 9 and d.tied) or (10 <= i <= 11 and not d.layer_norm):
+        if absent:
             raise ValueError(f"{what}[{i}]: not a parameter of this block")
         a = arrays[i]
         _blk_array(what, a, typenum, sizes[i])

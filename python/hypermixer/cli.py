@@ -179,24 +179,27 @@ def build_parser():
     return parser
 
 
+def _refuse_flags(flags, only_to):
+    """Refuse (rather than silently drop) the flags of ``[(flag, given)]`` that were given:
+    they apply ``only_to`` another architecture."""
+    ignored = [flag for flag, given in flags if given]
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
+                         f" only to {only_to}")
+
+
 def _model_config(args, architecture=None):
     if architecture is None and args.architecture == "transformer":
-        ignored = [flag for flag, given in (
-            ("--share-hypernetwork", args.share_hypernetwork),
-            ("--hypernetwork-hidden-dim", args.hypernetwork_hidden_dim is not None),
-            ("--token-mixing-hidden-dim", args.token_mixing_hidden_dim is not None),
-            ("--non-causal", args.non_causal)) if given]
-        if ignored:   # refused rather than silently dropped
-            raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
-                             " only to --architecture hypermixer; the transformer has no "
-                             "hypernetwork and is always causal")
+        _refuse_flags([("--share-hypernetwork", args.share_hypernetwork),
+                       ("--hypernetwork-hidden-dim", args.hypernetwork_hidden_dim is not None),
+                       ("--token-mixing-hidden-dim", args.token_mixing_hidden_dim is not None),
+                       ("--non-causal", args.non_causal)],
+                      "--architecture hypermixer; the transformer has no hypernetwork and is "
+                      "always causal")
     if architecture is None and args.architecture != "hypermixing":
-        ignored = [flag for flag, given in (
-            ("--heads", getattr(args, "heads", None) is not None),
-            ("--untied", getattr(args, "untied", False))) if given]
-        if ignored:
-            raise UsageError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'}"
-                             " only to --architecture hypermixing")
+        _refuse_flags([("--heads", getattr(args, "heads", None) is not None),
+                       ("--untied", getattr(args, "untied", False))],
+                      "--architecture hypermixing")
     architecture = architecture or args.architecture
     fields = dict(architecture=architecture, embedding_dim=args.embedding_dim,
                   hidden_dim=args.hidden_dim, num_layers=args.num_layers,
