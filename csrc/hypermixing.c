@@ -1019,6 +1019,24 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
     }
 }
 
+#if HMX_W4
+/* A generator layer's weight and bias gradients on the width-4 path, in team form: dW (h, 4, 4)
+ * := per head, grad_j^T @ in_j (four heads per task), db (D,) := the column sums of grad unless
+ * db is NULL; grad, in (R, D) */
+static void F(width4_layer_gradients)(REAL* dW, REAL* db, const REAL* grad, const REAL* in,
+                                      size_t R, size_t D)
+{
+    if (db) {
+        #pragma omp single
+        F(bias_gradient)(db, grad, R, D);
+    }
+    #pragma omp for schedule(static)
+    for (size_t c = 0; c < D / 16; c++) {
+        hmx_w4_outer_sum((float*)dW, (const float*)grad, (const float*)in, R, c, D, D);
+    }
+}
+#endif
+
 /* The generator backward's team form, for the width-4 path only (d = k = 4 h,
  * hypermixing_team_ready): as the general one below, with the per-head products and sums of
  * hmx_w4_rows_product and hmx_w4_outer_sum. Arguments as the kernel. */
@@ -1030,20 +1048,12 @@ void KERNEL_NAME(hypermixing_generator_backward_team_f32,
 {
 #if HMX_W4
     const size_t R = rows, D = d;
-    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE, chunks = D / 16;
+    const size_t tiles = (R + HMX_GEN_TILE - 1) / HMX_GEN_TILE;
     float cols_a[4 * HMX_W4_MAX_WIDTH], cols_c[4 * HMX_W4_MAX_WIDTH];
     hmx_w4_columns(cols_a, (const float*)A, D, 1);
     hmx_w4_columns(cols_c, (const float*)C, D, 1);
-    if (dw) {
-        if (dc) {
-            #pragma omp single
-            F(bias_gradient)(dc, dw, R, D);
-        }
-        /* dC_j = dw_j^T @ act_j, four heads per task */
-        #pragma omp for schedule(static)
-        for (size_t c = 0; c < chunks; c++) {
-            hmx_w4_outer_sum((float*)dC, (const float*)dw, (const float*)act, R, c, D, D);
-        }
+    if (dw) {   /* dC_j = dw_j^T @ act_j, dc = colsum(dw) */
+        F(width4_layer_gradients)(dC, dc, dw, act, R, D);
     }
     #pragma omp for schedule(static)
     for (size_t tile = 0; tile < tiles; tile++) {
@@ -1057,15 +1067,8 @@ void KERNEL_NAME(hypermixing_generator_backward_team_f32,
         hmx_w4_rows_product((float*)(dz + r0 * D), (const float*)(dact + r0 * D), cols_a, m, D,
                             D, D, accumulate);
     }
-    if (da) {
-        #pragma omp single
-        F(bias_gradient)(da, dact, R, D);
-    }
-    /* dA_j = dpre_j^T @ z_j */
-    #pragma omp for schedule(static)
-    for (size_t c = 0; c < chunks; c++) {
-        hmx_w4_outer_sum((float*)dA, (const float*)dact, (const float*)z, R, c, D, D);
-    }
+    /* dA_j = dpre_j^T @ z_j, da = colsum(dpre) */
+    F(width4_layer_gradients)(dA, da, dact, z, R, D);
 #else
     (void)dz, (void)dA, (void)da, (void)dC, (void)dc, (void)dact, (void)dw, (void)z, (void)act;
     (void)slope, (void)A, (void)C, (void)rows, (void)d, (void)k, (void)h, (void)accumulate;
