@@ -112,8 +112,10 @@ void KERNEL_NAME(channel_mixing_backward_team_f32, channel_mixing_backward_team_
     if (N == B * L) {
         /* no padding: grad_input itself is the packed gradient; it starts as the residual
          * path and receives the MLP's (gp is not needed) */
-        #pragma omp single
-        memcpy(grad_input, grad_output, N * width * sizeof(REAL));
+        #pragma omp for schedule(static)   /* row by row: every thread copies a share */
+        for (size_t r = 0; r < N; r++) {
+            memcpy(grad_input + r * width, grad_output + r * width, width * sizeof(REAL));
+        }
         F(mlp_backward_team)(grad_input, 1, dw1, db1, dw2, db2, 0, dhidden, grad_output, xp,
                              hidden, N, w1, w2, width, hid, width);
         return;

@@ -1026,9 +1026,10 @@ void KERNEL_NAME(hypermixing_generator_forward_f32, hypermixing_generator_forwar
 static void F(width4_layer_gradients)(REAL* dW, REAL* db, const REAL* grad, const REAL* in,
                                       size_t R, size_t D)
 {
-    if (db) {
+    if (db) {   /* the team's column sums (as bias_gradient's, the same bits) */
         #pragma omp single
-        F(bias_gradient)(db, grad, R, D);
+        memset(db, 0, D * sizeof(REAL));
+        F(column_sums_add_team)(db, grad, R, D);
     }
     #pragma omp for schedule(static)
     for (size_t c = 0; c < D / 16; c++) {
