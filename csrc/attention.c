@@ -16,13 +16,28 @@
 #include "gemm.h"
 #include "softmax.h"
 
-/* dst (E, L) = first n rows of src (rows of stride ld, E columns) transposed; columns >= n
- * of dst are left untouched. */
-static void F(attention_transpose_rows)(REAL* restrict dst, const REAL* restrict src,
-                                        size_t ld, size_t n, size_t L, size_t E)
+/* Tasks of the per-sequence loops: B sequences of `tiles` tiles of HM_TILE_ROWS query rows.
+ * A causal tile's work grows (or, for dk and dv, shrinks) linearly with its position, so in
+ * sequence order the static schedule's contiguous halves of one sequence differ 3:1 (B = 1
+ * on two threads: one thread idled through a third of the attention). Within a sequence the
+ * tasks go 0, T-1, 1, T-2, ...: every contiguous run of them then holds as much work at the
+ * front as at the back, and two or more sequences still go one per thread. Which task makes
+ * which tile does not change any bits: each tile is computed by one task the same way. */
+static inline void F(attention_task)(size_t task, size_t tiles, size_t* b, size_t* r0)
 {
-    for (size_t t = 0; t < n; t++) {
-        for (size_t e = 0; e < E; e++) {
+    const size_t k = task % tiles;
+    *b = task / tiles;
+    *r0 = (k % 2 == 0 ? k / 2 : tiles - 1 - k / 2) * HM_TILE_ROWS;
+}
+
+/* dst (E, L) = rows r0..r1 of src (rows of stride ld, E columns) transposed into columns
+ * r0..r1; other columns of dst are left untouched. Column by column, so each row of dst gets
+ * one contiguous run per tile. */
+static void F(attention_transpose_rows)(REAL* restrict dst, const REAL* restrict src,
+                                        size_t ld, size_t r0, size_t r1, size_t L, size_t E)
+{
+    for (size_t e = 0; e < E; e++) {
+        for (size_t t = r0; t < r1; t++) {
             dst[e * L + t] = src[t * ld + e];
         }
     }
@@ -61,18 +76,19 @@ void KERNEL_NAME(attention_forward_f32, attention_forward_f64)(
     F(attention_concat_weights)(wcat, wq, wk, wv, E);
     F(gemm)(0, 0, rows, E3, E, xc, E, wcat, E3, 0, qkv, E3);
 
-    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (size_t b = 0; b < B; b++) {
-        F(attention_transpose_rows)(kt + b * E * L, qkv + b * L * E3 + E, E3,
-                                    (size_t)lengths[b], L, E);
-    }
-
     const size_t tiles_per_seq = (L + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t task = 0; task < B * tiles_per_seq; task++) {
-        const size_t b = task / tiles_per_seq;
+        const size_t b = task / tiles_per_seq, r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
+        const size_t n = (size_t)lengths[b], r1 = r0 + HM_TILE_ROWS < n ? r0 + HM_TILE_ROWS : n;
+        F(attention_transpose_rows)(kt + b * E * L, qkv + b * L * E3 + E, E3, r0, r1, L, E);
+    }
+
+    #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
+    for (size_t task = 0; task < B * tiles_per_seq; task++) {
+        size_t b, r0;
+        F(attention_task)(task, tiles_per_seq, &b, &r0);
         const size_t n = (size_t)lengths[b];
-        const size_t r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
         const size_t r1 = r0 + HM_TILE_ROWS < L ? r0 + HM_TILE_ROWS : L;
         const size_t i1 = r1 < n ? r1 : n;       /* rows r0..i1 are real, i1..r1 padding */
         const REAL* qb = qkv + b * L * E3;
@@ -120,18 +136,20 @@ void KERNEL_NAME(attention_backward_f32, attention_backward_f64)(
     const size_t tiles_per_seq = (L + HM_TILE_ROWS - 1) / HM_TILE_ROWS;
 
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
-    for (size_t b = 0; b < B; b++) {
-        F(attention_transpose_rows)(vt + b * E * L, qkv + b * L * E3 + 2 * E, E3,
-                                    (size_t)lengths[b], L, E);
+    for (size_t task = 0; task < B * tiles_per_seq; task++) {
+        const size_t b = task / tiles_per_seq, r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
+        const size_t n = (size_t)lengths[b], r1 = r0 + HM_TILE_ROWS < n ? r0 + HM_TILE_ROWS : n;
+        F(attention_transpose_rows)(vt + b * E * L, qkv + b * L * E3 + 2 * E, E3, r0, r1, L,
+                                    E);
     }
     F(attention_concat_weights)(wcat, wq, wk, wv, E);
 
     /* dscores[i, j] = A[i,j] (dA[i,j] - sum_j' A[i,j'] dA[i,j']) / sqrt(E), dA = grad v^T */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t task = 0; task < B * tiles_per_seq; task++) {
-        const size_t b = task / tiles_per_seq;
+        size_t b, r0;
+        F(attention_task)(task, tiles_per_seq, &b, &r0);
         const size_t n = (size_t)lengths[b];
-        const size_t r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
         const size_t r1 = r0 + HM_TILE_ROWS < L ? r0 + HM_TILE_ROWS : L;
         const size_t i1 = r1 < n ? r1 : n;
         if (r0 >= i1) {
@@ -161,9 +179,9 @@ void KERNEL_NAME(attention_backward_f32, attention_backward_f64)(
      * transposed products only need rows i >= r0 of their (lower-triangular) left factor. */
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t task = 0; task < B * tiles_per_seq; task++) {
-        const size_t b = task / tiles_per_seq;
+        size_t b, r0;
+        F(attention_task)(task, tiles_per_seq, &b, &r0);
         const size_t n = (size_t)lengths[b];
-        const size_t r0 = (task % tiles_per_seq) * HM_TILE_ROWS;
         const size_t r1 = r0 + HM_TILE_ROWS < L ? r0 + HM_TILE_ROWS : L;
         const size_t i1 = r1 < n ? r1 : n;
         const REAL* qb = qkv + b * L * E3;

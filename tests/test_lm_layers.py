@@ -422,6 +422,36 @@ def test_one_and_two_threads_are_bit_identical():
         assert np.array_equal(a, b), f"result {i} differs between 1 and 2 threads"
 
 
+
+@pytest.mark.parametrize("n_tiles, length", [(1, 20), (4, 128), (5, 150), (5, 131)])
+def test_attention_of_one_long_sequence_on_1_2_3_threads(n_tiles, length):
+    # one sequence: its tiles are what the threads share, in the order 0, T-1, 1, T-2, ...
+    # (odd and even tile counts, a ragged last tile, padding past the length)
+    rng = np.random.default_rng(n_tiles)
+    seq_len = n_tiles * 32
+    x = rng.normal(size=(1, seq_len, 24))
+    g = rng.normal(size=(1, seq_len, 24))
+    lengths = [length]
+    before = hm.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            hm.set_num_threads(threads)
+            layer = hm.SelfAttention(24, seed=3, dtype=np.float64)
+            y = layer.forward(x, lengths)
+            gi, grads = layer.compute_gradients(x, g, lengths)
+            results.append([y, gi, *grads])
+    finally:
+        hm.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+    reference = ref.SelfAttention(24, seed=3, dtype=np.float64)
+    y_ref = reference.forward(x, lengths)
+    gi_ref, grads_ref = reference.compute_gradients(x, g, lengths)
+    for got, want in zip(results[0], [y_ref, gi_ref, *grads_ref]):
+        assert_close(got, want, np.float64, "attention")
+
 @pytest.mark.parametrize("impl", [hm, ref], ids=["compiled", "reference"])
 def test_backward_equals_compute_then_apply(impl):
     rng = np.random.default_rng(42)
