@@ -121,6 +121,54 @@ void KERNEL_NAME(attention_forward_f32, attention_forward_f64)(
     }
 }
 
+/* One new token of the attention above, for generation with a cache of the earlier tokens'
+ * keys and values (shapes):
+ *   out (E,)           := softmax(q K^T / sqrt(E)) V + x, K and V rows 0..n of the caches;
+ *   kcache, vcache (cap, E): rows 0..n-1 hold the earlier tokens' k and v; row n gets this
+ *                      token's (the caller keeps n < cap);
+ *   q (E,), scores (n + 1,): workspaces;   x (E,) the token's input row at position n;
+ *   wq, wk, wv (E, E).
+ * The same products as the forward's row n, summed in another order (rounding differs).
+ * Serial: one token is O(n E + E^2) work, a few microseconds at the lengths generated, less
+ * than starting a parallel region. */
+HM_SIMD
+void KERNEL_NAME(attention_step_f32, attention_step_f64)(
+    REAL* out, REAL* kcache, REAL* vcache, REAL* q, REAL* scores, const REAL* x, const REAL* wq,
+    const REAL* wk, const REAL* wv, size_t n, size_t E)
+{
+    REAL* restrict k = kcache + n * E;
+    REAL* restrict v = vcache + n * E;
+    for (size_t j = 0; j < E; j++) {
+        q[j] = k[j] = v[j] = 0;
+    }
+    for (size_t i = 0; i < E; i++) {
+        const REAL xi = x[i];
+        for (size_t j = 0; j < E; j++) {
+            q[j] += xi * wq[i * E + j];
+            k[j] += xi * wk[i * E + j];
+            v[j] += xi * wv[i * E + j];
+        }
+    }
+    for (size_t s = 0; s <= n; s++) {
+        scores[s] = F(vec_dot)(q, kcache + s * E, E);
+    }
+    REAL max, sum;
+    F(softmax_row)(scores, scores, n + 1, (REAL)(1.0 / sqrt((double)E)), &max, &sum);
+    for (size_t j = 0; j < E; j++) {
+        out[j] = 0;
+    }
+    for (size_t s = 0; s <= n; s++) {
+        const REAL p = scores[s];
+        const REAL* restrict vs = vcache + s * E;
+        for (size_t j = 0; j < E; j++) {
+            out[j] += p * vs[j];
+        }
+    }
+    for (size_t j = 0; j < E; j++) {
+        out[j] += x[j];
+    }
+}
+
 /* dx (B,L,E) input gradient (padding rows 0); dwq, dwk, dwv (E,E) weight gradients
  * (overwritten); workspaces dqkv (B,L,3E), dscores (B,L,L), vt (B,E,L), wcat and dwcat
  * (E,3E); grad (B,L,E) = dL/dY; xc, qkv, probs as cached by the forward; wq, wk, wv (E,E). */

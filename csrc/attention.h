@@ -17,4 +17,11 @@ HM_ATTENTION_BACKWARD(float, attention_backward_f32);
 HM_ATTENTION_BACKWARD(double, attention_backward_f64);
 #undef HM_ATTENTION_BACKWARD
 
+#define HM_ATTENTION_STEP(R, name)                                                            \
+    void name(R* out, R* kcache, R* vcache, R* q, R* scores, const R* x, const R* wq,         \
+              const R* wk, const R* wv, size_t n, size_t E)
+HM_ATTENTION_STEP(float, attention_step_f32);
+HM_ATTENTION_STEP(double, attention_step_f64);
+#undef HM_ATTENTION_STEP
+
 #endif

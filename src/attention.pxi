@@ -22,6 +22,12 @@ cdef extern from "attention.h" nogil:
                                 const double* qkv, const double* probs, const double* wq,
                                 const double* wk, const double* wv, const int64_t* lengths,
                                 size_t B, size_t L, size_t E)
+    void attention_step_f32(float* out, float* kcache, float* vcache, float* q, float* scores,
+                            const float* x, const float* wq, const float* wk, const float* wv,
+                            size_t n, size_t E)
+    void attention_step_f64(double* out, double* kcache, double* vcache, double* q,
+                            double* scores, const double* x, const double* wq,
+                            const double* wk, const double* wv, size_t n, size_t E)
 
 
 cdef int _att_check(str name, Py_ssize_t* shape, int ndim, Py_ssize_t a, Py_ssize_t b,
@@ -113,3 +119,32 @@ def attention_backward(floating[:, :, ::1] dx, floating[:, ::1] dwq, floating[:,
                                    &wcat[0, 0], &dwcat[0, 0], &grad[0, 0, 0], &xc[0, 0, 0],
                                    &qkv[0, 0, 0], &probs[0, 0, 0], &wq[0, 0], &wk[0, 0],
                                    &wv[0, 0], &lengths[0], B, L, E)
+
+
+def attention_step(floating[::1] out, floating[:, ::1] kcache, floating[:, ::1] vcache,
+                   floating[::1] q, floating[::1] scores, const floating[::1] x,
+                   const floating[:, ::1] wq, const floating[:, ::1] wk,
+                   const floating[:, ::1] wv, Py_ssize_t n):
+    """One new token at position n (generation with a key/value cache): x, out, q (E,);
+    kcache, vcache (cap, E), rows 0..n-1 filled, row n written here; scores (>= n + 1,)."""
+    cdef Py_ssize_t E = x.shape[0], cap = kcache.shape[0]
+    if E < 1:
+        raise ValueError("attention_step: E must be >= 1")
+    if n < 0 or n >= cap:
+        raise ValueError(f"attention_step: position {n} is outside the cache of {cap} rows")
+    _att_check("out", out.shape, 1, E, 0, 0)
+    _att_check("q", q.shape, 1, E, 0, 0)
+    _att_check("kcache", kcache.shape, 2, cap, E, 0)
+    _att_check("vcache", vcache.shape, 2, cap, E, 0)
+    _att_check("wq", wq.shape, 2, E, E, 0)
+    _att_check("wk", wk.shape, 2, E, E, 0)
+    _att_check("wv", wv.shape, 2, E, E, 0)
+    if scores.shape[0] < n + 1:
+        raise ValueError(f"attention_step: scores has {scores.shape[0]} entries, needs {n + 1}")
+    with nogil:
+        if floating is float:
+            attention_step_f32(&out[0], &kcache[0, 0], &vcache[0, 0], &q[0], &scores[0], &x[0],
+                               &wq[0, 0], &wk[0, 0], &wv[0, 0], n, E)
+        else:
+            attention_step_f64(&out[0], &kcache[0, 0], &vcache[0, 0], &q[0], &scores[0], &x[0],
+                               &wq[0, 0], &wk[0, 0], &wv[0, 0], n, E)

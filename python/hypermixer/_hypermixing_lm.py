@@ -6,9 +6,9 @@ network has no learned position table and accepts inputs of any length. ``max_se
 only the length of the training windows; generation streams past it.
 """
 
-import operator
-
 import numpy as np
+
+from ._stream import TokenStream
 
 
 def token_embeddings_class(impl):
@@ -53,45 +53,27 @@ def parameter_count(config, vocab_size):
     return v * e + config.num_layers * block + e * v + v
 
 
-class Stream:
+class Stream(TokenStream):
     """Feeds a causal ``hypermixing`` network one token at a time. Per layer and head it keeps
     the running sum (k_h, d_h) of the tokens so far, so a new token costs the same at any
     position; the logits equal those of a full forward over the same prefix."""
 
     def __init__(self, network):
-        if not network.config.causal:
-            raise ValueError("streaming needs a causal network")
-        self.network = network
-        self.position = 0
+        super().__init__(network)
         self.states = []
         for block in network.blocks:
             hm = block.hypermixing
             self.states.append(np.zeros((1, hm.heads, hm.head_hidden, hm.head_dim),
                                         network.dtype))
 
-    def feed(self, token_id):
-        """Logits (V,) for the next token after ``token_id``."""
+    def _advance(self, ids):
         net = self.network
-        if isinstance(token_id, (bool, np.bool_)):
-            raise TypeError(f"token id must be an integer, got {token_id!r}")
-        try:
-            token_id = operator.index(token_id)   # one token: not a float, not an array
-        except TypeError:
-            raise TypeError(f"token id must be an integer, got {type(token_id).__name__} "
-                            f"{token_id!r}") from None
-        ids, _, _ = net._check_input(np.array([token_id]), None)
         one = np.ones(1, np.int64)
-        taken = net._enter()
-        try:
-            x = net.embeddings._forward(ids, one)
-            for block, state in zip(net.blocks, self.states):
-                a = block.norm1._forward(x, one)
-                y = x + block.hypermixing._step(a[:, 0], state,
-                                                np.array([self.position]))[:, None]
-                c = block.norm2._forward(y, one)
-                x = y + (block.feed_forward._forward(c, one) - c)
-            logits = net.output._forward(x, one)
-        finally:
-            net._leave(taken)
-        self.position += 1
-        return logits[0, 0]
+        x = net.embeddings._forward(ids, one)
+        for block, state in zip(net.blocks, self.states):
+            a = block.norm1._forward(x, one)
+            y = x + block.hypermixing._step(a[:, 0], state,
+                                            np.array([self.position]))[:, None]
+            c = block.norm2._forward(y, one)
+            x = y + (block.feed_forward._forward(c, one) - c)
+        return net.output._forward(x, one)[0, 0]

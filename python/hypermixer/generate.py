@@ -7,7 +7,10 @@ softmax with a seeded generator. Generation stops at ``</s>`` or after ``max_new
 
 The model sees at most ``max_seq_len`` tokens: when the prompt plus what has been generated is
 longer, the model is given the last ``max_seq_len`` tokens only (a sliding window), so earlier
-text is forgotten rather than refused. The whole window is recomputed for every new token.
+text is forgotten rather than refused. The ``hypermixing`` network and the Transformer keep
+the state of the tokens so far between tokens (``hypermixer._stream``; the Transformer while
+the text fits in ``max_seq_len``), so a new token costs one position's work; past that, and
+for the hypermixer, the whole window is recomputed for every new token.
 """
 
 import operator
@@ -93,12 +96,18 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
         raise ValueError("the prompt is empty: give at least one word")
     rng = np.random.default_rng(seed)
     new_ids = []
-    # a streaming network (hypermixing) keeps fixed-size running sums: no window, constant cost
+    # a streaming network keeps the state of the tokens so far (hypermixing: running sums, any
+    # length; the Transformer: its keys and values, while the text fits its position table);
+    # past what a stream holds, and for the hypermixer, the window is recomputed
     stream = network.stream() if hasattr(network, "stream") else None
+    if stream is not None and stream.capacity is not None and len(context) > stream.capacity:
+        stream = None
     if stream is not None:
         for token in context[:-1]:
             stream.feed(token)
     for _ in range(max_new_tokens):
+        if stream is not None and stream.full:
+            stream = None
         if stream is not None:
             logits = stream.feed(context[-1])
         else:

@@ -388,6 +388,18 @@ class SelfAttention(CompiledAdam, bp.SelfAttentionBase):
                                     lengths)
         return grad_input, [dwq, dwk, dwv]
 
+    def _step(self, x, keys, values, position):
+        """Generation: the output row (E,) of one new token x (E,) at ``position``, whose
+        earlier tokens' k and v are rows 0..position-1 of ``keys`` and ``values`` (cap, E);
+        writes this token's into row ``position``."""
+        e = self.embedding_dim
+        y = np.empty(e, self.dtype)
+        q = _keep_buffer(self, "_ws_step_q", (e,))
+        scores = _keep_buffer(self, "_ws_step_scores", (keys.shape[0],))
+        _kernels.attention_step(y, keys, values, q, scores, np.ascontiguousarray(x), self.wq,
+                                self.wk, self.wv, position)
+        return y
+
 
 class FeedForward(ChannelMixingMLP):
     """The Transformer's position-wise MLP: the same math and parameters as ChannelMixingMLP."""

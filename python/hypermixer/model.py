@@ -17,6 +17,7 @@ from ._blueprints import check_token_ids, token_mixing_output_dim
 from ._layer import (Sequential, check_allocation, check_clip_norm, check_learning_rate,
                      make_rng)
 from . import _hypermixing_lm
+from ._stream import TransformerStream
 
 ARCHITECTURES = ("hypermixer", "transformer", "hypermixing")
 BACKENDS = ("compiled", "reference")
@@ -335,10 +336,15 @@ class LanguageModel(Sequential):
         return check_token_ids("token ids", token_ids, lengths, self.vocab_size, limit)
 
     def stream(self):
-        """A :class:`~hypermixer._hypermixing_lm.Stream` feeding this network one token at a
-        time at constant cost, or None for architectures that recompute a window."""
+        """A stream feeding this network one token at a time (see hypermixer._stream):
+        hypermixing's running sums (constant cost, any length) or the Transformer's key/value
+        cache (up to max_seq_len tokens); None for the hypermixer, which recomputes a window
+        (its token mixing at position t depends on the whole prefix through the
+        hypernetwork's mean, so no state of fixed size carries it)."""
         if self.config.architecture == "hypermixing" and self.config.causal:
             return _hypermixing_lm.Stream(self)
+        if self.config.architecture == "transformer":
+            return TransformerStream(self)
         return None
 
     def _output_shape(self, input_shape):

@@ -307,6 +307,13 @@ class SelfAttention(ReferenceAdam, bp.SelfAttentionBase):
             grad_input[b, :len(xb)] = g + dq @ self.wq.T + dk @ self.wk.T + dv @ self.wv.T
         return grad_input, [dwq, dwk, dwv]
 
+    def _step(self, x, keys, values, position):
+        """Generation: the output row of one new token (see the compiled layer)."""
+        keys[position], values[position] = x @ self.wk, x @ self.wv
+        scores = keys[:position + 1] @ (x @ self.wq) * self.scale
+        weights = np.exp(scores - scores.max())
+        return weights / weights.sum() @ values[:position + 1] + x
+
 
 class FeedForward(ChannelMixingMLP):
     """The Transformer's position-wise MLP: the same math and parameters as ChannelMixingMLP."""

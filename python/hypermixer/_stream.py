@@ -1,0 +1,84 @@
+"""Feeding a causal language model one token at a time (generation), with the state of the
+tokens so far kept between calls instead of a recomputed window.
+
+Two kinds: the ``hypermixing`` network keeps fixed-size running sums per layer and head, so a
+token costs the same at any position (``_hypermixing_lm.Stream``); the Transformer keeps every
+layer's keys and values (a KV cache), so a token costs O(position) in attention instead of the
+window's O(position^2), up to ``max_seq_len`` tokens, its position table's length
+(``TransformerStream``). Either way the logits are those of a full forward over the same
+prefix: bit for bit for hypermixing, to rounding for the Transformer (its products are summed
+in another order).
+"""
+
+import operator
+
+import numpy as np
+
+
+class TokenStream:
+    """Shared by the streams: the checks of ``feed`` and the position count. ``capacity`` is
+    the number of tokens a stream can take (None: no limit)."""
+
+    capacity = None
+
+    def __init__(self, network):
+        if not network.config.causal:
+            raise ValueError("streaming needs a causal network")
+        self.network = network
+        self.position = 0
+
+    @property
+    def full(self):
+        """Whether the next token would go past ``capacity``."""
+        return self.capacity is not None and self.position >= self.capacity
+
+    def feed(self, token_id):
+        """Logits (V,) for the next token after ``token_id``."""
+        net = self.network
+        if isinstance(token_id, (bool, np.bool_)):
+            raise TypeError(f"token id must be an integer, got {token_id!r}")
+        try:
+            token_id = operator.index(token_id)   # one token: not a float, not an array
+        except TypeError:
+            raise TypeError(f"token id must be an integer, got {type(token_id).__name__} "
+                            f"{token_id!r}") from None
+        if self.full:
+            raise ValueError(f"this stream holds {self.capacity} tokens (the network's "
+                             "max_seq_len) and is full; recompute a window instead")
+        ids, _, _ = net._check_input(np.array([token_id]), None)
+        taken = net._enter()
+        try:
+            logits = self._advance(ids)
+        finally:
+            net._leave(taken)
+        self.position += 1
+        return logits
+
+    def _advance(self, ids):
+        """Logits (V,) of the token ids (1, 1) at ``self.position``; update the state."""
+        raise NotImplementedError
+
+
+class TransformerStream(TokenStream):
+    """A Transformer network fed one token at a time with a cache of every layer's keys and
+    values: the k and v of a token never change once computed (causal attention, absolute
+    positions), so a new token needs its own q, k, v and one row of attention per layer."""
+
+    def __init__(self, network):
+        super().__init__(network)
+        self.capacity = network.max_seq_len
+        shape = (network.max_seq_len, network.config.embedding_dim)
+        self.keys = [np.zeros(shape, network.dtype) for _ in network.blocks]
+        self.values = [np.zeros(shape, network.dtype) for _ in network.blocks]
+
+    def _advance(self, ids):
+        net = self.network
+        one = np.ones(1, np.int64)
+        emb = net.embeddings
+        x = emb.token[ids[0, 0]] + emb.position[self.position]    # the forward's sum
+        for block, keys, values in zip(net.blocks, self.keys, self.values):
+            a = block.self_attention._step(x, keys, values, self.position)
+            a = block.norm1._forward(a[None, None], one)
+            a = block.feed_forward._forward(a, one)
+            x = block.norm2._forward(a, one)[0, 0]
+        return net.output._forward(x[None, None], one)[0, 0]
