@@ -1646,6 +1646,42 @@ void KERNEL_NAME(hypermixing_causal_backward_team_f32, hypermixing_causal_backwa
     (void)n_slots;
 }
 
+/* The general loops' forward scan of unit u (sequence b = u / h, head j = u % h) over chunks
+ * c0..c1-1. ck: the unit's n_ck checkpoints (k_h, d_h); run: a state of scratch. With
+ * `store`, the scan starts from zero at chunk c0 = 0 and writes each chunk's checkpoint as it
+ * passes; without, it starts from checkpoint c0 (written before). y NULL: the running sums
+ * only (no GELU, no output), for the checkpoints. Rows past the length get y = 0. */
+static void F(causal_scan_chunk)(REAL* y, REAL* ck, size_t n_ck, int store, REAL* run,
+                                 const REAL* x, const REAL* w1, const REAL* w2,
+                                 const int64_t* lengths, size_t u, size_t L, size_t d, size_t k,
+                                 size_t h, int mean, size_t chunk, size_t c0, size_t c1)
+{
+    const size_t D = d, K = k, dh = D / h, kh = K / h, state = kh * dh;
+    const size_t b = u / h, j = u % h, n = (size_t)lengths[b], row0 = b * L;
+    (void)n_ck;
+    for (size_t e = 0; e < state; e++) {
+        run[e] = store ? 0 : ck[c0 * state + e];
+    }
+    const size_t t_end = c1 * chunk < L ? c1 * chunk : L;
+    for (size_t t = c0 * chunk; t < t_end; t++) {
+        if (store && t % chunk == 0) {
+            for (size_t e = 0; e < state; e++) {
+                ck[(t / chunk) * state + e] = run[e];
+            }
+        }
+        REAL* yt = y ? y + (row0 + t) * D + j * dh : NULL;
+        if (t >= n) {
+            for (size_t f = 0; yt && f < dh; f++) {
+                yt[f] = 0;
+            }
+            continue;
+        }
+        F(causal_token)(yt, run, run, x + (row0 + t) * D + j * dh,
+                        w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh, kh, dh,
+                        mean ? (REAL)(t + 1) : (REAL)1);
+    }
+}
+
 /* y, x: (B, L, d); w1, w2: (B, L, k); checkpoints: (B, h, n_ck, k_h, d_h) with
  * n_ck = hypermixing_causal_checkpoints(L, chunk): checkpoint c of a unit is its running sum
  * over tokens 0..c*chunk-1. work: n_slots * hypermixing_causal_work_size(d, k, h, chunk). */
@@ -1664,32 +1700,35 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
                                            L, d, k, h, mean, chunk);
         return;
     }
-    #pragma omp parallel for schedule(static) num_threads(hmx_threads(n_slots))
+    const int threads = hmx_threads(n_slots);
+    if (units < (size_t)threads && n_ck > 1) {
+        /* Fewer units than threads (one sequence, few heads): the chunks share the threads.
+         * First every checkpoint, with the additions alone (no GELU: a fraction of the
+         * work), then each chunk's outputs from its checkpoint. The same additions in the
+         * same order as the loop below, so the same bits. */
+        #pragma omp parallel num_threads(threads)
+        {
+            #pragma omp for schedule(static)
+            for (size_t u = 0; u < units; u++) {
+                F(causal_scan_chunk)(NULL, checkpoints + u * n_ck * state, n_ck, 1,
+                                     work + (size_t)hmx_slot() * slot_size, x, w1, w2,
+                                     lengths, u, L, d, k, h, mean, chunk, 0, n_ck);
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (size_t task = 0; task < units * n_ck; task++) {
+                const size_t u = task / n_ck, c = task % n_ck;
+                F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, n_ck, 0,
+                                     work + (size_t)hmx_slot() * slot_size, x, w1, w2,
+                                     lengths, u, L, d, k, h, mean, chunk, c, c + 1);
+            }
+        }
+        return;
+    }
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t u = 0; u < units; u++) {
-        const size_t b = u / h, j = u % h, n = (size_t)lengths[b];
-        const size_t row0 = b * L;
-        REAL* run = work + (size_t)hmx_slot() * slot_size;
-        REAL* ck = checkpoints + u * n_ck * state;
-        for (size_t e = 0; e < state; e++) {
-            run[e] = 0;
-        }
-        for (size_t t = 0; t < L; t++) {
-            REAL* yt = y + (row0 + t) * D + j * dh;
-            if (t % chunk == 0) {
-                for (size_t e = 0; e < state; e++) {
-                    ck[(t / chunk) * state + e] = run[e];
-                }
-            }
-            if (t >= n) {
-                for (size_t f = 0; f < dh; f++) {
-                    yt[f] = 0;
-                }
-                continue;
-            }
-            F(causal_token)(yt, run, run, x + (row0 + t) * D + j * dh,
-                            w1 + (row0 + t) * K + j * kh, w2 + (row0 + t) * K + j * kh, kh, dh,
-                            mean ? (REAL)(t + 1) : (REAL)1);
-        }
+        F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, n_ck, 1,
+                             work + (size_t)hmx_slot() * slot_size, x, w1, w2, lengths, u, L,
+                             d, k, h, mean, chunk, 0, n_ck);
     }
 }
 

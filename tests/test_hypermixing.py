@@ -262,6 +262,24 @@ def test_threads_bit_identical_above_parallel_threshold(causal, tied, bias):
         assert_thread_counts_agree(layer, x, g, lengths)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("heads, lengths", [(1, [90]), (1, [61]), (2, [90]), (1, [1])])
+def test_causal_scan_with_fewer_units_than_threads(dtype, heads, lengths):
+    """One sequence and one or two heads: on 2 and 3 threads the forward shares the chunks of
+    one scan between threads (checkpoints first); the same bits as 1 thread, and the
+    reference's values."""
+    x, g = batch(12, (1, 90, 16))
+    x, g = x.astype(dtype), g.astype(dtype)
+    lengths = np.array(lengths)
+    layer = hypermixer.HyperMixing(16, 24, heads=heads, causal=True, normalize="mean", seed=5,
+                                   dtype=dtype)
+    assert_thread_counts_agree(layer, x, g, lengths)
+    twin = ref.HyperMixing(16, 24, heads=heads, causal=True, normalize="mean", seed=5,
+                           dtype=dtype)
+    hypermixer.set_num_threads(3)
+    assert_close(layer.forward(x, lengths), twin.forward(x, lengths), dtype, "output")
+
+
 # ---------------------------------------------------------------- causality
 @pytest.mark.parametrize("impl", [hypermixer, ref], ids=["compiled", "reference"])
 def test_causal_rows_ignore_the_future(impl):
