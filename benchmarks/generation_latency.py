@@ -51,6 +51,7 @@ def main(argv=None):
             for token in ids[:50]:
                 warm.feed(int(token))
         transformer.forward(ids[:50])
+
     def stream_times(net, pos):
         stream = net.stream()
         for token in ids[:pos]:

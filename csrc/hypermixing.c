@@ -1647,18 +1647,17 @@ void KERNEL_NAME(hypermixing_causal_backward_team_f32, hypermixing_causal_backwa
 }
 
 /* The general loops' forward scan of unit u (sequence b = u / h, head j = u % h) over chunks
- * c0..c1-1. ck: the unit's n_ck checkpoints (k_h, d_h); run: a state of scratch. With
+ * c0..c1-1. ck: the unit's checkpoints (k_h, d_h); run: a state of scratch. With
  * `store`, the scan starts from zero at chunk c0 = 0 and writes each chunk's checkpoint as it
  * passes; without, it starts from checkpoint c0 (written before). y NULL: the running sums
  * only (no GELU, no output), for the checkpoints. Rows past the length get y = 0. */
-static void F(causal_scan_chunk)(REAL* y, REAL* ck, size_t n_ck, int store, REAL* run,
-                                 const REAL* x, const REAL* w1, const REAL* w2,
-                                 const int64_t* lengths, size_t u, size_t L, size_t d, size_t k,
-                                 size_t h, int mean, size_t chunk, size_t c0, size_t c1)
+static void F(causal_scan_chunk)(REAL* y, REAL* ck, int store, REAL* run, const REAL* x,
+                                 const REAL* w1, const REAL* w2, const int64_t* lengths,
+                                 size_t u, size_t L, size_t d, size_t k, size_t h, int mean,
+                                 size_t chunk, size_t c0, size_t c1)
 {
     const size_t D = d, K = k, dh = D / h, kh = K / h, state = kh * dh;
     const size_t b = u / h, j = u % h, n = (size_t)lengths[b], row0 = b * L;
-    (void)n_ck;
     for (size_t e = 0; e < state; e++) {
         run[e] = store ? 0 : ck[c0 * state + e];
     }
@@ -1670,9 +1669,9 @@ static void F(causal_scan_chunk)(REAL* y, REAL* ck, size_t n_ck, int store, REAL
             }
         }
         REAL* yt = y ? y + (row0 + t) * D + j * dh : NULL;
-        if (t >= n) {
-            for (size_t f = 0; yt && f < dh; f++) {
-                yt[f] = 0;
+        if (t >= n) {   /* padding: no addition; its output row is 0 */
+            if (yt) {
+                memset(yt, 0, dh * sizeof(REAL));
             }
             continue;
         }
@@ -1710,14 +1709,14 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
         {
             #pragma omp for schedule(static)
             for (size_t u = 0; u < units; u++) {
-                F(causal_scan_chunk)(NULL, checkpoints + u * n_ck * state, n_ck, 1,
+                F(causal_scan_chunk)(NULL, checkpoints + u * n_ck * state, 1,
                                      work + (size_t)hmx_slot() * slot_size, x, w1, w2,
                                      lengths, u, L, d, k, h, mean, chunk, 0, n_ck);
             }
             #pragma omp for schedule(dynamic, 1)
             for (size_t task = 0; task < units * n_ck; task++) {
                 const size_t u = task / n_ck, c = task % n_ck;
-                F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, n_ck, 0,
+                F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, 0,
                                      work + (size_t)hmx_slot() * slot_size, x, w1, w2,
                                      lengths, u, L, d, k, h, mean, chunk, c, c + 1);
             }
@@ -1726,7 +1725,7 @@ void KERNEL_NAME(hypermixing_causal_forward_f32, hypermixing_causal_forward_f64)
     }
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t u = 0; u < units; u++) {
-        F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, n_ck, 1,
+        F(causal_scan_chunk)(y, checkpoints + u * n_ck * state, 1,
                              work + (size_t)hmx_slot() * slot_size, x, w1, w2, lengths, u, L,
                              d, k, h, mean, chunk, 0, n_ck);
     }

@@ -406,10 +406,10 @@ class LanguageModel(Sequential):
             setattr(self, attr, buf)
         return buf
 
-    def _loss(self, token_ids, targets, lengths, with_gradients, in_place=False):
+    def _loss(self, token_ids, targets, lengths, with_gradients):
         taken = self._enter()
         try:
-            return self._loss_locked(token_ids, targets, lengths, with_gradients, in_place)
+            return self._loss_locked(token_ids, targets, lengths, with_gradients)
         finally:
             self._leave(taken)
 
