@@ -358,6 +358,16 @@ class TransformerBlockBase(Sequential):
             embedding_dim, hidden_dim, seed=rng, dtype=self.dtype))
         self.norm2 = self._add_child("norm2", self.LayerNorm(embedding_dim, dtype=self.dtype))
 
+    def _step(self, x, keys, values, position):
+        """Generation: the output row (E,) of one new token x (E,) at ``position``; ``keys``
+        and ``values`` (cap, E) cache the attention's k and v of the earlier tokens, and this
+        token's are written into row ``position`` (see SelfAttention._step)."""
+        one = np.ones(1, np.int64)
+        a = self.self_attention._step(x, keys, values, position)
+        a = self.norm1._forward(a[None, None], one)
+        a = self.feed_forward._forward(a, one)
+        return self.norm2._forward(a, one)[0, 0]
+
 
 class OutputProjectionBase(Layer):
     """``logits = X @ w + b``: w (E, V) He, b (1, V) zeros; padding rows 0."""

@@ -327,6 +327,17 @@ class HyperMixingBlockBase(Layer):
         self._valid = valid
         return out
 
+    def _step(self, x, state, positions):
+        """Streaming (causal blocks): the output rows (B, E) of one new token per sequence,
+        x (B, E) at ``positions`` (B,); ``state`` (B, heads, k_h, d_h) is the mixer's running
+        sums, updated in place (see HyperMixing._step). The same arithmetic as the forward's
+        rows, one token at a time."""
+        ones = np.ones(len(x), np.int64)
+        a = self.norm1._forward(x[:, None], ones)[:, 0]
+        y = x + self.hypermixing._step(a, state, positions)
+        c = self.norm2._forward(y[:, None], ones)
+        return y + (self.feed_forward._forward(c, ones) - c)[:, 0]
+
     def _backward(self, grad_output):
         valid = self._valid
         g = grad_output if valid is None else np.where(valid, grad_output, 0).astype(self.dtype)

@@ -69,11 +69,8 @@ class Stream(TokenStream):
     def _advance(self, ids):
         net = self.network
         one = np.ones(1, np.int64)
-        x = net.embeddings._forward(ids, one)
+        x = net.embeddings._forward(ids, one)[:, 0]
+        position = np.array([self.position])
         for block, state in zip(net.blocks, self.states):
-            a = block.norm1._forward(x, one)
-            y = x + block.hypermixing._step(a[:, 0], state,
-                                            np.array([self.position]))[:, None]
-            c = block.norm2._forward(y, one)
-            x = y + (block.feed_forward._forward(c, one) - c)
-        return net.output._forward(x, one)[0, 0]
+            x = block._step(x, state, position)
+        return net.output._forward(x[:, None], one)[0, 0]

@@ -77,8 +77,5 @@ class TransformerStream(TokenStream):
         emb = net.embeddings
         x = emb.token[ids[0, 0]] + emb.position[self.position]    # the forward's sum
         for block, keys, values in zip(net.blocks, self.keys, self.values):
-            a = block.self_attention._step(x, keys, values, self.position)
-            a = block.norm1._forward(a[None, None], one)
-            a = block.feed_forward._forward(a, one)
-            x = block.norm2._forward(a, one)[0, 0]
+            x = block._step(x, keys, values, self.position)
         return net.output._forward(x[None, None], one)[0, 0]
