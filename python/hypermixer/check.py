@@ -126,6 +126,10 @@ class Case:
     #: each row is computed on its own, so a batch gives one-by-one's output and input
     #: gradient to the bit (not only within the tolerance)
     rows_exact: bool = False
+    #: how generation feeds the layer one token at a time (see ``stream_forward``): "kv"
+    #: (self-attention with a key/value cache), "state" (causal HyperMixing's running sums)
+    #: or None (not streamed)
+    stream: str = None
 
     @property
     def label(self):
@@ -175,30 +179,32 @@ CASES = [
     Case("Embeddings", lambda m, d, t, s: m.Embeddings(d.V, d.S, d.E, seed=s, dtype=t),
          chain=lambda d, L: 2, kind="ids"),
     Case("SelfAttention", lambda m, d, t, s: m.SelfAttention(d.E, seed=s, dtype=t),
-         chain=_attention_chain),
+         chain=_attention_chain, stream="kv"),
     Case("FeedForward", lambda m, d, t, s: m.FeedForward(d.E, d.H, seed=s, dtype=t),
          chain=lambda d, L: d.E + d.H),
     Case("TransformerBlock", lambda m, d, t, s: m.TransformerBlock(d.E, d.H, d.S, seed=s,
                                                                     dtype=t),
-         chain=lambda d, L: _attention_chain(d, L) + 4 * d.E + d.E + d.H),
+         chain=lambda d, L: _attention_chain(d, L) + 4 * d.E + d.E + d.H, stream="kv"),
     Case("OutputProjection", lambda m, d, t, s: m.OutputProjection(d.E, d.V, seed=s, dtype=t),
          chain=lambda d, L: d.E, out_width=lambda d: d.V),
     Case("softmax_cross_entropy", lambda m, d, t, s: LossLayer(m, t),
          chain=lambda d, L: 2 * d.V, kind="loss", in_width=lambda d: d.V),
     *[Case("HyperMixing", (lambda causal: lambda m, d, t, s: m.HyperMixing(
         d.E, 2 * d.Ht, heads=2, causal=causal, hypernetwork_bias=True, seed=s,
-        dtype=t))(causal), chain=_hypermixing_chain, mode=mode)
+        dtype=t))(causal), chain=_hypermixing_chain, mode=mode,
+        stream="state" if causal else None)
       for mode, causal in (("bidirectional", False), ("causal", True))],
     # heads of width 8 with k = E (16 heads at E = 128, the hypermixing LM's default before 32)
     # take the kernels' small-head generator path; E not divisible by 8 falls back to 1 head
     *[Case("HyperMixing", (lambda causal: lambda m, d, t, s: m.HyperMixing(
         d.E, d.E, heads=_width8_heads(d), causal=causal, normalize="mean", seed=s,
-        dtype=t))(causal), chain=lambda d, L: 4 * d.E + L, mode=mode)
+        dtype=t))(causal), chain=lambda d, L: 4 * d.E + L, mode=mode,
+        stream="state" if causal else None)
       for mode, causal in (("bidirectional, 8-wide heads", False), ("causal, 8-wide heads", True))],
     *[Case("HyperMixingBlock", (lambda causal: lambda m, d, t, s: m.HyperMixingBlock(
         d.E, d.H, 2 * d.Ht, heads=2, causal=causal, hypernetwork_bias=True, seed=s,
         dtype=t))(causal), chain=lambda d, L: 4 * d.E + _hypermixing_chain(d, L) + d.E + d.H,
-        mode=mode)
+        mode=mode, stream="state" if causal else None)
       for mode, causal in (("bidirectional", False), ("causal", True))],
     # the hypermixing LM's block: causal, k = E, heads of width 4 (32 at E = 128), tied
     # generators, "mean": one C call each way, and in float32 the width-4 path of the
@@ -206,7 +212,7 @@ CASES = [
     Case("HyperMixingBlock", lambda m, d, t, s: m.HyperMixingBlock(
         d.E, d.H, d.E, heads=_width4_heads(d), tied=True, causal=True, normalize="mean",
         seed=s, dtype=t), chain=lambda d, L: 4 * d.E + 4 * d.E + L + d.E + d.H,
-        mode="causal, 4-wide tied heads (LM)"),
+        mode="causal, 4-wide tied heads (LM)", stream="state"),
 ]
 CASES_BY_LABEL = {case.label: case for case in CASES}
 
@@ -314,6 +320,28 @@ def one_by_one(case, layer, x, g, lengths):
         for total, part in zip(grads, grads_b):
             total += part
     return y, gi, grads
+
+
+def stream_forward(case, layer, x, lengths):
+    """The output of ``layer`` over a batch computed as generation computes it: one token
+    at a time through ``_step``, the earlier tokens held as a key/value cache (``case.stream``
+    "kv", one sequence at a time) or as running sums ("state", the whole batch per step).
+    Padding rows 0, as the forward's."""
+    x = np.ascontiguousarray(x, dtype=layer.dtype)
+    batch, seq_len, width = x.shape
+    y = np.zeros_like(x)
+    if case.stream == "kv":
+        for b, n in enumerate(lengths):
+            keys, values = np.zeros((2, seq_len, width), layer.dtype)
+            for t in range(n):
+                y[b, t] = layer._step(x[b, t], keys, values, t)
+        return y
+    mixer = getattr(layer, "hypermixing", layer)
+    state = np.zeros((batch, mixer.heads, mixer.head_hidden, mixer.head_dim), layer.dtype)
+    for t in range(int(np.max(lengths))):
+        y[:, t] = layer._step(np.ascontiguousarray(x[:, t]), state, np.full(batch, t))
+    y[padding_mask(lengths, seq_len)] = 0
+    return y
 
 
 def reduction_length(case, dims, seq_len, lengths):
@@ -494,6 +522,38 @@ def _check_case_once(case, dtype, size, thread_counts, seed):
     return rows
 
 
+def check_stream(case, dtype, size, thread_counts, seed=0):
+    """Rows for a layer that generation feeds one token at a time: its compiled output
+    streamed (see ``stream_forward``) against the reference's forward and the compiled
+    forward, at each thread count, and the same bits at every thread count."""
+    from . import set_num_threads
+    dims, seq_len, lengths = SHAPES[size]
+    comp, ref = build_pair(case, dims, dtype, seed=seed)
+    x, _, lengths = make_inputs(case, dims, seq_len, lengths, seed=seed)
+    tol = tolerance(dtype, case.chain(dims, seq_len))
+    expected = ref.forward(x, lengths)
+    forward = comp.forward(x, lengths)
+    rows, first = [], None
+    for threads in thread_counts:
+        set_num_threads(threads)
+        try:
+            streamed = stream_forward(case, comp, x, lengths)
+        finally:
+            set_num_threads(None)
+        err = max(relative_error(streamed, expected), relative_error(streamed, forward))
+        problem = "" if err <= tol else f"output {TOLERANCE_MISS} or the forward"
+        same = None
+        if first is None:
+            first = streamed
+        else:
+            same = bool(np.array_equal(first, streamed))
+            if not same and not problem:
+                problem = f"{threads} threads do not give the 1-thread bits"
+        rows.append(Row(f"{case.label} streamed", dtype.name, size, threads,
+                        (err, None, None), tol, same, problem))
+    return rows
+
+
 def _fmt(err):
     return "-" if err is None else f"{err:.1e}"
 
@@ -542,11 +602,14 @@ def _check(quick, cases, out, all_threads):
     for case in cases:
         for dtype in DTYPES:
             for size in sizes:
-                try:
-                    rows.extend(check_case(case, dtype, size, thread_counts))
-                except Exception as exc:   # a crash is a failure of that layer, reported
-                    rows.append(Row(case.label, dtype.name, size, 0, (None, None, None),
-                                    math.nan, None, f"raised {type(exc).__name__}: {exc}"))
+                checks = [check_case] + ([check_stream] if case.stream else [])
+                for check_one in checks:
+                    try:
+                        rows.extend(check_one(case, dtype, size, thread_counts))
+                    except Exception as exc:   # a crash is a failure of that layer, reported
+                        rows.append(Row(case.label, dtype.name, size, 0, (None, None, None),
+                                        math.nan, None,
+                                        f"raised {type(exc).__name__}: {exc}"))
     print(format_table(rows), file=out)
     failed = [r for r in rows if not r.passed]
     seconds = time.perf_counter() - start

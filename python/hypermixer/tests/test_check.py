@@ -27,6 +27,8 @@ def test_quick_check_passes_and_reports_the_machine():
     assert f"threads: {hypermixer.get_num_threads()}" in text
     for case in CASES:
         assert f"\n{case.label} " in text, f"{case.label} missing from the table"
+        if case.stream:
+            assert f"\n{case.label} streamed " in text, f"{case.label} streamed is missing"
     assert "FAIL" not in text and text.rstrip().splitlines()[-1].startswith("all ")
 
 
@@ -79,6 +81,28 @@ def test_wrong_backward_fails_naming_the_gradient(monkeypatch):
     ok, text = run_check(quick=True, cases=[c for c in CASES if c.name == "LayerNorm"])
     assert not ok
     assert "FAIL: LayerNorm float64 small threads=1: parameter gradients beyond" in text
+
+
+def wrong_step(cls):
+    """``cls._step`` whose output row is nudged after the real kernels ran."""
+    original = cls._step
+
+    def step(self, *args):
+        y = original(self, *args)
+        nudge(y)
+        return y
+    return step
+
+
+@pytest.mark.parametrize("name", ["SelfAttention", "HyperMixing"])
+def test_wrong_step_fails_only_the_streamed_rows(monkeypatch, name):
+    cls = getattr(hypermixer, name)
+    monkeypatch.setattr(cls, "_step", wrong_step(cls))
+    ok, text = run_check(quick=True, cases=[c for c in CASES if c.name == name])
+    assert not ok
+    failed = {line.split(" float")[0] for line in text.splitlines() if line.startswith("FAIL: ")}
+    assert failed and all(label.endswith(" streamed") for label in failed), text
+    assert f"FAIL: {name}" in text and "streamed float32 small threads=1: output beyond" in text
 
 
 def test_command_exit_status(monkeypatch, capsys):

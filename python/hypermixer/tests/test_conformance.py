@@ -12,15 +12,18 @@ import pytest
 
 import hypermixer
 from hypermixer.check import (CASES, DTYPES, IMPLEMENTATIONS, SHAPES, bit_identical,
-                              build_one, check_case, compare, fill_padding,
+                              build_one, check_case, check_stream, compare, fill_padding,
                               finite_difference_errors, make_inputs, one_by_one, padding_mask,
-                              reduction_length, run, tolerance)
+                              reduction_length, relative_error, run, stream_forward,
+                              tolerance)
 
 CASE_IDS = [c.label for c in CASES]
 DTYPE_IDS = [d.name for d in DTYPES]
 IMPLS = list(IMPLEMENTATIONS)
 
 cases = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+STREAMED = [c for c in CASES if c.stream]
+streamed_cases = pytest.mark.parametrize("case", STREAMED, ids=[c.label for c in STREAMED])
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 impls = pytest.mark.parametrize("impl", IMPLS)
 
@@ -157,3 +160,24 @@ def test_one_and_all_threads_bit_identical(case, dtype, batch):
         results.append((y, gi, grads + [p for _, p in layer.named_parameters()]))
     hypermixer.set_num_threads(None)
     assert bit_identical(*results), "the thread count changed the result"
+
+
+@pytest.mark.parametrize("size", list(SHAPES))
+@dtypes
+@streamed_cases
+def test_streamed_matches_forward(case, dtype, size):
+    """Generation's path, one token at a time through ``_step`` with a key/value cache or
+    running sums, gives the forward's rows (against the reference's forward and the compiled
+    one), with the same bits at 1 and at all threads."""
+    rows = check_stream(case, dtype, size, [1, max(2, hypermixer.get_num_threads())])
+    problems = [r.problem for r in rows if not r.passed]
+    assert not problems, f"{case.label}: {problems}"
+
+
+@dtypes
+@streamed_cases
+def test_reference_streamed_matches_its_forward(case, dtype):
+    dims, seq_len, x, _, lengths = small_batch(case, seed=8)
+    layer = build_one(case, "reference", dims, dtype)
+    err = relative_error(stream_forward(case, layer, x, lengths), layer.forward(x, lengths))
+    assert err <= tolerance(dtype, case.chain(dims, seq_len)), f"{case.label}: {err:.1e}"
