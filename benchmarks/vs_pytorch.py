@@ -23,6 +23,11 @@ Implementations:
                   It compiles in its own process (TORCHINDUCTOR_COMPILE_THREADS=1): a pool of
                   compile workers left alive beside the measurements slowed the other
                   implementations' samples.
+  speechbrain-eager, speechbrain-compile
+                  the hypermixing case only, where speechbrain is installed: SpeechBrain's own
+                  ``nnet/hypermixing.py`` module (loaded as check_official.py loads it),
+                  untied, eager and through torch.compile. It is the official code, so no
+                  question of a weaker rewrite; other cases show "-".
 The ratio column is (best peer time) / (hypermixer time): above 1 means hypermixer is faster.
 """
 
@@ -37,7 +42,9 @@ import traceback
 from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-IMPLS = ("hypermixer", "torch-eager", "torch-compile")
+IMPLS = ("hypermixer", "torch-eager", "torch-compile", "speechbrain-eager",
+         "speechbrain-compile")
+SPEECHBRAIN = ("speechbrain-eager", "speechbrain-compile")
 SEEDS_SIZE = dict(E=128, H=256, S=80, Ht=64, Hh=32)
 BIG_SIZE = dict(E=512, H=2048, S=512, Ht=256, Hh=128)
 TINY_SIZE = dict(E=8, H=16, S=8, Ht=4, Hh=2)
@@ -130,6 +137,27 @@ def _adam(torch, params):
         return torch.optim.Adam(params, lr=1e-7, betas=(0.9, 0.999), eps=1e-8, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=1e-7, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _speechbrain(p, compiled):
+    """HyperMixing forward + every gradient with SpeechBrain's own module (untied)."""
+    import torch
+    sys.path.insert(0, HERE)
+    from check_official import load_speechbrain
+    official, _ = load_speechbrain()
+    torch.manual_seed(0)
+    module = official(input_output_dim=p["d"], hypernet_size=p["k"], tied=False,
+                      num_heads=p["heads"])
+    x, g = _inputs(p, p["L"], p["d"])
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(g)
+    forward = torch.compile(module) if compiled else module
+
+    def step():
+        forward(xt, xt, xt)[0].backward(gt)   # (output, dummy attention weights)
+        module.zero_grad(set_to_none=True)
+        xt.grad = None
+    return step
 
 
 def _peer(kind, p, compiled):
@@ -237,8 +265,12 @@ def worker(impl, threads):
                     what, kind, p = CASES[name]
                     if kind == "hypermixing" and not hasattr(hypermixer, "HyperMixing"):
                         raise NotImplementedError("hypermixer has no HyperMixing layer yet")
-                    fn = (_ours(kind, p) if impl == "hypermixer"
-                          else _peer(kind, p, impl == "torch-compile"))
+                    if impl == "hypermixer":
+                        fn = _ours(kind, p)
+                    elif impl in SPEECHBRAIN:
+                        fn = _speechbrain(p, impl == "speechbrain-compile")
+                    else:
+                        fn = _peer(kind, p, impl == "torch-compile")
                     flops = None
                 calls = _calibrate(fn, request["sample_seconds"])  # compiles, warms up
                 steps[name] = (fn, calls, flops)
@@ -313,6 +345,9 @@ def run(threads, impls, cases, rounds, samples, sample_seconds):
                 for w in order:
                     if case == "peak" and w.impl == "torch-compile":
                         continue
+                    if w.impl in SPEECHBRAIN and (case == "peak" or
+                                                  CASES[case][1] != "hypermixing"):
+                        continue   # SpeechBrain has the HyperMixing module only
                     answer = w.ask(case, samples, sample_seconds)
                     cell = results.setdefault((case, w.impl), {"seconds": []})
                     cell["seconds"].extend(answer.get("seconds", []))
@@ -347,6 +382,8 @@ def format_table(threads, results, impls, cases):
             if c.get("seconds"):
                 times[impl] = median(c["seconds"])
                 cells.append(f"{times[impl] * 1e3:.3f}")
+            elif not c and impl in SPEECHBRAIN:
+                cells.append("-")
             else:
                 cells.append("n/a (" + c.get("error", "not run") + ")")
         peers = [t for i, t in times.items() if i != "hypermixer"]
@@ -401,6 +438,10 @@ def environment():
         info["torch"] = importlib.metadata.version("torch")
     except Exception:
         info["torch"] = None
+    try:
+        info["speechbrain"] = importlib.metadata.version("speechbrain")
+    except Exception:
+        info["speechbrain"] = None
     return info
 
 
@@ -424,6 +465,9 @@ def main(argv=None):
     info = environment()
     if info.get("torch"):
         impls += ["torch-eager"] + ([] if args.no_compile else ["torch-compile"])
+        if info.get("speechbrain") and any(CASES[c][1] == "hypermixing" for c in cases):
+            impls += ["speechbrain-eager"] + ([] if args.no_compile
+                                              else ["speechbrain-compile"])
     print("environment: " + json.dumps(info))
     if info["load_average"][0] > 0.5:
         print(f"warning: load average {info['load_average'][0]:.1f} before the run: other "
