@@ -91,3 +91,21 @@ def test_chat_ends_cleanly_at_end_of_input(model, tmp_path, capsys, monkeypatch)
     out, err = capsys.readouterr()
     assert code == 0, err
     assert [line.startswith("Assistant:") for line in out.splitlines()] == [True, True]
+
+
+@pytest.mark.parametrize("architecture", ["hypermixer", "transformer", "hypermixing"])
+def test_prompt_ids_checked_whole_against_the_vocabulary(architecture):
+    """An out-of-range id is refused with its position in the prompt, also where a stream
+    would see it alone (the Transformer, hypermixing) and where it lies before the last
+    max_seq_len tokens that a window would read (every architecture)."""
+    network = build_network(ModelConfig(architecture=architecture, embedding_dim=8,
+                                        hidden_dim=8, num_layers=1, max_seq_len=6), 10,
+                            seed=0, backend=BACKEND)
+    with pytest.raises(ValueError, match=r"\[0, 10\): got 12 at position 1"):
+        generate_ids(network, [1, 12, 3], 0)
+    long_prompt = [1] * 20
+    long_prompt[2] = 10
+    for new in (0, 3):
+        with pytest.raises(ValueError, match="got 10 at position 2"):
+            generate_ids(network, long_prompt, 0, max_new_tokens=new)
+    assert generate_ids(network, [1, 2, 3], 0, max_new_tokens=0) == []

@@ -17,6 +17,8 @@ import operator
 
 import numpy as np
 
+from ._blueprints import check_token_ids
+
 
 def _next_token(logits, temperature, top_k, rng, top_p=None):
     logits = logits.astype(np.float64)
@@ -94,6 +96,13 @@ def generate_ids(network, prompt_ids, end_id, max_new_tokens=40, temperature=0.0
     context = [_count("prompt token id", token, 0) for token in prompt_ids]
     if not context:
         raise ValueError("the prompt is empty: give at least one word")
+    # the whole prompt against the vocabulary, once: the stream sees one token at a time
+    # (an error would name position 0) and a window only the last max_seq_len tokens (an
+    # out-of-range id before them would pass unnoticed)
+    check_token_ids("prompt token ids", np.array(context, np.int64), None,
+                    network.vocab_size)
+    if max_new_tokens == 0:
+        return []
     rng = np.random.default_rng(seed)
     new_ids = []
     # a streaming network keeps the state of the tokens so far (hypermixing: running sums, any
