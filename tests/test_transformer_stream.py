@@ -132,3 +132,31 @@ def test_hypermixer_has_no_stream():
     net = build_network(ModelConfig(architecture="hypermixer", embedding_dim=16,
                                     hidden_dim=16, num_layers=1, max_seq_len=8), 20, seed=0)
     assert net.stream() is None
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixing"])
+def test_a_feed_interrupted_between_layers_leaves_the_stream_as_it_was(architecture,
+                                                                         monkeypatch):
+    """Ctrl-C (or MemoryError) after the first layer has updated its state: the stream is
+    restored, and feeding the token again gives what an uninterrupted stream gives."""
+    config = dict(SMALL, architecture=architecture)
+    if architecture == "hypermixing":
+        config.update(heads=4)
+    net = build_network(ModelConfig(**config), 30, seed=2, dtype=np.float64)
+    tokens = [3, 7, 1, 4, 9, 2]
+    clean = net.stream()
+    expected = [clean.feed(t) for t in tokens]
+    stream = net.stream()
+    for t in tokens[:4]:
+        stream.feed(t)
+    last = net.blocks[-1]   # the first block steps, the last one is interrupted
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(last, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stream.feed(tokens[4])
+    monkeypatch.delattr(last, "_step")
+    assert stream.position == 4
+    assert np.array_equal(stream.feed(tokens[4]), expected[4])
+    assert np.array_equal(stream.feed(tokens[5]), expected[5])

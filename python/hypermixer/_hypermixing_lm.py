@@ -66,6 +66,9 @@ class Stream(TokenStream):
             self.states.append(np.zeros((1, hm.heads, hm.head_hidden, hm.head_dim),
                                         network.dtype))
 
+    def _state_updated_in_place(self):
+        return self.states
+
     def _advance(self, ids):
         net = self.network
         one = np.ones(1, np.int64)

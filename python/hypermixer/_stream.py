@@ -46,9 +46,16 @@ class TokenStream:
             raise ValueError(f"this stream holds {self.capacity} tokens (the network's "
                              "max_seq_len) and is full; recompute a window instead")
         ids, _, _ = net._check_input(np.array([token_id]), None)
+        # a feed that fails half way (Ctrl-C between two layers, MemoryError) leaves the
+        # stream as it was: the state it updates in place is restored (a few kB)
+        saved = [a.copy() for a in self._state_updated_in_place()]
         taken = net._enter()
         try:
             logits = self._advance(ids)
+        except BaseException:
+            for array, before in zip(self._state_updated_in_place(), saved):
+                array[...] = before
+            raise
         finally:
             net._leave(taken)
         self.position += 1
@@ -57,6 +64,10 @@ class TokenStream:
     def _advance(self, ids):
         """Logits (V,) of the token ids (1, 1) at ``self.position``; update the state."""
         raise NotImplementedError
+
+    def _state_updated_in_place(self):
+        """The arrays ``_advance`` changes in place, which a failed feed must restore."""
+        return []
 
 
 class TransformerStream(TokenStream):
@@ -70,6 +81,9 @@ class TransformerStream(TokenStream):
         shape = (network.max_seq_len, network.config.embedding_dim)
         self.keys = [np.zeros(shape, network.dtype) for _ in network.blocks]
         self.values = [np.zeros(shape, network.dtype) for _ in network.blocks]
+
+    # _state_updated_in_place: none. _advance writes only the rows at ``position`` of the
+    # caches, which no later token reads until a feed succeeds (a retry rewrites them)
 
     def _advance(self, ids):
         net = self.network
