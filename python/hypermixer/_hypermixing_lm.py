@@ -60,14 +60,14 @@ class Stream(TokenStream):
 
     def __init__(self, network):
         super().__init__(network)
-        self.states = []
-        for block in network.blocks:
-            hm = block.hypermixing
-            self.states.append(np.zeros((1, hm.heads, hm.head_hidden, hm.head_dim),
-                                        network.dtype))
+        hm = network.blocks[0].hypermixing   # every block has the same shape
+        # one array, so that a feed saves and restores all of it in one copy
+        self._sums = np.zeros((len(network.blocks), 1, hm.heads, hm.head_hidden, hm.head_dim),
+                              network.dtype)
+        self.states = list(self._sums)   # (1, heads, k_h, d_h) per layer, views
 
     def _state_updated_in_place(self):
-        return self.states
+        return [self._sums]
 
     def _advance(self, ids):
         net = self.network
