@@ -6,8 +6,9 @@ token costs the same at any position (``_hypermixing_lm.Stream``); the Transform
 layer's keys and values (a KV cache), so a token costs O(position) in attention instead of the
 window's O(position^2), up to ``max_seq_len`` tokens, its position table's length
 (``TransformerStream``). Either way the logits are those of a full forward over the same
-prefix: bit for bit for hypermixing, to rounding for the Transformer (its products are summed
-in another order).
+prefix: bit for bit for the compiled hypermixing network (its forward and its step add the same
+terms in the same order), to rounding for its reference and for the Transformer (products
+summed in another order).
 """
 
 import operator
