@@ -602,12 +602,14 @@ def _check(quick, cases, out, all_threads):
     for case in cases:
         for dtype in DTYPES:
             for size in sizes:
-                checks = [check_case] + ([check_stream] if case.stream else [])
-                for check_one in checks:
+                checks = [(check_case, case.label)]
+                if case.stream:
+                    checks.append((check_stream, f"{case.label} streamed"))
+                for check_one, label in checks:
                     try:
                         rows.extend(check_one(case, dtype, size, thread_counts))
                     except Exception as exc:   # a crash is a failure of that layer, reported
-                        rows.append(Row(case.label, dtype.name, size, 0, (None, None, None),
+                        rows.append(Row(label, dtype.name, size, 0, (None, None, None),
                                         math.nan, None,
                                         f"raised {type(exc).__name__}: {exc}"))
     print(format_table(rows), file=out)

@@ -164,3 +164,14 @@ def test_check_leaves_the_callers_thread_setting():
     hypermixer.set_num_threads(1)
     ok, text = run_check(quick=True, cases=CASES[:1])
     assert ok and hypermixer.get_num_threads() == 1
+
+
+def test_a_step_that_raises_is_a_failed_streamed_row(monkeypatch):
+    def broken(self, *args):
+        raise RuntimeError("no step")
+    monkeypatch.setattr(hypermixer.SelfAttention, "_step", broken)
+    ok, text = run_check(quick=True, cases=[c for c in CASES if c.name == "SelfAttention"])
+    assert not ok
+    assert "FAIL: SelfAttention streamed float32 small threads=0: raised RuntimeError: no step" \
+        in text
+    assert "FAIL: SelfAttention float32" not in text
