@@ -42,7 +42,9 @@ TIMEOUT_S = 120
 CONFIGS = {"hypermixer": ModelConfig.hypermixer(embedding_dim=8, hidden_dim=12, num_layers=2,
                                                  max_seq_len=24),
            "transformer": ModelConfig.transformer(embedding_dim=8, hidden_dim=12,
-                                                   num_layers=2, max_seq_len=24)}
+                                                   num_layers=2, max_seq_len=24),
+           "hypermixing": ModelConfig(architecture="hypermixing", embedding_dim=8,
+                                      hidden_dim=12, num_layers=2, max_seq_len=24)}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 # 14 examples of different lengths: 13 to train on in batches of 3 (the last batch has one
 # sequence), 1 held out; test_two_ranks... checks these shards really occurred.
