@@ -58,7 +58,7 @@ def test_block_parameters_are_views_of_one_buffer(impl):
 
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
-@pytest.mark.parametrize("arch", ["hypermixer", "transformer"])
+@pytest.mark.parametrize("arch", ["hypermixer", "transformer", "hypermixing"])
 def test_model_parameters_are_views_of_one_buffer(backend, arch):
     net = tiny_lm(backend, arch=arch)
     assert_tiles_buffer(net)

@@ -170,6 +170,32 @@ def test_config_sizes_refused_before_building(tmp_path, good, key, value, match)
     assert_refused_cheaply(with_meta(good, tmp_path / "c.npz", change), match)
 
 
+@pytest.mark.parametrize("changes, match", [
+    (dict(heads=3), "must divide"),
+    (dict(heads=0), "heads must be >= 1"),
+    (dict(heads=2**70), "must divide"),
+    (dict(heads="2"), "heads must be an int"),
+    (dict(heads=True), "heads must be an int"),
+    (dict(tied="yes"), "tied must be True, False or None"),
+    (dict(token_mixing_hidden_dim=16, heads=8), "the model expects"),   # shapes differ
+    (dict(token_mixing_hidden_dim=10**9), "parameters"),
+    (dict(hypernetwork_hidden_dim=4), "apply to the hypermixer architecture only"),
+])
+def test_hypermixing_config_refused_before_building(tmp_path, changes, match):
+    """A hypermixing checkpoint whose heads, tying or widths were altered."""
+    tokenizer = Tokenizer.from_texts([" ".join(f"w{i}" for i in range(20))])
+    network = build_network(ModelConfig(architecture="hypermixing", embedding_dim=8,
+                                        hidden_dim=8, num_layers=1, max_seq_len=6),
+                            len(tokenizer), seed=1)
+    good = save_checkpoint(tmp_path / "hm.npz", network, tokenizer, trainer_state())
+    assert load_checkpoint(good).network.config.resolved_heads == 2
+
+    def change(meta):
+        meta["config"].update(changes)
+        return meta
+    assert_refused_cheaply(with_meta(good, tmp_path / "c.npz", change), match)
+
+
 # ------------------------------------------------------------------------- metadata
 
 @pytest.mark.parametrize("text, match", [

@@ -114,7 +114,7 @@ def test_named_parameters_follow_forward_order():
 def test_same_seed_gives_the_same_network_in_both_backends():
     if not backend_available("compiled"):
         pytest.skip("compiled LM layers not built")
-    for architecture in ("hypermixer", "transformer"):
+    for architecture in ("hypermixer", "transformer", "hypermixing"):
         compiled = tiny_network(architecture, "compiled")
         reference = tiny_network(architecture, "reference")
         for (name, a), (_, b) in zip(compiled.named_parameters(),
@@ -146,7 +146,7 @@ def test_bad_token_ids_are_refused():
 
 # ------------------------------------------------------------------------ causality
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("architecture", ["hypermixer", "transformer"])
+@pytest.mark.parametrize("architecture", ["hypermixer", "transformer", "hypermixing"])
 def test_logits_at_t_ignore_tokens_after_t(architecture, backend):
     network = tiny_network(architecture, backend)
     rng = np.random.default_rng(2)

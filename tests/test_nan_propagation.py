@@ -150,7 +150,7 @@ def test_overflow_near_float32_limit(name):
     assert not np.isfinite(y[0, 1]).all()
 
 
-@pytest.mark.parametrize("architecture", ["hypermixer", "transformer"])
+@pytest.mark.parametrize("architecture", ["hypermixer", "transformer", "hypermixing"])
 def test_nan_parameter_makes_language_model_loss_nan(architecture):
     config = ModelConfig(architecture=architecture, embedding_dim=8, hidden_dim=12,
                          num_layers=2, max_seq_len=6)
