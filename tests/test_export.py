@@ -114,6 +114,25 @@ def test_bpe_tokenizer_travels_in_the_export(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixing"])
+def test_other_architectures_travel_in_the_export(architecture, tmp_path):
+    """The export keeps the configuration (the hypermixing LM's heads and tying too): the
+    loaded network has the same parameters and gives the same logits."""
+    from hypermixer.model import ModelConfig, build_network
+    from hypermixer.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_texts(TEXTS)
+    config = ModelConfig(architecture=architecture, embedding_dim=8, hidden_dim=8,
+                         num_layers=2, max_seq_len=8)
+    network = build_network(config, len(tokenizer), seed=4, backend=BACKEND)
+    export_safetensors(network, tokenizer, tmp_path / "m.safetensors")
+    loaded, _ = load_safetensors(tmp_path / "m.safetensors", backend=BACKEND)
+    assert loaded.config.to_dict() == network.config.to_dict()
+    for (name, a), (_, b) in zip(loaded.named_parameters(), network.named_parameters()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    ids = np.array(tokenizer.encode("the sun is a star."))
+    np.testing.assert_array_equal(loaded.forward(ids), network.forward(ids))
+
+
 def test_bad_exports_and_options_are_clear_errors(trained, tmp_path, capsys):
     root, data = trained
     good = tmp_path / "good.safetensors"
