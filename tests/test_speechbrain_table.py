@@ -13,7 +13,7 @@ import pytest
 
 import hypermixer
 import hypermixer.reference as ref
-from hypermixer._hypermixing_blueprint import PLAUSIBLE_SLOPE, position_table
+from hypermixer._hypermixing_blueprint import PLAUSIBLE_SLOPE, position_table, sinusoid
 
 IMPLS = {"compiled": hypermixer, "reference": ref}
 DTYPES = [np.float32, np.float64]
@@ -279,3 +279,40 @@ def test_good_buffer_with_a_bad_weight_changes_nothing(impl):
     with pytest.raises(ValueError, match="non-finite"):
         lay.load_state_dict(sd)
     unchanged(lay, before)
+
+
+# ---------------------------------------------------------------- rows without the table
+@pytest.mark.parametrize("flavour", ["official", "speechbrain"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_position_rows_are_the_table_rows_without_growing_it(dtype, impl, flavour):
+    """What a stream adds at a position, computed for that position alone: the table's row
+    bit for bit (loaded SpeechBrain rows inside their range, the formula past it), and the
+    cached table stays as it was however far the position."""
+    def build():
+        if flavour == "speechbrain":
+            return with_table(impl, speechbrain_buffer(100, D), dtype)
+        return layer(impl, dtype, flavour)
+    lay = build()
+    before = lay._positions.shape[0]
+    positions = np.array([0, 1, 99, 100, 101, 2047, 5000])
+    rows = lay.position_rows(positions)
+    assert lay._positions.shape[0] == before
+    assert rows.dtype == dtype
+    assert np.array_equal(rows, build().positions(5001)[positions])
+    far = lay.position_rows(np.array([10**9]))   # computed alone: no 10**9-row table
+    offset = 1 if flavour == "official" else 0
+    assert np.array_equal(far, sinusoid([10**9 + offset], D, flavour).astype(dtype))
+    assert lay._positions.shape[0] == before
+
+
+def test_a_long_stream_keeps_no_position_table():
+    """The hypermixing LM's stream holds its running sums only: no table grows with the
+    position (it used to double at 64, 128, ..., 2,048, each time recomputed)."""
+    from hypermixer import ModelConfig, build_network
+    net = build_network(ModelConfig(architecture="hypermixing", embedding_dim=16, hidden_dim=16,
+                                    num_layers=2, max_seq_len=8), 30, seed=0)
+    stream = net.stream()
+    for t in range(300):
+        stream.feed(t % 30)
+    assert all(block.hypermixing._positions.shape[0] == 0 for block in net.blocks)

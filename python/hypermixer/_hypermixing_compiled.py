@@ -165,8 +165,7 @@ class HyperMixing(CompiledAdam, hb.HyperMixingBase):
         updated in place. Returns the output rows (B, d), those a full forward gives."""
         batch, d = x.shape
         k = self.token_mixing_hidden_dim
-        table = self.positions(int(positions.max()) + 1)
-        z = x * self.dtype.type(self.info_scale) + table[positions]
+        z = x * self.dtype.type(self.info_scale) + self.position_rows(positions)
         ws = []
         for gen in self.generators:
             A, a, C, c = self.generator(gen)

@@ -149,7 +149,7 @@ class HyperMixing(ReferenceAdam, hb.HyperMixingBase):
         dh = self.head_dim
         y = np.zeros_like(x)
         for b, t in enumerate(positions):
-            z = x[b] * self.info_scale + self.positions(t + 1)[t]
+            z = x[b] * self.info_scale + self.position_rows([t])[0]
             for j in range(self.heads):
                 cols = slice(j * dh, (j + 1) * dh)
                 w1, _ = self._generate("w1_gen", j, z[None, cols])
