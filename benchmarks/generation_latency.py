@@ -63,6 +63,17 @@ def main(argv=None):
             times.append(time.perf_counter() - start)
         return median(times)
 
+    def whole_stream(net):
+        """Every token of one stream timed, positions 0..top+repeats: the mean and the
+        worst, which medians at a few positions would not show (a rebuild at one position)."""
+        stream = net.stream()
+        times = []
+        for token in ids:
+            start = time.perf_counter()
+            stream.feed(int(token))
+            times.append(time.perf_counter() - start)
+        return sum(times) / len(times), max(times), int(np.argmax(times))
+
     rows = []
     for pos in sorted(args.positions):
         window = ids[:pos + 1]
@@ -79,6 +90,12 @@ def main(argv=None):
     print("| --- | --- | --- | --- |")
     for pos, hm, cache, tr in rows:
         print(f"| {pos} | {hm * 1e3:.3f} | {cache * 1e3:.3f} | {tr * 1e3:.3f} |")
+    print(f"\nEvery token of one stream, positions 0..{len(ids) - 1}:")
+    for name, net in (("hypermixing (stream)", hypermixing), ("Transformer (KV cache)",
+                                                               transformer)):
+        mean, worst, where = whole_stream(net)
+        print(f"- {name}: mean {mean * 1e3:.3f} ms, worst {worst * 1e3:.3f} ms (position "
+              f"{where})")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
