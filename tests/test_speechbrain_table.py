@@ -316,3 +316,24 @@ def test_a_long_stream_keeps_no_position_table():
     for t in range(300):
         stream.feed(t % 30)
     assert all(block.hypermixing._positions.shape[0] == 0 for block in net.blocks)
+
+
+def test_streams_fed_in_turn_give_what_each_gives_alone():
+    """Two streams on one network, one far ahead of the other, fed in turn: each gives the
+    logits it gives alone, and the layers keep a few blocks of rows, not a table."""
+    from hypermixer import ModelConfig, build_network
+    from hypermixer._hypermixing_blueprint import POSITION_BLOCKS_KEPT
+    net = build_network(ModelConfig(architecture="hypermixing", embedding_dim=16, hidden_dim=16,
+                                    num_layers=2, max_seq_len=8), 30, seed=1,
+                        dtype=np.float64)
+    ahead, behind = net.stream(), net.stream()
+    alone_ahead, alone_behind = net.stream(), net.stream()
+    for t in range(200):
+        ahead.feed(t % 30)
+        alone_ahead.feed(t % 30)
+    for t in range(150):
+        assert np.array_equal(behind.feed(t % 29), alone_behind.feed(t % 29))
+        assert np.array_equal(ahead.feed(t % 23), alone_ahead.feed(t % 23))
+    for block in net.blocks:
+        assert block.hypermixing._positions.shape[0] == 0
+        assert len(block.hypermixing._position_blocks) <= POSITION_BLOCKS_KEPT

@@ -38,6 +38,8 @@ PLAUSIBLE_SLOPE = 1e-6
 #: Rows of the position table a stream computes at a time past the cached table: constant
 #: memory, and one token in 64 pays for 64 rows (about 0.1 ms at d = 128)
 POSITION_BLOCK = 64
+#: How many such blocks a layer keeps (the most recently used)
+POSITION_BLOCKS_KEPT = 4
 
 
 def position_table(rows, dim, flavour="official"):
@@ -133,8 +135,8 @@ class HyperMixingBase(Layer):
         # by state_dict) and its rows in float64; None when the layer has none
         self._loaded_table = None
         self._loaded_rows = None
-        # rows past the table for streaming, (first position, rows); see position_rows
-        self._position_block = (0, np.zeros((0, d), self.dtype))
+        # rows past the table for streaming: [(first position, rows)], see position_rows
+        self._position_blocks = []
 
     # ------------------------------------------------------------------ helpers
     def _param(self, name):
@@ -187,14 +189,19 @@ class HyperMixingBase(Layer):
             first, last = int(positions.min()), int(positions.max())
         if last < self._positions.shape[0]:
             return self._positions[positions]
-        start, block = self._position_block
-        if not (start <= first and last < start + block.shape[0]):
-            if last - first >= POSITION_BLOCK:   # far apart: those rows alone
-                return self._rows_at(positions)
-            start = first
-            block = self._rows_at(np.arange(start, start + POSITION_BLOCK))
-            self._position_block = (start, block)
-        return block[positions - start]
+        if last - first >= POSITION_BLOCK:   # far apart: those rows alone
+            return self._rows_at(positions)
+        blocks = self._position_blocks
+        for i, (start, block) in enumerate(blocks):
+            if start <= first and last < start + POSITION_BLOCK:
+                if i:   # most recently used first
+                    blocks.insert(0, blocks.pop(i))
+                return block[positions - start]
+        # a few blocks, so that streams fed in turn (two conversations on one network) do
+        # not evict each other's block at every token
+        blocks.insert(0, (first, self._rows_at(np.arange(first, first + POSITION_BLOCK))))
+        del blocks[POSITION_BLOCKS_KEPT:]
+        return blocks[0][1][positions - first]
 
     def _rows_at(self, positions):
         """The table's rows at ``positions``, computed for them alone (see sinusoid)."""
@@ -319,7 +326,7 @@ class HyperMixingBase(Layer):
         if table is not None:
             self._loaded_table, self._loaded_rows = table
             self._positions = np.zeros((0, self.embedding_dim), self.dtype)   # rebuild
-            self._position_block = (0, self._positions)
+            self._position_blocks = []
         # Adam moments describe the old weights; start them afresh
         self._adam_moments = None
         self._adam_step = 0
