@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import hypermixer
@@ -281,6 +281,53 @@ def test_block_matches_reference(data, max_extra, hidden, ht, hh, causal, dtype,
     ref.apply_gradients(grads, lr)
     for (name, a), (_, b) in zip(compiled.named_parameters(), ref.named_parameters()):
         assert_close(a, b, dtype, f"{name} after one step")
+
+
+# ---------------------------------------------------------------------------- HyperMixing
+
+@st.composite
+def hypermixing_options(draw):
+    """Keyword arguments of a HyperMixing layer and its width: heads of width 1-8 (4, with
+    k_h = 4, is the float32 width-4 path), every mode and option."""
+    heads = draw(st.sampled_from([1, 2, 4, 8]))
+    width = heads * draw(st.sampled_from([1, 2, 3, 4, 8]))
+    kw = dict(token_mixing_hidden_dim=heads * draw(st.sampled_from([1, 2, 4, 5])),
+              heads=heads, tied=draw(st.booleans()), causal=draw(st.booleans()),
+              normalize=draw(st.sampled_from(["sum", "mean"])),
+              # a LayerNorm over 1 or 2 features has an input gradient of 0 in theory: the
+              # comparison would be of rounding noise (as in test_block_matches_reference)
+              layer_norm=width >= 3 and draw(st.booleans()),
+              hypernetwork_bias=draw(st.booleans()),
+              token_information=draw(st.sampled_from(["official", "speechbrain"])))
+    return width, kw
+
+
+@given(data=batches(max_len=12), options=hypermixing_options(), dtype=DTYPES,
+       threads=THREADS)
+def test_hypermixing_matches_reference(data, options, dtype, threads):
+    batch, seq_len, _, lengths, unbatched, seed = data
+    width, kw = options
+    compiled = hypermixer.HyperMixing(width, seed=seed, dtype=dtype, **kw)
+    ref = reference.HyperMixing(width, seed=seed, dtype=dtype, **kw)
+    randomize([compiled, ref], seed)
+    twin = float64_twin(lambda d: reference.HyperMixing(width, dtype=d, **kw), ref)
+    x, g = make_data((batch, seq_len, width), seed, dtype, unbatched, lengths, poison=True)
+    parity(compiled, ref, x, g, lengths, threads, twin)
+
+
+@given(data=batches(max_len=10), options=hypermixing_options(), hidden=st.integers(1, 12),
+       dtype=DTYPES, threads=THREADS)
+def test_hypermixing_block_matches_reference(data, options, hidden, dtype, threads):
+    batch, seq_len, _, lengths, unbatched, seed = data
+    width, kw = options
+    assume(width >= 3)   # norm1 and norm2 over 1 or 2 features: see hypermixing_options
+    compiled = hypermixer.HyperMixingBlock(width, hidden, seed=seed, dtype=dtype, **kw)
+    ref = reference.HyperMixingBlock(width, hidden, seed=seed, dtype=dtype, **kw)
+    randomize([compiled, ref], seed)
+    twin = float64_twin(lambda d: reference.HyperMixingBlock(width, hidden, dtype=d, **kw),
+                        ref)
+    x, g = make_data((batch, seq_len, width), seed, dtype, unbatched, lengths, poison=True)
+    parity(compiled, ref, x, g, lengths, threads, twin)
 
 
 # ---------------------------------------------------------------------------- LM layers
