@@ -36,7 +36,7 @@ POSITION_BUFFERS = ("token_information.pe", SPEECHBRAIN_TABLE)
 #: by O(1) in the first rows.
 PLAUSIBLE_SLOPE = 1e-6
 #: Rows of the position table a stream computes at a time past the cached table: constant
-#: memory, and one token in 64 pays for 64 rows (about 0.1 ms at d = 128)
+#: memory, and one token in 64 pays for 64 rows (0.1-0.2 ms at d = 128)
 POSITION_BLOCK = 64
 #: How many such blocks a layer keeps (the most recently used)
 POSITION_BLOCKS_KEPT = 4
@@ -176,12 +176,12 @@ class HyperMixingBase(Layer):
     def position_rows(self, positions):
         """The rows that the tokens at ``positions`` (1-D) get, as ``positions(n)[positions]``.
 
-        Past the cached table (which only a forward grows) they come from a block of
-        ``POSITION_BLOCK`` rows starting at the smallest position, computed when the
-        positions leave it and then replaced, never grown: a stream's cost and memory per token
-        stay the same at any position. (Growing the table instead held p rows at position p
-        and rebuilt it at every doubling: 129 ms for one token at position 4,096 in the LM,
-        gigabytes at 10**6.)"""
+        Past the cached table (which only a forward grows) they come from blocks of
+        ``POSITION_BLOCK`` rows, each computed from the first position that needs it; the
+        ``POSITION_BLOCKS_KEPT`` most recently used are kept, none grows: a stream's cost and
+        memory per token stay the same at any position. (Growing the table instead held p
+        rows at position p and rebuilt it at every doubling: 129 ms for one token at position
+        4,096 in the LM, gigabytes at 10**6.)"""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 1:   # one stream: no reductions (they cost more than the rest)
             first = last = int(positions[0])
