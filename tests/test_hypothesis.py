@@ -552,7 +552,8 @@ def test_awkward_lengths_and_ids_are_not_modified(impl):
 # finite inputs only: the masked weights A[i, j > i] are exactly 0, and 0 * NaN = NaN in
 # A @ v, so a non-finite value reaches earlier rows of its own sequence (in the compiled
 # kernel, those of the same 32-row tile; in the reference, all). See docs/HARDENING.md.
-CAUSAL_KINDS = {"causal_token_mixing", "causal_block"}
+CAUSAL_KINDS = {"causal_token_mixing", "causal_block", "causal_hypermixing",
+                "causal_hypermixing_block"}
 
 
 def nonfinite_layer(kind, width, max_len):
@@ -568,12 +569,19 @@ def nonfinite_layer(kind, width, max_len):
                                           dtype=np.float64)
     if kind == "attention":
         return hypermixer.SelfAttention(width, dtype=np.float64)
+    if kind.endswith("hypermixing"):
+        return hypermixer.HyperMixing(width, 2 * width, causal=kind.startswith("causal"),
+                                      hypernetwork_bias=True, dtype=np.float64)
+    if kind.endswith("hypermixing_block"):
+        return hypermixer.HyperMixingBlock(width, 6, 2 * width, causal=kind.startswith("causal"),
+                                           dtype=np.float64)
     return hypermixer.TransformerBlock(width, 6, max_len, dtype=np.float64)
 
 
 @given(kind=st.sampled_from(["layernorm", "channel_mixing", "token_mixing",
                              "causal_token_mixing", "block", "causal_block", "attention",
-                             "transformer"]),
+                             "transformer", "hypermixing", "causal_hypermixing",
+                             "hypermixing_block", "causal_hypermixing_block"]),
        value=st.sampled_from([np.nan, np.inf, -np.inf]), where=st.integers(0, 10**6),
        threads=THREADS)
 def test_non_finite_inputs_stay_in_their_sequence(kind, value, where, threads):
