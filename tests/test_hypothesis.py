@@ -447,6 +447,12 @@ def conversion_layers(dtype, width):
         hypermixer.HyperMixerBlock(width, 5, 6, dtype=dtype),
         hypermixer.SelfAttention(width, dtype=dtype),
         hypermixer.TransformerBlock(width, 5, 6, dtype=dtype),
+        hypermixer.HyperMixing(width, 8, heads=2, dtype=dtype),
+        hypermixer.HyperMixing(width, 8, heads=2, causal=True, dtype=dtype),
+        hypermixer.HyperMixingBlock(width, 5, 8, heads=2, causal=True, dtype=dtype),
+        # one head of width 4 with k_h = 4: the width-4 scan in float32
+        hypermixer.HyperMixing(width, 4, causal=True, tied=True, normalize="mean",
+                               dtype=dtype),
     ]
 
 
