@@ -164,3 +164,18 @@ def test_training_step_whose_logits_cannot_fit_is_refused():
     refused_quickly(lambda: network.loss(ids, ids), MemoryError, "GiB")
     refused_quickly(lambda: network.train_step(ids, ids), MemoryError, "GiB")
     refused_quickly(lambda: network.forward(ids), MemoryError, "GiB")
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_hypermixing_sizes_refused_before_allocating(impl):
+    """Generator weights beyond memory or the kernels' index range, and an input beyond
+    memory, for the HyperMixing layers of both implementations."""
+    refused_quickly(lambda: impl.HyperMixing(2**16, 2**16, heads=1), MemoryError,
+                    "HyperMixing weights: needs")
+    refused_quickly(lambda: impl.HyperMixing(8, 2**40, heads=8), ValueError,
+                    "beyond 2147483647")
+    refused_quickly(lambda: impl.HyperMixingBlock(2**16, 8, 2**16, heads=1), MemoryError,
+                    "needs")
+    layer = impl.HyperMixing(8, 8, heads=2, causal=True)
+    huge = np.broadcast_to(np.zeros((1, 1, 8), np.float32), (1, 2**31 - 1, 8))   # 64 GiB
+    refused_quickly(lambda: layer.forward(huge), MemoryError, "needs")
