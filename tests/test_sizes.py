@@ -170,12 +170,13 @@ def test_training_step_whose_logits_cannot_fit_is_refused():
 def test_hypermixing_sizes_refused_before_allocating(impl):
     """Generator weights beyond memory or the kernels' index range, and an input beyond
     memory, for the HyperMixing layers of both implementations."""
-    refused_quickly(lambda: impl.HyperMixing(2**16, 2**16, heads=1), MemoryError,
+    # sizes beyond any machine's memory (49,152 GiB, 64 PiB), so the test holds anywhere
+    refused_quickly(lambda: impl.HyperMixing(2**20, 2**20, heads=1), MemoryError,
                     "HyperMixing weights: needs")
     refused_quickly(lambda: impl.HyperMixing(8, 2**40, heads=8), ValueError,
                     "beyond 2147483647")
-    refused_quickly(lambda: impl.HyperMixingBlock(2**16, 8, 2**16, heads=1), MemoryError,
+    refused_quickly(lambda: impl.HyperMixingBlock(2**20, 8, 2**20, heads=1), MemoryError,
                     "needs")
     layer = impl.HyperMixing(8, 8, heads=2, causal=True)
-    huge = np.broadcast_to(np.zeros((1, 1, 8), np.float32), (1, 2**31 - 1, 8))   # 64 GiB
+    huge = np.broadcast_to(np.zeros((1, 1, 8), np.float32), (2**20, 2**31 - 1, 8))
     refused_quickly(lambda: layer.forward(huge), MemoryError, "needs")
