@@ -52,26 +52,24 @@ def main(argv=None):
                 warm.feed(int(token))
         transformer.forward(ids[:50])
 
+    def timed_feeds(stream, tokens):
+        times = []
+        for token in tokens:
+            start = time.perf_counter()
+            stream.feed(int(token))
+            times.append(time.perf_counter() - start)
+        return times
+
     def stream_times(net, pos):
         stream = net.stream()
         for token in ids[:pos]:
             stream.feed(int(token))
-        times = []
-        for token in ids[pos:pos + args.repeats]:
-            start = time.perf_counter()
-            stream.feed(int(token))
-            times.append(time.perf_counter() - start)
-        return median(times)
+        return median(timed_feeds(stream, ids[pos:pos + args.repeats]))
 
     def whole_stream(net):
         """Every token of one stream timed, positions 0..top+repeats: the mean and the
         worst, which medians at a few positions would not show (a rebuild at one position)."""
-        stream = net.stream()
-        times = []
-        for token in ids:
-            start = time.perf_counter()
-            stream.feed(int(token))
-            times.append(time.perf_counter() - start)
+        times = timed_feeds(net.stream(), ids)
         return sum(times) / len(times), max(times), int(np.argmax(times))
 
     rows = []

@@ -165,12 +165,7 @@ class HyperMixingBase(Layer):
         """
         if self._positions.shape[0] < seq_len:
             grow = max(seq_len, 2 * self._positions.shape[0], 64)
-            table = position_table(grow + self.info_offset, self.embedding_dim,
-                                   self.token_information)[self.info_offset:]
-            if self._loaded_rows is not None:
-                covered = min(grow, self._loaded_rows.shape[0])
-                table[:covered] = self._loaded_rows[:covered]
-            self._positions = table.astype(self.dtype)
+            self._positions = self._rows_at(np.arange(grow))
         return self._positions[:seq_len]
 
     def position_rows(self, positions):
@@ -204,7 +199,8 @@ class HyperMixingBase(Layer):
         return blocks[0][1][positions - first]
 
     def _rows_at(self, positions):
-        """The table's rows at ``positions``, computed for them alone (see sinusoid)."""
+        """The rows of ``positions`` (1-D): the sinusoid past the flavour's offset, or the
+        loaded SpeechBrain rows where they reach, in the layer's dtype."""
         rows = sinusoid(positions + self.info_offset, self.embedding_dim,
                         self.token_information)
         if self._loaded_rows is not None:

@@ -62,9 +62,9 @@ class Stream(TokenStream):
         super().__init__(network)
         hm = network.blocks[0].hypermixing   # every block has the same shape
         # one array, so that a feed saves and restores all of it in one copy
+        # (layers, 1, heads, k_h, d_h)
         self._sums = np.zeros((len(network.blocks), 1, hm.heads, hm.head_hidden, hm.head_dim),
                               network.dtype)
-        self.states = list(self._sums)   # (1, heads, k_h, d_h) per layer, views
 
     def _state_updated_in_place(self):
         return [self._sums]
@@ -74,6 +74,6 @@ class Stream(TokenStream):
         one = np.ones(1, np.int64)
         x = net.embeddings._forward(ids, one)[:, 0]
         position = np.array([self.position])
-        for block, state in zip(net.blocks, self.states):
+        for block, state in zip(net.blocks, self._sums):   # a view per layer
             x = block._step(x, state, position)
         return net.output._forward(x[:, None], one)[0, 0]
