@@ -33,6 +33,10 @@ def token_embeddings_class(impl):
             _, grads = super()._backward(grad_output)
             return None, grads[:1]
 
+    # importable as impl.TokenEmbeddings (layers.py, reference.py assign it), so that
+    # pickle finds the class of a network's embeddings
+    TokenEmbeddings.__module__ = impl.__name__
+    TokenEmbeddings.__qualname__ = "TokenEmbeddings"
     return TokenEmbeddings
 
 

@@ -247,11 +247,16 @@ class FlatStore:
         self.step = 0
         self.offsets = {}   # id(leaf) -> offset of its first parameter
         old_stores = {id(leaf._home): leaf._home for leaf in leaves if leaf._home is not None}
-        if any(store.m is not None for store in old_stores.values()):
+        # a copy's leaves bring their Adam state along instead of a store (Layer.__getstate__)
+        carried = [leaf.__dict__.get("_carried_adam") if leaf._home is None else None
+                   for leaf in leaves]
+        if any(store.m is not None for store in old_stores.values()) or \
+                any(c is not None and c[1] is not None for c in carried):
             self._allocate_moments()
-        self.step = max([store.step for store in old_stores.values()], default=0)
+        self.step = max([store.step for store in old_stores.values()]
+                        + [c[0] for c in carried if c is not None], default=0)
         offset = 0
-        for leaf in leaves:
+        for leaf, carry in zip(leaves, carried):
             self.offsets[id(leaf)] = offset
             old = leaf._home
             old_offset = old.offsets[id(leaf)] if old is not None else None
@@ -262,6 +267,9 @@ class FlatStore:
                 if self.m is not None and old is not None and old.m is not None:
                     self.m[offset:end] = old.m[old_offset:old_offset + arr.size]
                     self.v[offset:end] = old.v[old_offset:old_offset + arr.size]
+                elif self.m is not None and carry is not None and carry[1] is not None:
+                    self.m[offset:end] = carry[1][index][0].reshape(-1)
+                    self.v[offset:end] = carry[1][index][1].reshape(-1)
                 if old_offset is not None:
                     old_offset += arr.size
                 # A leaf reads a parameter either from the attribute of its name or from
@@ -274,6 +282,7 @@ class FlatStore:
             store.stale = True   # some of its leaves now live here
         for leaf in leaves:
             leaf._home = self
+            leaf.__dict__.pop("_carried_adam", None)
             leaf._parameters_moved()
         self.named = root._unique_named_parameters()
         # the named views, in order, tile params exactly (checked once, here)
@@ -462,7 +471,10 @@ class Layer:
     @property
     def _adam_step(self):
         store = self._home if self._home is not None else self._flat
-        return 0 if store is None else store.step
+        if store is None:   # never used, or a copy not gathered yet (see __getstate__)
+            return max((leaf.__dict__.get("_carried_adam", (0,))[0]
+                        for leaf in self._leaves()), default=0)
+        return store.step
 
     @_adam_step.setter
     def _adam_step(self, value):
@@ -477,7 +489,10 @@ class Layer:
     def _adam_moments(self):
         """``[(m, v)]`` views per own parameter, or None before the first update."""
         store = self._home
-        if store is None or store.m is None:
+        if store is None:
+            carried = self.__dict__.get("_carried_adam")
+            return None if carried is None else carried[1]
+        if store.m is None:
             return None
         out = []
         offset = store.offsets[id(self)]
@@ -752,6 +767,32 @@ class Layer:
             for t, g in zip(places, grads):
                 out[t] = g if out[t] is None else out[t] + g
         return out
+
+    # ------------------------------------------------------------------ copies
+    # Decision (README, "Copies and pickling"): copy.deepcopy and pickle give an independent
+    # layer with the same parameters, Adam moments and step, and the same forward cache. The
+    # flat buffer itself does not travel: NumPy pickles a view as an array of its own, which
+    # would cut the parameters loose from the buffer the optimizer updates. So each leaf
+    # carries its parameters and its slice of the moments, and the copy gathers them into a
+    # new flat buffer at its first use, as a new layer does. Gradient buffers are not
+    # carried (the next backward writes them); the per-layer lock is new.
+    def __getstate__(self):
+        if self._busy.locked():
+            raise RuntimeError(f"cannot copy or pickle {type(self).__name__} while it runs in "
+                               "another thread")
+        state = self.__dict__.copy()
+        del state["_busy"]
+        if self._own_parameters:
+            moments = self._adam_moments
+            state["_carried_adam"] = (self._adam_step, None if moments is None else
+                                      [(m.copy(), v.copy()) for m, v in moments])
+        state.update(_home=None, _flat=None, _structure=None, _merge_plan=None,
+                     _gradient_target=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._busy = threading.Lock()
 
     # ------------------------------------------------------------------ subclass hooks
     def _parameters_moved(self):

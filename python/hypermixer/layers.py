@@ -5,6 +5,8 @@ and ``_backward`` by calling ``hypermixer._kernels`` on arrays it allocates (out
 between calls (workspaces). Argument checking happens before any kernel runs, in ``_layer``.
 """
 
+import sys
+
 import numpy as np
 
 from . import _blueprints as bp
@@ -496,3 +498,8 @@ __all__ += ["Embeddings", "SelfAttention", "FeedForward", "TransformerBlock",
 
 from ._hypermixing_compiled import HyperMixing, HyperMixingBlock  # noqa: E402  (SPEC 8)
 __all__ += ["HyperMixing", "HyperMixingBlock"]
+
+# The hypermixing language model's embeddings (no position table), defined here so that
+# pickle can name their class
+from ._hypermixing_lm import token_embeddings_class  # noqa: E402
+TokenEmbeddings = token_embeddings_class(sys.modules[__name__])

@@ -294,7 +294,7 @@ class LanguageModel(Sequential):
         rng = make_rng(seed)   # one generator, drawn in canonical order
         e, s = config.embedding_dim, config.max_seq_len
         if config.architecture == "hypermixing":   # positions come from the token information
-            embeddings = _hypermixing_lm.token_embeddings_class(impl)(
+            embeddings = impl.TokenEmbeddings(
                 self.vocab_size, e, seed=rng, dtype=self.dtype)
         else:
             embeddings = impl.Embeddings(self.vocab_size, s, e, seed=rng, dtype=self.dtype)

@@ -5,6 +5,8 @@ section 2. The classes take the same constructor arguments as the compiled ones 
 ``hypermixer`` and, for the same seed, start from the same parameters.
 """
 
+import sys
+
 import numpy as np
 
 from . import _blueprints as bp
@@ -387,3 +389,8 @@ __all__ += ["Embeddings", "SelfAttention", "FeedForward", "TransformerBlock",
 
 from ._hypermixing_reference import HyperMixing, HyperMixingBlock  # noqa: E402  (SPEC 8)
 __all__ += ["HyperMixing", "HyperMixingBlock"]
+
+# The hypermixing language model's embeddings (no position table), defined here so that
+# pickle can name their class
+from ._hypermixing_lm import token_embeddings_class  # noqa: E402
+TokenEmbeddings = token_embeddings_class(sys.modules[__name__])
