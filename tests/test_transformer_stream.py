@@ -160,3 +160,32 @@ def test_a_feed_interrupted_between_layers_leaves_the_stream_as_it_was(architect
     assert stream.position == 4
     assert np.array_equal(stream.feed(tokens[4]), expected[4])
     assert np.array_equal(stream.feed(tokens[5]), expected[5])
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixing"])
+def test_a_forked_stream_goes_on_independently(architecture, backend):
+    """fork(): two continuations of one prompt, each equal to a stream fed its whole text,
+    and neither disturbing the other."""
+    config = dict(SMALL, architecture=architecture)
+    if architecture == "hypermixing":
+        config.update(heads=4)
+    net = build_network(ModelConfig(**config), 30, seed=5, dtype=np.float64, backend=backend)
+    prompt, left, right = [3, 7, 1, 4], [9, 2, 5], [0, 8, 8]
+    expected = {}
+    for name, tail in (("left", left), ("right", right)):
+        clean = net.stream()
+        expected[name] = [clean.feed(t) for t in prompt + tail][len(prompt):]
+    stream = net.stream()
+    for t in prompt:
+        stream.feed(t)
+    twin = stream.fork()
+    assert twin.position == stream.position == len(prompt) and twin.network is net
+    got_left, got_right = [], []
+    for a, b in zip(left, right):   # interleaved, so a shared array would show
+        got_left.append(stream.feed(a))
+        got_right.append(twin.feed(b))
+    for name, got in (("left", got_left), ("right", got_right)):
+        for g, e in zip(got, expected[name]):
+            assert np.array_equal(g, e), name
+    assert stream.position == twin.position == len(prompt) + 3

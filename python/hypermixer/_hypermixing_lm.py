@@ -73,6 +73,9 @@ class Stream(TokenStream):
     def _state_updated_in_place(self):
         return [self._sums]
 
+    def _copy_state(self):
+        self._sums = self._sums.copy()
+
     def _advance(self, ids):
         net = self.network
         one = np.ones(1, np.int64)

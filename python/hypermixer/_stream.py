@@ -11,6 +11,7 @@ terms in the same order), to rounding for its reference and for the Transformer 
 summed in another order).
 """
 
+import copy
 import operator
 
 import numpy as np
@@ -62,6 +63,18 @@ class TokenStream:
         self.position += 1
         return logits
 
+    def fork(self):
+        """A second stream at this position, on the same network, with a copy of this
+        stream's state; the two then go on independently (several continuations of one
+        prompt, beam search) without feeding the prompt again. Costs one copy of the state."""
+        twin = copy.copy(self)   # the same network and position
+        twin._copy_state()
+        return twin
+
+    def _copy_state(self):
+        """Replace every state array by a copy of its own (``fork``)."""
+        raise NotImplementedError
+
     def _advance(self, ids):
         """Logits (V,) of the token ids (1, 1) at ``self.position``; update the state."""
         raise NotImplementedError
@@ -85,6 +98,10 @@ class TransformerStream(TokenStream):
 
     # _state_updated_in_place: none. _advance writes only the rows at ``position`` of the
     # caches, which no later token reads until a feed succeeds (a retry rewrites them)
+
+    def _copy_state(self):
+        self.keys = [k.copy() for k in self.keys]
+        self.values = [v.copy() for v in self.values]
 
     def _advance(self, ids):
         net = self.network
