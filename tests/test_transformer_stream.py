@@ -189,3 +189,17 @@ def test_a_forked_stream_goes_on_independently(architecture, backend):
         for g, e in zip(got, expected[name]):
             assert np.array_equal(g, e), name
     assert stream.position == twin.position == len(prompt) + 3
+
+
+def test_a_stream_is_not_forked_while_its_network_runs():
+    net = build_network(ModelConfig(**dict(SMALL, architecture="hypermixing", heads=4)), 30,
+                        seed=5, dtype=np.float64)
+    stream = net.stream()
+    stream.feed(3)
+    net._busy.acquire()   # as while another thread feeds a stream of this network
+    try:
+        with pytest.raises(RuntimeError, match="already running in another thread"):
+            stream.fork()
+    finally:
+        net._busy.release()
+    assert stream.fork().position == 1

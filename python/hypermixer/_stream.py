@@ -67,8 +67,12 @@ class TokenStream:
         """A second stream at this position, on the same network, with a copy of this
         stream's state; the two then go on independently (several continuations of one
         prompt, beam search) without feeding the prompt again. Costs one copy of the state."""
-        twin = copy.copy(self)   # the same network and position
-        twin._copy_state()
+        taken = self.network._enter()   # not while a feed (of any stream) runs on it
+        try:
+            twin = copy.copy(self)   # the same network and position
+            twin._copy_state()
+        finally:
+            self.network._leave(taken)
         return twin
 
     def _copy_state(self):
