@@ -141,3 +141,11 @@ def test_a_running_layer_is_not_copied():
     finally:
         layer._busy.release()
     assert pickle.loads(pickle.dumps(layer)) is not layer
+
+
+def test_a_shallow_copy_is_refused():
+    net = tiny_lm("hypermixing", {}, "compiled")
+    with pytest.raises(TypeError, match="use copy.deepcopy"):
+        copy.copy(net)
+    with pytest.raises(TypeError, match="use copy.deepcopy"):
+        copy.copy(net.blocks[0].hypermixing)

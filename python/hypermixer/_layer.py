@@ -794,6 +794,12 @@ class Layer:
         self.__dict__.update(state)
         self._busy = threading.Lock()
 
+    def __copy__(self):
+        # a shallow copy would share the parameter lists and sublayers with the original, and
+        # the first use of either would re-home the other's parameters under it
+        raise TypeError(f"a shallow copy of {type(self).__name__} would share its parameters "
+                        "with the original; use copy.deepcopy")
+
     # ------------------------------------------------------------------ subclass hooks
     def _parameters_moved(self):
         """Called after the flat store rebound this leaf's parameters to new views; a layer
