@@ -183,3 +183,23 @@ def test_gemm_bias_act_epilogue_equals_gemm_then_the_pass_bitwise(dtype, shape, 
         finally:
             hypermixer.set_num_threads(None)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+@pytest.mark.parametrize("k", [1, 7, 256, 257, 600])
+def test_one_row_gives_the_bits_of_the_blocked_path(k, beta, trans_a, dtype, variant):
+    """M = 1 takes a path of its own (B read in place, no register tile of zero rows); each
+    element must still be the blocked path's chain, bit for bit: compared with rows of a
+    13-row product, inside a full register tile (row 3) and in the ragged last one (row 12),
+    over widths with and without a partial last vector, K across the 256-deep slices."""
+    rng = np.random.default_rng(k)
+    for n in (1, 5, 16, 127, 128, 129, 300, 533):
+        a, b, c = operands(rng, 13, n, k, trans_a, False, dtype)
+        for fn in FAST:
+            whole = run(fn, a, b, c, trans_a, False, beta)
+            for i in (3, 12):
+                row = (a[:, i:i + 1] if trans_a else a[i:i + 1]).copy()
+                one = run(fn, row, b, c[i:i + 1], trans_a, False, beta)
+                assert np.array_equal(one[0], whole[i]), (fn.__name__, n, i)
