@@ -200,11 +200,14 @@ static void F(hb_combine_team)(REAL* out, const REAL* a, const REAL* b, const RE
 
 /* The forward's steps: y = x + HyperMixing(norm1(x)) into yres, norm2(y) into cn, then the
  * output (FF(cn) - cn) + yres. Called by every thread of one parallel region with `team` (the
- * width-4 path: hypermixing_team_ready), else once, the kernels opening their own regions. */
+ * width-4 path: hypermixing_team_ready), else once, the kernels opening their own regions.
+ * With `state` (generation: hypermixing_block_step), the L rows are one new token each of L
+ * streams, and the scan's token step on their running sums takes the causal scan's place. */
 static void F(hb_forward_steps)(const HbCache* c, const HbForward* s, REAL* y, REAL* cn,
                                 const REAL* x, const int64_t* lengths, const int64_t* offsets,
                                 const REAL* pos, const REAL* const* p,
-                                const HypermixingBlockDims* d, int team)
+                                const HypermixingBlockDims* d, int team, REAL* state,
+                                const int64_t* positions)
 {
     const size_t B = d->B, L = d->L, E = d->E, H = d->H, K = d->k, h = d->h, BL = B * L;
     const int big = BL * E > HM_PARALLEL_MIN;
@@ -220,8 +223,12 @@ static void F(hb_forward_steps)(const HbCache* c, const HbForward* s, REAL* y, R
         HB_STEP(hypermixing_generator_forward, w2, c->act2, c->slope2, c->z, p[6], p[7], p[8],
                 p[9], BL, E, K, h);
     }
-    HB_STEP(hypermixing_causal_forward, s->m, c->ck, s->work, d->slots, n1, w1, w2, lengths, B,
-            L, E, K, h, d->mean, d->chunk);
+    if (state != NULL) {
+        F(hypermixing_step)(s->m, state, n1, w1, w2, positions, BL, E, K, h, d->mean);
+    } else {
+        HB_STEP(hypermixing_causal_forward, s->m, c->ck, s->work, d->slots, n1, w1, w2, lengths,
+                B, L, E, K, h, d->mean, d->chunk);
+    }
     REAL* mixed = s->m;
     if (d->layer_norm) {
         mixed = s->mixed;
@@ -311,10 +318,30 @@ void KERNEL_NAME(hypermixing_block_forward_f32, hypermixing_block_forward_f64)(
     const int threads = F(hb_team_threads)(d);
     if (threads > 0) {
         #pragma omp parallel num_threads(threads)
-        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 1);
+        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 1, NULL, NULL);
     } else {
-        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 0);
+        F(hb_forward_steps)(&c, &s, y, cn, x, lengths, offsets, pos, p, d, 0, NULL, NULL);
     }
+}
+
+/* y, x (n, E): one new token of each of n streams, at positions (n,); pos (n, E) their
+ * position rows; state (n, h, k_h, d_h) their running sums, updated in place. d describes
+ * B = 1, L = n (the workspaces are the forward's for that shape). */
+void KERNEL_NAME(hypermixing_block_step_f32, hypermixing_block_step_f64)(
+    REAL* y, REAL* state, REAL* cache, int64_t* index, REAL* scratch, const REAL* x,
+    const int64_t* positions, const REAL* pos, const REAL* const* p,
+    const HypermixingBlockDims* d)
+{
+    HbCache c;
+    HbForward s;
+    hb_carve_cache(&c, cache, sizeof(REAL), d);
+    hb_carve_forward(&s, scratch, sizeof(REAL), d);
+    const int64_t length = (int64_t)d->L;   /* the n tokens as one sequence of n rows */
+    index[0] = 0;
+    index[1] = length;
+    /* no padding: the feed-forward's packed input is norm2's output itself, as the forward */
+    F(hb_forward_steps)(&c, &s, y, (REAL*)c.xp, x, &length, index, pos, p, d, 0, state,
+                        positions);
 }
 
 /* grad_input, grad_output (B, L, E); grads: see hypermixing_block.h; cache and index as the

@@ -42,6 +42,17 @@ HM_HYPERMIXING_BLOCK_FORWARD(float, hypermixing_block_forward_f32);
 HM_HYPERMIXING_BLOCK_FORWARD(double, hypermixing_block_forward_f64);
 #undef HM_HYPERMIXING_BLOCK_FORWARD
 
+/* Generation: y, x (n, E) one new token of each of n streams at positions (n,), pos (n, E)
+ * their position rows, state (n, h, k_h, d_h) their running sums (updated in place); each row
+ * is the forward's row for that token, bit for bit. Dims and workspaces: B = 1, L = n. */
+#define HM_HYPERMIXING_BLOCK_STEP(R, name)                                                    \
+    void name(R* y, R* state, R* cache, int64_t* index, R* scratch, const R* x,              \
+              const int64_t* positions, const R* pos, const R* const* params,                 \
+              const HypermixingBlockDims* d)
+HM_HYPERMIXING_BLOCK_STEP(float, hypermixing_block_step_f32);
+HM_HYPERMIXING_BLOCK_STEP(double, hypermixing_block_step_f64);
+#undef HM_HYPERMIXING_BLOCK_STEP
+
 /* grads: the slots of params that are not NULL, overwritten; cache and index as the forward
  * left them. */
 #define HM_HYPERMIXING_BLOCK_BACKWARD(R, name)                                                \

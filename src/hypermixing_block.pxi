@@ -19,6 +19,14 @@ cdef extern from "hypermixing_block.h" nogil:
                                        const int64_t* lengths, const double* pos,
                                        const double* const* params,
                                        const HypermixingBlockDims* d)
+    void hypermixing_block_step_f32(float* y, float* state, float* cache, int64_t* index,
+                                    float* scratch, const float* x, const int64_t* positions,
+                                    const float* pos, const float* const* params,
+                                    const HypermixingBlockDims* d)
+    void hypermixing_block_step_f64(double* y, double* state, double* cache, int64_t* index,
+                                    double* scratch, const double* x,
+                                    const int64_t* positions, const double* pos,
+                                    const double* const* params, const HypermixingBlockDims* d)
     void hypermixing_block_backward_f32(float* grad_input, float* const* grads, float* cache,
                                         int64_t* index, float* scratch,
                                         const float* grad_output, const int64_t* lengths,
@@ -136,6 +144,53 @@ def hypermixing_block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray inde
             hypermixing_block_forward_f64(<double*>yp, <double*>cp, ip, <double*>sp,
                                           <const double*>xp, lp, <const double*>pp,
                                           <const double* const*>p, &d)
+
+
+def hypermixing_block_step(cnp.ndarray y, cnp.ndarray state, cnp.ndarray cache,
+                           cnp.ndarray index, cnp.ndarray scratch, cnp.ndarray x,
+                           cnp.ndarray positions, cnp.ndarray pos, list params, tuple sizes):
+    """Generation through a causal block (csrc/hypermixing_block.c): y, x (n, E) one new
+    token of each of n streams at positions (n,), pos (n, E) their position rows, state
+    (n, heads, k_h, d_h) updated in place. Workspaces: hypermixing_block_workspace_sizes of
+    shape (1, n, E)."""
+    cdef HypermixingBlockDims d
+    cdef void* p[18]
+    cdef Py_ssize_t i
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError("hypermixing block step: x must be (n, E)")
+    _hb_dims(&d, (1, cnp.PyArray_DIM(x, 0), cnp.PyArray_DIM(x, 1)), sizes)
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("hypermixing block step: x must be float32 or float64")
+    _blk_array("x", x, t, d.L * d.E)
+    _blk_array("y", y, t, d.L * d.E)
+    _blk_array("pos", pos, t, d.L * d.E)
+    _blk_array("state", state, t, d.L * d.k * (d.E // d.h))
+    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d))
+    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d))
+    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d))
+    _blk_array("positions", positions, cnp.NPY_INT64, d.L)
+    cdef const int64_t* ps = <const int64_t*>cnp.PyArray_DATA(positions)
+    for i in range(<Py_ssize_t>d.L):
+        if ps[i] < 0:
+            raise ValueError("hypermixing block step: positions must be >= 0")
+    _hb_fill("params", params, p, t, &d)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* stp = cnp.PyArray_DATA(state)
+    cdef void* cp = cnp.PyArray_DATA(cache)
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* pp = cnp.PyArray_DATA(pos)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            hypermixing_block_step_f32(<float*>yp, <float*>stp, <float*>cp, ip, <float*>sp,
+                                       <const float*>xp, ps, <const float*>pp,
+                                       <const float* const*>p, &d)
+        else:
+            hypermixing_block_step_f64(<double*>yp, <double*>stp, <double*>cp, ip,
+                                       <double*>sp, <const double*>xp, ps,
+                                       <const double*>pp, <const double* const*>p, &d)
 
 
 def hypermixing_block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache,

@@ -49,6 +49,55 @@ def test_one_call_equals_the_sublayer_chain(dtype, d, k, heads, tied, bias, laye
         assert np.array_equal(a, b), name
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, k, heads", [(32, 32, 8), (16, 24, 2), (128, 128, 32)])
+@pytest.mark.parametrize("tied, bias, layer_norm, normalize", [
+    (True, False, True, "mean"), (False, True, True, "sum"), (False, False, False, "mean")])
+def test_one_call_step_equals_the_sublayer_chain(dtype, d, k, heads, tied, bias, layer_norm,
+                                                 normalize):
+    """Generation's step (hypermixing_block_step) against the sublayers stepped one by one:
+    the same output rows and running sums, bit for bit, for one stream and for three at
+    different positions (their position rows and mean counts differ), at 1 and 2 threads."""
+    block = hypermixer.HyperMixingBlock(d, 20, k, heads=heads, tied=tied, causal=True,
+                                        normalize=normalize, layer_norm=layer_norm,
+                                        hypernetwork_bias=bias, seed=4, dtype=dtype)
+    rng = np.random.default_rng(3)
+    shape = (heads, k // heads, d // heads)
+    for positions in ([5], [0, 7, 130]):
+        n = len(positions)
+        x = rng.normal(size=(n, d)).astype(dtype)
+        state = rng.normal(size=(n,) + shape).astype(dtype)   # the sums of earlier tokens
+        chain_state = state.copy()
+        chain = HyperMixingBlockBase._step(block, x, chain_state, np.array(positions))
+        for threads in (1, 2):
+            hypermixer.set_num_threads(threads)
+            try:
+                fused_state = state.copy()
+                fused = block._step(x, fused_state, np.array(positions))
+            finally:
+                hypermixer.set_num_threads(None)
+            assert np.array_equal(fused, chain), (positions, threads)
+            assert np.array_equal(fused_state, chain_state), (positions, threads)
+
+
+def test_a_step_between_forward_and_backward_leaves_the_pending_forward_alone():
+    """The step keeps workspaces of its own: a token generated between a forward and its
+    backward does not change that backward."""
+    block = hypermixer.HyperMixingBlock(128, 64, 128, heads=32, tied=True, causal=True,
+                                        normalize="mean", seed=2)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 12, 128)).astype(np.float32)
+    g = rng.normal(size=(2, 12, 128)).astype(np.float32)
+    lengths = np.array([12, 5])
+    block._forward(x, lengths)
+    expected = block._backward(g)
+    block._forward(x, lengths)
+    block._step(x[0, :1], np.zeros((1, 32, 4, 4), np.float32), np.array([40]))
+    got = block._backward(g)
+    for a, b in zip([expected[0]] + list(expected[1]), [got[0]] + list(got[1])):
+        assert np.array_equal(a, b)
+
+
 def test_one_call_threads_bit_identical():
     block = hypermixer.HyperMixingBlock(128, 64, 128, heads=32, tied=True, causal=True,
                                         normalize="mean", seed=2)

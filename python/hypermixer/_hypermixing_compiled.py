@@ -237,6 +237,24 @@ class HyperMixingBlock(OneCallBlock, hb.HyperMixingBlockBase):
         self._saved = (lengths, x.shape, sizes)
         return y
 
+    def _step(self, x, state, positions):
+        """Streaming (see HyperMixingBlockBase._step): the sublayer kernels on the new rows
+        in one C call (hypermixing_block_step), the forward's arithmetic: the same bits as the
+        sublayers called one by one, in a third of the time (the Python hops were most of a
+        generated token's cost)."""
+        n = x.shape[0]
+        sizes = self._sizes(n)
+        cache, scratch, index = self._one_call_workspaces(
+            _kernels.hypermixing_block_workspace_sizes((1, n, self.embedding_dim), sizes),
+            prefix="_ws_step")
+        positions = np.asarray(positions, np.int64)
+        y = np.empty_like(x)
+        _kernels.hypermixing_block_step(
+            y, state, cache, index, scratch, np.ascontiguousarray(x), positions,
+            self.hypermixing.position_rows(positions), self._slots(self._hypermixing_names()),
+            sizes)
+        return y
+
     def _backward(self, grad_output, out=None, grads_out=None):
         if not self.causal:   # grads_out is only an offer: fresh arrays are returned here
             grad_input, grads = super()._backward(grad_output)

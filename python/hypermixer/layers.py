@@ -251,15 +251,18 @@ class OneCallBlock:
     """Glue shared by the blocks whose forward and backward are one C call each
     (csrc/block.c, csrc/transformer_block.c)."""
 
-    def _one_call_workspaces(self, sizes):
+    def _one_call_workspaces(self, sizes, prefix="_ws"):
         """(cache, scratch, index) of the element counts ``sizes``, kept on the block: the
-        cache holds the forward's results until the backward, scratch is reused by both."""
+        cache holds the forward's results until the backward, scratch is reused by both.
+        Generation's steps keep their own (another ``prefix``), so that a token streamed
+        between a forward and its backward leaves the forward's cache alone."""
         cache_n, scratch_n, index_n = sizes
-        cache = _keep_buffer(self, "_ws_cache", (cache_n,))
-        scratch = _keep_buffer(self, "_ws_scratch", (scratch_n,))
-        index = self.__dict__.get("_ws_index")
+        cache = _keep_buffer(self, prefix + "_cache", (cache_n,))
+        scratch = _keep_buffer(self, prefix + "_scratch", (scratch_n,))
+        index = self.__dict__.get(prefix + "_index")
         if index is None or index.size < index_n:
-            index = self._ws_index = np.empty(index_n, np.int64)
+            index = np.empty(index_n, np.int64)
+            setattr(self, prefix + "_index", index)
         return cache, scratch, index
 
     #: _backward accepts ``grads_out=``: views (named_parameters() order) to write the
