@@ -97,6 +97,39 @@ size_t transformer_block_index_size(const TransformerBlockDims* d)
     return d->B + 1;
 }
 
+/* The step's scratch, d->L the cache's rows: q a n1 xhat1 f xp mixed xhat2 (E each) hidden
+ * (H) scores (L) mean1 rstd1 mean2 rstd2 (1 each) */
+typedef struct {
+    void *q, *a, *n1, *xhat1, *f, *xp, *mixed, *xhat2, *hidden, *scores, *mean1, *rstd1,
+        *mean2, *rstd2;
+} TbStep;
+
+static size_t tb_carve_step(TbStep* p, void* base, size_t item, const TransformerBlockDims* d)
+{
+    HmCarver c = {base, 0, item};
+    p->q = hm_carve(&c, d->E);
+    p->a = hm_carve(&c, d->E);
+    p->n1 = hm_carve(&c, d->E);
+    p->xhat1 = hm_carve(&c, d->E);
+    p->f = hm_carve(&c, d->E);
+    p->xp = hm_carve(&c, d->E);
+    p->mixed = hm_carve(&c, d->E);
+    p->xhat2 = hm_carve(&c, d->E);
+    p->hidden = hm_carve(&c, d->H);
+    p->scores = hm_carve(&c, d->L);
+    p->mean1 = hm_carve(&c, 1);
+    p->rstd1 = hm_carve(&c, 1);
+    p->mean2 = hm_carve(&c, 1);
+    p->rstd2 = hm_carve(&c, 1);
+    return c.used;
+}
+
+size_t transformer_block_step_scratch_size(const TransformerBlockDims* d)
+{
+    TbStep p;
+    return tb_carve_step(&p, NULL, 0, d);
+}
+
 #define HM_TEMPLATE_FILE "transformer_block.c"
 #include "template.h"
 #else
@@ -126,6 +159,26 @@ void KERNEL_NAME(transformer_block_forward_f32, transformer_block_forward_f64)(
                               params[7], params[8], B, L, E, H);
     F(layernorm_forward)(y, c.xhat2, c.mean2, c.rstd2, s.f, lengths, params[9], params[10], B,
                          L, E);
+}
+
+/* y, x (E,); kcache, vcache (L, E); see transformer_block.h. The Python step's kernels in its
+ * order (attention step, norm1, feed-forward, norm2), each on one row. */
+void KERNEL_NAME(transformer_block_step_f32, transformer_block_step_f64)(
+    REAL* y, REAL* kcache, REAL* vcache, REAL* scratch, const REAL* x, size_t position,
+    const REAL* const* params, const TransformerBlockDims* d)
+{
+    TbStep s;
+    tb_carve_step(&s, scratch, sizeof(REAL), d);
+    const size_t E = d->E, H = d->H;
+    const int64_t one[1] = {1}, offsets[2] = {0, 1};
+    F(attention_step)(s.a, kcache, vcache, s.q, s.scores, x, params[0], params[1], params[2],
+                      position, E);
+    F(layernorm_forward)(s.n1, s.xhat1, s.mean1, s.rstd1, s.a, one, params[3], params[4], 1, 1,
+                         E);
+    F(channel_mixing_forward)(s.f, s.xp, s.hidden, s.mixed, s.n1, offsets, params[5],
+                              params[6], params[7], params[8], 1, 1, E, H);
+    F(layernorm_forward)(y, s.xhat2, s.mean2, s.rstd2, s.f, one, params[9], params[10], 1, 1,
+                         E);
 }
 
 /* grad_input, grad_output (B, L, E); grads: HM_TRANSFORMER_BLOCK_PARAMS outputs,

@@ -31,6 +31,19 @@ HM_TRANSFORMER_BLOCK_FORWARD(float, transformer_block_forward_f32);
 HM_TRANSFORMER_BLOCK_FORWARD(double, transformer_block_forward_f64);
 #undef HM_TRANSFORMER_BLOCK_FORWARD
 
+/* Generation with a key/value cache: y (E,) the output of one new token x (E,) at
+ * `position`; kcache, vcache (L, E) hold the earlier tokens' keys and values in rows
+ * 0..position-1 (position < L) and get this token's in row `position`. B = 1; scratch:
+ * transformer_block_step_scratch_size(d) elements. The same bits as the sublayers' steps one
+ * call at a time. */
+size_t transformer_block_step_scratch_size(const TransformerBlockDims* d);
+#define HM_TRANSFORMER_BLOCK_STEP(R, name)                                                    \
+    void name(R* y, R* kcache, R* vcache, R* scratch, const R* x, size_t position,            \
+              const R* const* params, const TransformerBlockDims* d)
+HM_TRANSFORMER_BLOCK_STEP(float, transformer_block_step_f32);
+HM_TRANSFORMER_BLOCK_STEP(double, transformer_block_step_f64);
+#undef HM_TRANSFORMER_BLOCK_STEP
+
 #define HM_TRANSFORMER_BLOCK_BACKWARD(R, name)                                                \
     void name(R* grad_input, R* const* grads, R* cache, int64_t* index, R* scratch,           \
               const R* grad_output, const int64_t* lengths, const R* const* params,           \

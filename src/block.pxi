@@ -44,6 +44,14 @@ cdef extern from "transformer_block.h" nogil:
                                        double* scratch, const double* x,
                                        const int64_t* lengths, const double* const* params,
                                        const TransformerBlockDims* d)
+    size_t transformer_block_step_scratch_size(const TransformerBlockDims* d)
+    void transformer_block_step_f32(float* y, float* kcache, float* vcache, float* scratch,
+                                    const float* x, size_t position,
+                                    const float* const* params, const TransformerBlockDims* d)
+    void transformer_block_step_f64(double* y, double* kcache, double* vcache,
+                                    double* scratch, const double* x, size_t position,
+                                    const double* const* params,
+                                    const TransformerBlockDims* d)
     void transformer_block_backward_f32(float* grad_input, float* const* grads, float* cache,
                                         int64_t* index, float* scratch,
                                         const float* grad_output, const int64_t* lengths,
@@ -246,6 +254,57 @@ def transformer_block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray inde
         else:
             transformer_block_forward_f64(<double*>yp, <double*>cp, ip, <double*>sp,
                                           <const double*>xp, lp, <const double* const*>p, &d)
+
+
+def transformer_block_step_scratch(size_t cap, size_t E, size_t H):
+    """Elements of transformer_block_step's scratch for a cache of cap rows."""
+    cdef TransformerBlockDims d
+    d.B, d.L, d.E, d.H = 1, cap, E, H
+    return transformer_block_step_scratch_size(&d)
+
+
+def transformer_block_step(cnp.ndarray y, cnp.ndarray kcache, cnp.ndarray vcache,
+                           cnp.ndarray scratch, cnp.ndarray x, Py_ssize_t position,
+                           list params, size_t H):
+    """Generation through a whole TransformerBlock (csrc/transformer_block.c): y (E,) for
+    one new token x (E,) at ``position``; kcache, vcache (cap, E), row ``position`` written."""
+    cdef TransformerBlockDims d
+    cdef void* p[11]
+    cdef size_t sizes[11]
+    if cnp.PyArray_NDIM(x) != 1 or cnp.PyArray_NDIM(kcache) != 2:
+        raise ValueError("block step: x must be (E,) and the caches (cap, E)")
+    d.B, d.L, d.E, d.H = 1, cnp.PyArray_DIM(kcache, 0), cnp.PyArray_DIM(x, 0), H
+    if d.E < 1 or d.H < 1 or d.L < 1:
+        raise ValueError("block step: every size must be >= 1")
+    if position < 0 or <size_t>position >= d.L:
+        raise ValueError(f"block step: position {position} is outside the cache of {d.L} rows")
+    if cnp.PyArray_DIM(kcache, 1) != <Py_ssize_t>d.E or cnp.PyArray_NDIM(vcache) != 2 or \
+            cnp.PyArray_DIM(vcache, 0) != <Py_ssize_t>d.L or \
+            cnp.PyArray_DIM(vcache, 1) != <Py_ssize_t>d.E:
+        raise ValueError("block step: the caches must both be (cap, E)")
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise ValueError("block step: x must be float32 or float64")
+    _blk_array("x", x, t, d.E)
+    _blk_array("y", y, t, d.E)
+    _blk_array("kcache", kcache, t, d.L * d.E)
+    _blk_array("vcache", vcache, t, d.L * d.E)
+    _blk_array("scratch", scratch, t, transformer_block_step_scratch_size(&d))
+    _tb_sizes(sizes, d.E, H)
+    _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef void* kp = cnp.PyArray_DATA(kcache)
+    cdef void* vp = cnp.PyArray_DATA(vcache)
+    cdef void* sp = cnp.PyArray_DATA(scratch)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef size_t n = <size_t>position
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            transformer_block_step_f32(<float*>yp, <float*>kp, <float*>vp, <float*>sp,
+                                       <const float*>xp, n, <const float* const*>p, &d)
+        else:
+            transformer_block_step_f64(<double*>yp, <double*>kp, <double*>vp, <double*>sp,
+                                       <const double*>xp, n, <const double* const*>p, &d)
 
 
 def transformer_block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache,

@@ -203,3 +203,24 @@ def test_a_stream_is_not_forked_while_its_network_runs():
     finally:
         net._busy.release()
     assert stream.fork().position == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_block_step_in_one_call_equals_the_sublayer_steps(dtype):
+    """TransformerBlock._step (csrc/transformer_block.c: one C call) against the sublayers'
+    steps one by one: the same output and the same cache rows, bit for bit."""
+    from hypermixer._blueprints import TransformerBlockBase
+    block = hm.TransformerBlock(24, 40, 16, seed=3, dtype=dtype)
+    rng = np.random.default_rng(5)
+    keys = rng.normal(size=(16, 24)).astype(dtype)     # earlier tokens' rows
+    values = rng.normal(size=(16, 24)).astype(dtype)
+    for position in (0, 5, 15):
+        x = rng.normal(size=24).astype(dtype)
+        k1, v1, k2, v2 = keys.copy(), values.copy(), keys.copy(), values.copy()
+        fused = block._step(x, k1, v1, position)
+        chain = TransformerBlockBase._step(block, x, k2, v2, position)
+        assert np.array_equal(fused, chain), position
+        assert np.array_equal(k1, k2) and np.array_equal(v1, v2), position
+    with pytest.raises(ValueError, match="outside the cache"):
+        block._step(x, k1, v1, 16)
+    assert np.array_equal(k1, k2) and np.array_equal(v1, v2)

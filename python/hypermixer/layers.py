@@ -420,6 +420,16 @@ class TransformerBlock(OneCallBlock, bp.TransformerBlockBase):
     FeedForward = FeedForward
 
     # One C call each way for the whole block (csrc/transformer_block.c), as HyperMixerBlock.
+    def _step(self, x, keys, values, position):
+        """Generation (see TransformerBlockBase._step) in one C call: the sublayers' step
+        kernels in sequence, the same bits as calling them one by one."""
+        scratch = _keep_buffer(self, "_ws_step", (_kernels.transformer_block_step_scratch(
+            keys.shape[0], self.embedding_dim, self.hidden_dim),))
+        y = np.empty(self.embedding_dim, self.dtype)
+        _kernels.transformer_block_step(y, keys, values, scratch, np.ascontiguousarray(x),
+                                        position, self._block_parameters(), self.hidden_dim)
+        return y
+
     def _block_parameters(self):
         at, n1, ff, n2 = self.self_attention, self.norm1, self.feed_forward, self.norm2
         return [at.wq, at.wk, at.wv, n1.gamma, n1.beta, ff.w1, ff.b1, ff.w2, ff.b2,
