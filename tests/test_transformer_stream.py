@@ -224,3 +224,18 @@ def test_the_block_step_in_one_call_equals_the_sublayer_steps(dtype):
     with pytest.raises(ValueError, match="outside the cache"):
         block._step(x, k1, v1, 16)
     assert np.array_equal(k1, k2) and np.array_equal(v1, v2)
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixing"])
+def test_an_id_outside_the_vocabulary_is_named_with_the_stream_position(architecture):
+    config = dict(SMALL, architecture=architecture)
+    if architecture == "hypermixing":
+        config.update(heads=4)
+    net = build_network(ModelConfig(**config), 30, seed=1, dtype=np.float64)
+    stream = net.stream()
+    stream.feed(3)
+    stream.feed(4)
+    for bad in (30, -1, 2**70):
+        with pytest.raises(ValueError, match=rf"\[0, 30\): got {bad} at stream position 2"):
+            stream.feed(bad)
+    assert stream.position == 2

@@ -47,7 +47,10 @@ class TokenStream:
         if self.full:
             raise ValueError(f"this stream holds {self.capacity} tokens (the network's "
                              "max_seq_len) and is full; recompute a window instead")
-        ids, _, _ = net._check_input(np.array([token_id]), None)
+        if not 0 <= token_id < net.vocab_size:
+            raise ValueError(f"token id must lie in [0, {net.vocab_size}): got {token_id} at "
+                             f"stream position {self.position}")
+        ids = np.array([[token_id]], np.int64)
         # a feed that fails half way (Ctrl-C between two layers, MemoryError) leaves the
         # stream as it was: the state it updates in place is restored (a few kB)
         saved = [a.copy() for a in self._state_updated_in_place()]
