@@ -26,3 +26,5 @@ def test_quick_start_runs_and_prints_what_it_claims():
     assert next(iter(namespace["weights"])) == name
     assert namespace["weights"][name].shape == tuple(int(v) for v in shape.split(","))
     assert namespace["z"].shape == namespace["x"].shape
+    assert namespace["logits"].shape == (533,)
+    assert namespace["branch"].position == namespace["stream"].position == 1
