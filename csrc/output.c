@@ -8,8 +8,10 @@
 #include <string.h>
 #include "gemm.h"
 
-/* Columns of the bias gradient summed by one task. */
-#define OUT_BIAS_COLS 256
+/* The bias gradient's columns are cut into one tile per thread, in multiples of this many
+ * (whole vectors); fixed 256-column tiles gave one thread 512 of the 533 columns of the LMs'
+ * vocabulary. Each column's sum runs over the rows in order, so the tiles change no bit. */
+#define OUT_BIAS_ALIGN 16
 
 /* logits (B,L,V), padding rows 0; x (B,L,E); w (E,V); bias (1,V); lengths (B,).
  * One gemm over all B*L rows with the bias added in its epilogue (a padding row of x only
@@ -57,11 +59,14 @@ void KERNEL_NAME(output_backward_f32, output_backward_f64)(
 
     F(gemm)(1, 0, E, V, real_rows, xs, E, gs, V, 0, dw, V);
 
-    const size_t bias_tiles = (V + OUT_BIAS_COLS - 1) / OUT_BIAS_COLS;
+    const size_t team = (size_t)hm_num_threads();
+    const size_t cols = ((V + team - 1) / team + OUT_BIAS_ALIGN - 1) / OUT_BIAS_ALIGN *
+                        OUT_BIAS_ALIGN;
+    const size_t bias_tiles = (V + cols - 1) / cols;
     #pragma omp parallel for schedule(static) num_threads(hm_num_threads())
     for (size_t tile = 0; tile < bias_tiles; tile++) {
-        const size_t j0 = tile * OUT_BIAS_COLS;
-        const size_t j1 = j0 + OUT_BIAS_COLS < V ? j0 + OUT_BIAS_COLS : V;
+        const size_t j0 = tile * cols;
+        const size_t j1 = j0 + cols < V ? j0 + cols : V;
         for (size_t j = j0; j < j1; j++) {
             dbias[j] = 0;
         }
@@ -84,5 +89,5 @@ void KERNEL_NAME(output_backward_f32, output_backward_f64)(
     }
 }
 
-#undef OUT_BIAS_COLS
+#undef OUT_BIAS_ALIGN
 #endif
