@@ -143,3 +143,59 @@ def test_one_call_bindings_refuse_bad_arguments():
                    dict(sizes=(20, 16, 3) + sizes[3:]), dict(y=y[:1])):
         with pytest.raises(ValueError):
             call(**change)
+
+
+def test_step_bindings_refuse_bad_arguments():
+    """The generation steps' bindings (hypermixing_block_step, transformer_block_step): a
+    wrong internal call raises ValueError and leaves the state and caches as they were."""
+    from hypermixer import _kernels
+    block = hypermixer.HyperMixingBlock(16, 20, 16, heads=4, tied=True, causal=True,
+                                        normalize="mean", seed=1)
+    x = np.ones((2, 16), np.float32)
+    positions = np.array([3, 9])
+    sizes = block._sizes(2)
+    cache, scratch, index = block._one_call_workspaces(
+        _kernels.hypermixing_block_workspace_sizes((1, 2, 16), sizes), prefix="_ws_step")
+    state = np.zeros((2, 4, 4, 4), np.float32)
+    good = dict(y=np.empty_like(x), state=state, cache=cache, index=index, scratch=scratch,
+                x=x, positions=positions, pos=block.hypermixing.position_rows(positions),
+                params=block._slots(block._hypermixing_names()), sizes=sizes)
+
+    def call(**change):
+        a = dict(good, **change)
+        _kernels.hypermixing_block_step(a["y"], a["state"], a["cache"], a["index"],
+                                        a["scratch"], a["x"], a["positions"], a["pos"],
+                                        a["params"], a["sizes"])
+
+    call()
+    before = state.copy()
+    for change in (dict(x=x[None]), dict(x=x.astype(np.float64)), dict(state=state[:1]),
+                   dict(state=state.astype(np.float64)), dict(positions=np.array([3])),
+                   dict(positions=np.array([3, -1])), dict(pos=good["pos"][:1]),
+                   dict(params=good["params"][:-1]), dict(scratch=scratch[:5]),
+                   dict(cache=cache[:5]), dict(y=np.empty(3, np.float32))):
+        with pytest.raises(ValueError):
+            call(**change)
+    assert np.array_equal(state, before)
+
+    tblock = hypermixer.TransformerBlock(16, 20, 8, seed=1)
+    keys, values = np.zeros((8, 16), np.float32), np.zeros((8, 16), np.float32)
+    scratch = np.empty(_kernels.transformer_block_step_scratch(8, 16, 20), np.float32)
+    tgood = dict(y=np.empty(16, np.float32), keys=keys, values=values, scratch=scratch,
+                 x=np.ones(16, np.float32), position=2, params=tblock._block_parameters(),
+                 H=20)
+
+    def tcall(**change):
+        a = dict(tgood, **change)
+        _kernels.transformer_block_step(a["y"], a["keys"], a["values"], a["scratch"], a["x"],
+                                        a["position"], a["params"], a["H"])
+
+    tcall()
+    keys_before, values_before = keys.copy(), values.copy()
+    for change in (dict(position=8), dict(position=-1), dict(x=np.ones((1, 16), np.float32)),
+                   dict(x=np.ones(16)), dict(values=values[:4]), dict(keys=keys[:, :8]),
+                   dict(scratch=scratch[:3]), dict(params=tgood["params"][:-1]), dict(H=21),
+                   dict(y=np.empty(3, np.float32))):
+        with pytest.raises(ValueError):
+            tcall(**change)
+    assert np.array_equal(keys, keys_before) and np.array_equal(values, values_before)
