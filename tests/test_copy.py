@@ -149,3 +149,22 @@ def test_a_shallow_copy_is_refused():
         copy.copy(net)
     with pytest.raises(TypeError, match="use copy.deepcopy"):
         copy.copy(net.blocks[0].hypermixing)
+
+
+@pytest.mark.parametrize("how", COPIERS)
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("arch,extra", ARCHITECTURES,
+                         ids=["hypermixer", "hypermixer-shared", "transformer", "hypermixing"])
+def test_a_copy_between_filling_the_gradient_buffer_and_stepping_keeps_the_gradients(
+        arch, extra, backend, how):
+    """The data-parallel order: fill the gradient buffer, (all-reduce it,) then step from it.
+    A copy made in between steps with the same gradients, to the same bits."""
+    net = tiny_lm(arch, extra, backend)
+    net.train_step(*batch(0), lr=1e-2, clip_norm=1.0)
+    ids, targets, lengths = batch(1)
+    net.loss_and_gradient_buffer(ids, targets, np.array(lengths))
+    twin = COPIERS[how](net)
+    assert_same_arrays([twin.gradient_buffer()], [net.gradient_buffer()])
+    assert twin.step_from_gradient_buffer(1e-2, clip_norm=1.0) == \
+        net.step_from_gradient_buffer(1e-2, clip_norm=1.0)
+    assert_same_arrays(params_of(twin), params_of(net))

@@ -253,6 +253,8 @@ class FlatStore:
         if any(store.m is not None for store in old_stores.values()) or \
                 any(c is not None and c[1] is not None for c in carried):
             self._allocate_moments()
+        if any(c is not None and c[2] is not None for c in carried):
+            self.gradient_buffer()
         self.step = max([store.step for store in old_stores.values()]
                         + [c[0] for c in carried if c is not None], default=0)
         offset = 0
@@ -270,6 +272,8 @@ class FlatStore:
                 elif self.m is not None and carry is not None and carry[1] is not None:
                     self.m[offset:end] = carry[1][index][0].reshape(-1)
                     self.v[offset:end] = carry[1][index][1].reshape(-1)
+                if self.grad is not None and carry is not None and carry[2] is not None:
+                    self.grad[offset:end] = carry[2][index].reshape(-1)
                 if old_offset is not None:
                     old_offset += arr.size
                 # A leaf reads a parameter either from the attribute of its name or from
@@ -770,12 +774,13 @@ class Layer:
 
     # ------------------------------------------------------------------ copies
     # Decision (README, "Copies and pickling"): copy.deepcopy and pickle give an independent
-    # layer with the same parameters, Adam moments and step, and the same forward cache. The
-    # flat buffer itself does not travel: NumPy pickles a view as an array of its own, which
-    # would cut the parameters loose from the buffer the optimizer updates. So each leaf
-    # carries its parameters and its slice of the moments, and the copy gathers them into a
-    # new flat buffer at its first use, as a new layer does. Gradient buffers are not
-    # carried (the next backward writes them); the per-layer lock is new.
+    # layer with the same parameters, Adam moments and step, gradient buffer and forward
+    # cache. The flat buffers themselves do not travel: NumPy pickles a view as an array of
+    # its own, which would cut the parameters loose from the buffer the optimizer updates. So
+    # each leaf carries its parameters and its slices of the moments and of the gradient
+    # buffer (a data-parallel step may copy between filling that buffer and stepping from
+    # it), and the copy gathers them into new flat buffers at its first use, as a new layer
+    # does. The per-layer lock is new.
     def __getstate__(self):
         if self._busy.locked():
             raise RuntimeError(f"cannot copy or pickle {type(self).__name__} while it runs in "
@@ -785,10 +790,26 @@ class Layer:
         if self._own_parameters:
             moments = self._adam_moments
             state["_carried_adam"] = (self._adam_step, None if moments is None else
-                                      [(m.copy(), v.copy()) for m, v in moments])
+                                      [(m.copy(), v.copy()) for m, v in moments],
+                                      self._gradient_slices())
         state.update(_home=None, _flat=None, _structure=None, _merge_plan=None,
                      _gradient_target=None)
         return state
+
+    def _gradient_slices(self):
+        """Copies of this leaf's part of its store's gradient buffer, per own parameter, or
+        None when there is none."""
+        store = self._home
+        if store is None:
+            carried = self.__dict__.get("_carried_adam")
+            return None if carried is None else carried[2]
+        if store.grad is None:
+            return None
+        out, offset = [], store.offsets[id(self)]
+        for _, arr in self._own_parameters:
+            out.append(store.grad[offset:offset + arr.size].reshape(arr.shape).copy())
+            offset += arr.size
+        return out
 
     def __setstate__(self, state):
         self.__dict__.update(state)
