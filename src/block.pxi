@@ -68,23 +68,29 @@ cdef extern from "transformer_block.h" nogil:
 # small width, a dozen typed memoryviews would cost more than the arithmetic). The checks
 # below are cheap header reads; they keep a wrong call from reaching C.
 
-cdef int _blk_array(object what, cnp.ndarray a, int typenum, size_t size) except -1:
+cdef int _blk_array(object what, cnp.ndarray a, int typenum, size_t size,
+                    bint written=False) except -1:
+    """ValueError unless ``a`` is C-contiguous of ``typenum`` with ``size`` elements or more,
+    and writeable when the kernel writes it (``written``): a read-only buffer (a memmap
+    opened "r") would otherwise be written through and crash the interpreter."""
     if cnp.PyArray_TYPE(a) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{what}: expected a C-contiguous array of the block's dtype")
+    if written and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{what}: the array is read-only, and the kernel writes it")
     if <size_t>cnp.PyArray_SIZE(a) < size:
         raise ValueError(f"{what}: {cnp.PyArray_SIZE(a)} elements, {size} needed")
     return 0
 
 
 cdef int _blk_fill(object what, list arrays, void** out, int typenum, const size_t* sizes,
-                   int count) except -1:
+                   int count, bint written=False) except -1:
     cdef cnp.ndarray a
     cdef int i
     if len(arrays) != count:
         raise ValueError(f"{what}: expected {count} arrays, got {len(arrays)}")
     for i in range(count):
         a = arrays[i]
-        _blk_array(what, a, typenum, sizes[i])
+        _blk_array(what, a, typenum, sizes[i], written)
         if <size_t>cnp.PyArray_SIZE(a) != sizes[i]:
             raise ValueError(f"{what}[{i}]: {cnp.PyArray_SIZE(a)} elements, expected {sizes[i]}")
         out[i] = cnp.PyArray_DATA(a)
@@ -134,10 +140,10 @@ def block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray index, cnp.ndarr
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("block: x must be float32 or float64")
     _blk_array("x", x, t, d.B * d.L * d.E)
-    _blk_array("y", y, t, d.B * d.L * d.E)
-    _blk_array("cache", cache, t, block_cache_size(&d))
-    _blk_array("scratch", scratch, t, block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
+    _blk_array("y", y, t, d.B * d.L * d.E, True)
+    _blk_array("cache", cache, t, block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d), True)
     cdef size_t sizes[12]
     _hm_block_sizes(sizes, d.E, H, Hh, 2 * max_seq_len * Ht + Ht + max_seq_len)
     _blk_fill("params", params, p, t, sizes, HM_BLOCK_PARAMS)
@@ -173,14 +179,14 @@ def block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray cache, cnp.nd
         raise ValueError("block: grad_output must be float32 or float64")
     cdef size_t O = 2 * max_seq_len * Ht + Ht + max_seq_len
     _blk_array("grad_output", grad_output, t, d.B * d.L * d.E)
-    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E)
-    _blk_array("cache", cache, t, block_cache_size(&d))
-    _blk_array("scratch", scratch, t, block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d))
+    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E, True)
+    _blk_array("cache", cache, t, block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, block_index_size(&d), True)
     cdef size_t sizes[12]
     _hm_block_sizes(sizes, d.E, H, Hh, O)
     _blk_fill("params", params, p, t, sizes, HM_BLOCK_PARAMS)
-    _blk_fill("grads", grads, g, t, sizes, HM_BLOCK_PARAMS)
+    _blk_fill("grads", grads, g, t, sizes, HM_BLOCK_PARAMS, True)
     cdef void* gi = cnp.PyArray_DATA(grad_input)
     cdef void* cp = cnp.PyArray_DATA(cache)
     cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)
@@ -235,10 +241,10 @@ def transformer_block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray inde
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("block: x must be float32 or float64")
     _blk_array("x", x, t, d.B * d.L * d.E)
-    _blk_array("y", y, t, d.B * d.L * d.E)
-    _blk_array("cache", cache, t, transformer_block_cache_size(&d))
-    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d))
+    _blk_array("y", y, t, d.B * d.L * d.E, True)
+    _blk_array("cache", cache, t, transformer_block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d), True)
     _tb_sizes(sizes, d.E, H)
     _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
     cdef void* yp = cnp.PyArray_DATA(y)
@@ -286,10 +292,10 @@ def transformer_block_step(cnp.ndarray y, cnp.ndarray kcache, cnp.ndarray vcache
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("block step: x must be float32 or float64")
     _blk_array("x", x, t, d.E)
-    _blk_array("y", y, t, d.E)
-    _blk_array("kcache", kcache, t, d.L * d.E)
-    _blk_array("vcache", vcache, t, d.L * d.E)
-    _blk_array("scratch", scratch, t, transformer_block_step_scratch_size(&d))
+    _blk_array("y", y, t, d.E, True)
+    _blk_array("kcache", kcache, t, d.L * d.E, True)
+    _blk_array("vcache", vcache, t, d.L * d.E, True)
+    _blk_array("scratch", scratch, t, transformer_block_step_scratch_size(&d), True)
     _tb_sizes(sizes, d.E, H)
     _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
     cdef void* yp = cnp.PyArray_DATA(y)
@@ -321,13 +327,13 @@ def transformer_block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray c
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("block: grad_output must be float32 or float64")
     _blk_array("grad_output", grad_output, t, d.B * d.L * d.E)
-    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E)
-    _blk_array("cache", cache, t, transformer_block_cache_size(&d))
-    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d))
+    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E, True)
+    _blk_array("cache", cache, t, transformer_block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, transformer_block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, transformer_block_index_size(&d), True)
     _tb_sizes(sizes, d.E, H)
     _blk_fill("params", params, p, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
-    _blk_fill("grads", grads, g, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS)
+    _blk_fill("grads", grads, g, t, sizes, HM_TRANSFORMER_BLOCK_PARAMS, True)
     cdef void* gi = cnp.PyArray_DATA(grad_input)
     cdef void* cp = cnp.PyArray_DATA(cache)
     cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(index)

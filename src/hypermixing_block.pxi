@@ -68,7 +68,7 @@ cdef void _hb_sizes(size_t* sizes, const HypermixingBlockDims* d):
 
 
 cdef int _hb_fill(object what, list arrays, void** out, int typenum,
-                  const HypermixingBlockDims* d) except -1:
+                  const HypermixingBlockDims* d, bint written=False) except -1:
     """The 18 slots: an array of the slot's size, or None where the block has no such
     parameter (biases, the second generator when tied, the LayerNorm when off)."""
     cdef size_t sizes[18]
@@ -90,7 +90,7 @@ cdef int _hb_fill(object what, list arrays, void** out, int typenum,
         if absent:
             raise ValueError(f"{what}[{i}]: not a parameter of this block")
         a = arrays[i]
-        _blk_array(what, a, typenum, sizes[i])
+        _blk_array(what, a, typenum, sizes[i], written)
         if <size_t>cnp.PyArray_SIZE(a) != sizes[i]:
             raise ValueError(f"{what}[{i}]: {cnp.PyArray_SIZE(a)} elements, expected {sizes[i]}")
         out[i] = cnp.PyArray_DATA(a)
@@ -120,11 +120,11 @@ def hypermixing_block_forward(cnp.ndarray y, cnp.ndarray cache, cnp.ndarray inde
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("hypermixing block: x must be float32 or float64")
     _blk_array("x", x, t, d.B * d.L * d.E)
-    _blk_array("y", y, t, d.B * d.L * d.E)
+    _blk_array("y", y, t, d.B * d.L * d.E, True)
     _blk_array("pos", pos, t, d.L * d.E)
-    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d))
-    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d))
+    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d), True)
     _blk_array("lengths", lengths, cnp.NPY_INT64, d.B)
     _check_length_values(<const int64_t*>cnp.PyArray_DATA(lengths), d.B, d.L)
     _hb_fill("params", params, p, t, &d)
@@ -163,12 +163,12 @@ def hypermixing_block_step(cnp.ndarray y, cnp.ndarray state, cnp.ndarray cache,
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("hypermixing block step: x must be float32 or float64")
     _blk_array("x", x, t, d.L * d.E)
-    _blk_array("y", y, t, d.L * d.E)
+    _blk_array("y", y, t, d.L * d.E, True)
     _blk_array("pos", pos, t, d.L * d.E)
-    _blk_array("state", state, t, d.L * d.k * (d.E // d.h))
-    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d))
-    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d))
+    _blk_array("state", state, t, d.L * d.k * (d.E // d.h), True)
+    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d), True)
     _blk_array("positions", positions, cnp.NPY_INT64, d.L)
     cdef const int64_t* ps = <const int64_t*>cnp.PyArray_DATA(positions)
     for i in range(<Py_ssize_t>d.L):
@@ -210,14 +210,14 @@ def hypermixing_block_backward(cnp.ndarray grad_input, list grads, cnp.ndarray c
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise ValueError("hypermixing block: grad_output must be float32 or float64")
     _blk_array("grad_output", grad_output, t, d.B * d.L * d.E)
-    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E)
-    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d))
-    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d))
-    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d))
+    _blk_array("grad_input", grad_input, t, d.B * d.L * d.E, True)
+    _blk_array("cache", cache, t, hypermixing_block_cache_size(&d), True)
+    _blk_array("scratch", scratch, t, hypermixing_block_scratch_size(&d), True)
+    _blk_array("index", index, cnp.NPY_INT64, hypermixing_block_index_size(&d), True)
     _blk_array("lengths", lengths, cnp.NPY_INT64, d.B)
     _check_length_values(<const int64_t*>cnp.PyArray_DATA(lengths), d.B, d.L)
     _hb_fill("params", params, p, t, &d)
-    _hb_fill("grads", grads, g, t, &d)
+    _hb_fill("grads", grads, g, t, &d, True)
     for i in range(HM_HYPERMIXING_BLOCK_PARAMS):
         if (p[i] == NULL) != (g[i] == NULL):
             raise ValueError(f"grads[{i}]: must be given exactly where params[{i}] is")

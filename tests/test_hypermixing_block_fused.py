@@ -132,6 +132,11 @@ def test_one_call_bindings_refuse_bad_arguments():
                                            args["pos"], args["params"], args["sizes"])
 
     call()   # the good call works
+    for name in ("y", "cache", "scratch", "index"):   # written by the kernel: never read-only
+        ro = good[name].copy()
+        ro.setflags(write=False)
+        with pytest.raises(ValueError, match="read-only"):
+            call(**{name: ro})
     bad_params = list(params)
     bad_params[0] = np.ones(3, np.float32)
     tied_filled = list(params)
@@ -169,6 +174,14 @@ def test_step_bindings_refuse_bad_arguments():
 
     call()
     before = state.copy()
+
+    def read_only(a):
+        a = a.copy()
+        a.setflags(write=False)
+        return a
+    for name in ("y", "state", "cache", "scratch", "index"):   # the arrays the kernel writes
+        with pytest.raises(ValueError, match="read-only"):
+            call(**{name: read_only(good[name])})
     for change in (dict(x=x[None]), dict(x=x.astype(np.float64)), dict(state=state[:1]),
                    dict(state=state.astype(np.float64)), dict(positions=np.array([3])),
                    dict(positions=np.array([3, -1])), dict(pos=good["pos"][:1]),
@@ -192,6 +205,9 @@ def test_step_bindings_refuse_bad_arguments():
 
     tcall()
     keys_before, values_before = keys.copy(), values.copy()
+    for name in ("y", "keys", "values", "scratch"):
+        with pytest.raises(ValueError, match="read-only"):
+            tcall(**{name: read_only(tgood[name])})
     for change in (dict(position=8), dict(position=-1), dict(x=np.ones((1, 16), np.float32)),
                    dict(x=np.ones(16)), dict(values=values[:4]), dict(keys=keys[:, :8]),
                    dict(scratch=scratch[:3]), dict(params=tgood["params"][:-1]), dict(H=21),
