@@ -239,3 +239,28 @@ def test_an_id_outside_the_vocabulary_is_named_with_the_stream_position(architec
         with pytest.raises(ValueError, match=rf"\[0, 30\): got {bad} at stream position 2"):
             stream.feed(bad)
     assert stream.position == 2
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("architecture", ["transformer", "hypermixing"])
+def test_a_token_streamed_between_forward_and_backward_changes_no_gradient(architecture,
+                                                                          backend):
+    """The stream runs the embeddings' and the output layer's _forward (and, in the
+    reference, every sublayer's) on its token; the network's pending forward keeps its
+    caches, so its backward gives the same update as without the streamed token."""
+    config = dict(SMALL, architecture=architecture)
+    if architecture == "hypermixing":
+        config.update(heads=4)
+    nets = [build_network(ModelConfig(**config), 30, seed=2, dtype=np.float64,
+                          backend=backend) for _ in range(2)]
+    ids = np.random.default_rng(4).integers(0, 30, size=(3, 12))
+    g = np.random.default_rng(5).normal(size=(3, 12, 30))
+    for i, net in enumerate(nets):
+        net.forward(ids)
+        if i == 1:
+            stream = net.stream()
+            stream.feed(7)
+            stream.feed(8)
+        net.backward(g, 1e-2)
+    for (name, a), (_, b) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+        assert np.array_equal(a, b), name

@@ -55,6 +55,13 @@ class TokenStream:
         # stream as it was: the state it updates in place is restored (a few kB)
         saved = [a.copy() for a in self._state_updated_in_place()]
         taken = net._enter()
+        # _advance runs some layers' _forward on the new token (the embeddings, the output
+        # layer, a reference network's sublayers), which replaces their forward caches: a
+        # forward of the network pending its backward keeps them (forward, a streamed token,
+        # then backward gives that forward's gradients). Compiled blocks step on workspaces
+        # of their own and keep no cache here.
+        caches = [(layer, layer.__dict__["_saved"]) for layer in taken
+                  if "_saved" in layer.__dict__]
         try:
             logits = self._advance(ids)
         except BaseException:
@@ -62,6 +69,8 @@ class TokenStream:
                 array[...] = before
             raise
         finally:
+            for layer, cache in caches:
+                layer._saved = cache
             net._leave(taken)
         self.position += 1
         return logits
