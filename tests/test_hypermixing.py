@@ -344,6 +344,48 @@ def test_state_dict_round_trip(impl):
     assert not np.any(src.named_parameters()[0][1] == 7)
 
 
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_loading_a_mixer_inside_a_model_restarts_only_its_own_adam_state(backend):
+    """The step counter is the model's: reloading one block's mixer zeroes that mixer's
+    moments and leaves every other layer's moments and the step as they were (resetting the
+    step restarted every layer's bias correction, and a checkpoint then dropped them all)."""
+    config = hypermixer.ModelConfig(architecture="hypermixing", embedding_dim=16,
+                                    hidden_dim=24, num_layers=2, max_seq_len=8, heads=4)
+    net = hypermixer.build_network(config, 20, seed=0, dtype=np.float64, backend=backend)
+    ids = np.random.default_rng(0).integers(0, 20, size=(2, 8))
+    for _ in range(3):
+        net.train_step(ids, ids, None, lr=1e-2, clip_norm=1.0)
+    mixer = net.blocks[0].hypermixing
+    others = [leaf for leaf in net._leaves() if leaf is not mixer]
+    before = [[m.copy() for pair in leaf._adam_moments for m in pair] for leaf in others]
+    mixer.load_state_dict(mixer.state_dict())
+    assert [leaf._adam_step for leaf in net._leaves()] == [3] * len(net._leaves())
+    assert all(not m.any() for pair in mixer._adam_moments for m in pair)
+    for leaf, moments in zip(others, before):
+        assert all(np.array_equal(a, b) for a, b in
+                   zip([m for pair in leaf._adam_moments for m in pair], moments))
+    # a mixer that is its own model restarts its step too
+    alone = hypermixer.HyperMixing(8, 8, heads=2, causal=True, seed=1)
+    x, g = batch(3, (2, 5, 8))
+    alone.forward(x)
+    alone.backward(g, 0.01)
+    alone.load_state_dict(alone.state_dict())
+    assert alone._adam_step == 0
+
+
+def test_load_state_dict_is_refused_while_the_layer_runs_elsewhere():
+    layer = hypermixer.HyperMixing(8, 12, heads=2, seed=1, dtype=np.float64)
+    sd = {name: np.zeros_like(arr) for name, arr in layer.state_dict().items()}
+    before = [arr.copy() for _, arr in layer.named_parameters()]
+    layer._busy.acquire()   # as while another thread runs its forward
+    try:
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer.load_state_dict(sd)
+    finally:
+        layer._busy.release()
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(before, layer.named_parameters()))
+
+
 def test_tied_state_dict_accepts_official_duplicates():
     layer = hypermixer.HyperMixing(8, 12, heads=2, tied=True, seed=1)
     sd = layer.state_dict()

@@ -270,7 +270,18 @@ class HyperMixingBase(Layer):
 
         A tied layer accepts ``hyper.w2_gen.*`` entries (PyTorch writes the shared generator
         twice) only when they equal the ``w1_gen`` ones.
+
+        This layer's Adam moments restart from zero (they describe the old weights). The step
+        counter is one per model (flat store): it restarts only when this layer is a model of
+        its own, never for the other layers of a network or block it belongs to.
         """
+        taken = self._enter()   # not while this layer (or what holds it) runs elsewhere
+        try:
+            self._load_state_dict(mapping, strict)
+        finally:
+            self._leave(taken)
+
+    def _load_state_dict(self, mapping, strict):
         if not hasattr(mapping, "items"):
             raise TypeError(f"state dict must be a mapping, got {type(mapping).__name__}")
         expected = dict(self._own_parameters)
@@ -327,9 +338,13 @@ class HyperMixingBase(Layer):
             self._loaded_table, self._loaded_rows = table
             self._positions = np.zeros((0, self.embedding_dim), self.dtype)   # rebuild
             self._position_blocks = []
-        # Adam moments describe the old weights; start them afresh
+        # Adam moments describe the old weights: start this layer's afresh; the step counter
+        # is the whole store's (a network's, a block's), so only a layer that is its own
+        # model restarts it (resetting it reset every other layer's bias correction)
         self._adam_moments = None
-        self._adam_step = 0
+        store = self._home
+        if store is None or store.root is self:
+            self._adam_step = 0
 
 
 def _valid_mask(lengths, seq_len):
