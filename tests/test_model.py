@@ -276,3 +276,26 @@ def test_compiled_and_reference_networks_agree_in_float64(architecture, extra):
     assert loss_c == pytest.approx(loss_r, rel=1e-12)
     for (name, _), gc, gr in zip(compiled.named_parameters(), grads_c, grads_r):
         assert_close(gc, gr, np.float64, f"gradient of {name}")
+
+
+def test_numpy_integers_in_a_config_are_stored_as_python_ints(tmp_path):
+    """ModelConfig accepts NumPy integers; it must store them as int, or the configuration
+    cannot be written as JSON (checkpoint, export, config.json)."""
+    import json
+
+    from hypermixer.checkpoint import load_checkpoint, save_checkpoint
+    from hypermixer.tokenizer import SPECIAL_TOKENS, Tokenizer
+    config = ModelConfig(architecture=np.str_("hypermixing"), embedding_dim=np.int64(16),
+                         hidden_dim=np.int32(8), num_layers=np.int64(1),
+                         max_seq_len=np.uint8(6), heads=np.int64(4),
+                         token_mixing_hidden_dim=np.int16(8))
+    data = config.to_dict()
+    assert all(type(v) is int for k, v in data.items()
+               if k not in ("architecture", "share_hypernetwork", "causal", "tied")
+               and v is not None)
+    assert type(data["architecture"]) is str
+    json.dumps(data)
+    tokenizer = Tokenizer(list(SPECIAL_TOKENS) + ["a", "b", "c"])
+    net = build_network(config, len(tokenizer), seed=0)
+    save_checkpoint(tmp_path / "m.npz", net, tokenizer)
+    assert load_checkpoint(tmp_path / "m.npz").network.config.to_dict() == data

@@ -70,6 +70,13 @@ class ModelConfig:
             _check_positive_int(name, getattr(self, name))
         for name in ("hypernetwork_hidden_dim", "token_mixing_hidden_dim", "heads"):
             _check_positive_int(name, getattr(self, name), allow_none=True)
+        # NumPy integers (and a NumPy string) are accepted and stored as Python's, so that
+        # the configuration stays JSON (checkpoints, exports, config.json)
+        object.__setattr__(self, "architecture", str(self.architecture))
+        for name in ("embedding_dim", "hidden_dim", "num_layers", "max_seq_len",
+                     "hypernetwork_hidden_dim", "token_mixing_hidden_dim", "heads"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("share_hypernetwork", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"ModelConfig.{name} must be True or False, got "
