@@ -76,6 +76,17 @@ def test_hypermixer_only_options_refused_for_the_transformer(capsys, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_hypernetwork_options_refused_for_hypermixing(capsys, tmp_path):
+    """The hypermixing LM has no hypernetwork of the seeds' kind: --share-hypernetwork and
+    --hypernetwork-hidden-dim were dropped without a word (exit 0, config.json without
+    them); now refused, nothing written."""
+    for flags in (["--share-hypernetwork"], ["--hypernetwork-hidden-dim", "4"]):
+        status, _, err = run_cli(capsys, "train", "--architecture", "hypermixing", *flags,
+                                 "--out", str(tmp_path / "t"))
+        assert_one_line_error(status, err, flags[0], "hypermixer")
+    assert not (tmp_path / "t").exists()
+
+
 def test_hypermixing_only_options_refused_for_the_others(capsys, tmp_path):
     for architecture in ("transformer", "hypermixer"):
         for flags in (["--heads", "4"], ["--untied"]):

@@ -196,6 +196,13 @@ def _model_config(args, architecture=None):
                        ("--non-causal", args.non_causal)],
                       "--architecture hypermixer; the transformer has no hypernetwork and is "
                       "always causal")
+    if architecture is None and args.architecture == "hypermixing":
+        # its mixer generates weights per token from the token information, with no
+        # hypernetwork of the seeds' kind to size or share
+        _refuse_flags([("--share-hypernetwork", args.share_hypernetwork),
+                       ("--hypernetwork-hidden-dim", args.hypernetwork_hidden_dim is not None)],
+                      "--architecture hypermixer; the hypermixing LM's weight generators are "
+                      "sized by --token-mixing-hidden-dim and --heads")
     if architecture is None and args.architecture != "hypermixing":
         _refuse_flags([("--heads", getattr(args, "heads", None) is not None),
                        ("--untied", getattr(args, "untied", False))],
