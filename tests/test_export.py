@@ -152,3 +152,83 @@ def test_bad_exports_and_options_are_clear_errors(trained, tmp_path, capsys):
     code, _, err = run(["export", "--model", root / "run", "--out", tmp_path / "m.npz"],
                        capsys)
     assert code == 2 and ".safetensors" in err
+
+
+def _rewrite(path, out, edit_header=None, edit_data=None):
+    """A copy of the export at ``path`` with its header (dict) or data (bytearray) edited."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    data = bytearray(raw[8 + size:])
+    if edit_header:
+        edit_header(header)
+    if edit_data:
+        edit_data(header, data)
+    encoded = json.dumps(header).encode()
+    out.write_bytes(len(encoded).to_bytes(8, "little") + encoded + bytes(data))
+    return out
+
+
+def _hypermixing_export(tmp_path, tied):
+    from hypermixer.model import ModelConfig, build_network
+    from hypermixer.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_texts(TEXTS)
+    config = ModelConfig(architecture="hypermixing", embedding_dim=8, hidden_dim=8,
+                         num_layers=2, max_seq_len=8, heads=2, tied=tied)
+    network = build_network(config, len(tokenizer), seed=4, backend=BACKEND)
+    path = export_safetensors(network, tokenizer, tmp_path / f"hm{tied}.safetensors")
+    return network, tokenizer, path
+
+
+def test_an_untied_export_from_before_tied_was_stored_loads_untied(tmp_path):
+    """Exports written before configurations stored "tied" were untied; read without the
+    key they used to load as tied, the second generators dropped without a word."""
+    network, tokenizer, path = _hypermixing_export(tmp_path, tied=False)
+
+    def drop_tied(header):
+        config = json.loads(header["__metadata__"]["config"])
+        del config["tied"]
+        header["__metadata__"]["config"] = json.dumps(config)
+    old = _rewrite(path, tmp_path / "old.safetensors", edit_header=drop_tied)
+    loaded, _ = load_safetensors(old, backend=BACKEND)
+    assert loaded.config.resolved_tied is False
+    assert loaded.parameters() == network.parameters()
+    ids = np.array(tokenizer.encode("the sun is a star."))
+    np.testing.assert_array_equal(loaded.forward(ids), network.forward(ids))
+
+
+def test_exports_that_do_not_match_their_network_are_refused(tmp_path):
+    """Tensors the network does not have, non-finite values, malformed entries and a layer
+    count far beyond the tensors in the file: ExportError naming the file, nothing built for
+    the last (it used to build every layer first: 10**6 layers did not finish in minutes)."""
+    import time
+    network, tokenizer, path = _hypermixing_export(tmp_path, tied=True)
+    name = network.named_parameters()[0][0]
+
+    def extra(header):
+        header["stray.w"] = dict(header[name])
+
+    def nan(header, data):
+        begin, _ = header[name]["data_offsets"]
+        data[begin:begin + 4] = np.array([np.nan], np.float32).tobytes()
+
+    def bad_offsets(header):
+        header[name]["data_offsets"] = 5
+
+    def no_offsets(header):
+        del header[name]["data_offsets"]
+
+    def many_layers(header):
+        config = json.loads(header["__metadata__"]["config"])
+        config["num_layers"] = 10**6
+        header["__metadata__"]["config"] = json.dumps(config)
+    cases = {"extra": dict(edit_header=extra), "nan": dict(edit_data=nan),
+             "bad-offsets": dict(edit_header=bad_offsets),
+             "no-offsets": dict(edit_header=no_offsets),
+             "many-layers": dict(edit_header=many_layers)}
+    for label, edit in cases.items():
+        bad = _rewrite(path, tmp_path / f"{label}.safetensors", **edit)
+        start = time.perf_counter()
+        with pytest.raises(ExportError, match=str(bad)):
+            load_safetensors(bad, backend=BACKEND)
+        assert time.perf_counter() - start < 5, label

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelConfig, build_network
+from .model import (ModelConfig, build_network, expected_parameter_count,
+                    legacy_hypermixing_config)
 from .tokenizer import tokenizer_from_meta
 
 FORMAT_NAME = "hypermixer-safetensors"
@@ -56,13 +57,37 @@ def export_safetensors(network, tokenizer, path):
     return path
 
 
+def _tensor_entries(path, header):
+    """The header's tensor entries, each checked to be {"dtype": str, "shape": [int...],
+    "data_offsets": [begin, end]}, or ExportError naming the first that is not."""
+    entries = {}
+    for name, entry in header.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and isinstance(offsets, list) and \
+            len(offsets) == 2 and all(type(v) is int and v >= 0 for v in shape + offsets)
+        if not ok:
+            raise ExportError(f"{path}: tensor entry {name!r} is malformed (it needs dtype, "
+                              "shape and data_offsets)")
+        entries[name] = entry
+    return entries
+
+
 def load_safetensors(path, backend="compiled"):
-    """``(network, tokenizer)`` from a file written by :func:`export_safetensors`."""
+    """``(network, tokenizer)`` from a file written by :func:`export_safetensors`.
+
+    The file is checked before a network is built: the configuration (a hypermixing one
+    written before configurations stored their heads and tying means the old defaults, as in
+    checkpoints), every tensor entry, and that the tensors hold at least the parameters the
+    configuration describes, so a small file cannot make us build a large network. The
+    tensors must then be exactly the network's, finite."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ExportError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(raw) < 8:
         raise ExportError(f"{path}: too short to be a safetensors file")
     size = int.from_bytes(raw[:8], "little")
@@ -70,26 +95,46 @@ def load_safetensors(path, backend="compiled"):
         raise ExportError(f"{path}: not a safetensors file (header length {size} past the end)")
     try:
         header = json.loads(raw[8:8 + size].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ExportError(f"{path}: not a safetensors file (the header is not an object)")
         meta = header.pop("__metadata__")
-        if meta.get("format") != FORMAT_NAME:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise ExportError(f"{path}: a safetensors file, but not a hypermixer export")
-        config = ModelConfig.from_json(meta["config"])
+        data = json.loads(meta["config"])
+        if not isinstance(data, dict):
+            raise ExportError(f"{path}: the model configuration is not a JSON object")
+        if data.get("architecture") == "hypermixing":
+            data = legacy_hypermixing_config(data)
+        config = ModelConfig.from_dict(data)
         tokenizer = tokenizer_from_meta(json.loads(meta["tokenizer"]))
     except ExportError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            RecursionError) as exc:
         raise ExportError(f"{path}: not a hypermixer safetensors export ({exc})") from None
-    codes = {entry.get("dtype") for entry in header.values() if isinstance(entry, dict)}
+    entries = _tensor_entries(path, header)
+    codes = {entry["dtype"] for entry in entries.values()}
     if len(codes) != 1 or next(iter(codes)) not in _FROM_CODE:
-        raise ExportError(f"{path}: tensors must all be F32 or all F64, got {sorted(map(str, codes))}")
+        raise ExportError(f"{path}: tensors must all be F32 or all F64, got {sorted(codes)}")
     dtype = np.dtype(_FROM_CODE[codes.pop()])
+    data = memoryview(raw)[8 + size:]
+    try:
+        count = expected_parameter_count(config, len(tokenizer))
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{path}: describes a network that cannot be built: {exc}") from None
+    if count * dtype.itemsize > len(data):
+        raise ExportError(f"{path}: the configuration describes {count:,} parameters "
+                          f"({count * dtype.itemsize:,} bytes), the file holds {len(data):,}")
     try:
         network = build_network(config, len(tokenizer), seed=0, dtype=dtype, backend=backend)
     except (TypeError, ValueError, MemoryError) as exc:
         raise ExportError(f"{path}: describes a network that cannot be built: {exc}") from None
-    data = memoryview(raw)[8 + size:]
-    for name, array in network.named_parameters():
-        entry = header.get(name)
+    named = network.named_parameters()
+    extra = sorted(set(entries) - {name for name, _ in named})
+    if extra:
+        raise ExportError(f"{path}: tensors the model does not have: {extra[:5]}")
+    for name, array in named:
+        entry = entries.get(name)
         if entry is None:
             raise ExportError(f"{path}: no tensor {name!r}")
         begin, end = entry["data_offsets"]
@@ -98,8 +143,10 @@ def load_safetensors(path, backend="compiled"):
             raise ExportError(f"{path}: tensor {name} is {entry['dtype']}{entry['shape']} at "
                               f"bytes {begin}..{end}, the model expects "
                               f"{array.dtype}{list(array.shape)}")
-        array[...] = np.frombuffer(data[begin:end], dtype=dtype.newbyteorder("<")).reshape(
-            array.shape)
+        values = np.frombuffer(data[begin:end], dtype=dtype.newbyteorder("<"))
+        if not np.all(np.isfinite(values)):
+            raise ExportError(f"{path}: tensor {name} has non-finite values (NaN or inf)")
+        array[...] = values.reshape(array.shape)
     return network, tokenizer
 
 
