@@ -177,6 +177,14 @@ def test_hypermixing_sizes_refused_before_allocating(impl):
                     "beyond 2147483647")
     refused_quickly(lambda: impl.HyperMixingBlock(2**20, 8, 2**20, heads=1), MemoryError,
                     "needs")
+    # widths past the index range are named as such (they gave NumPy's "Maximum allowed
+    # dimension exceeded", or a TypeError from the sqrt of a huge int)
+    refused_quickly(lambda: impl.HyperMixing(2**70), ValueError,
+                    "HyperMixing weights: shape .* beyond 2147483647")
+    refused_quickly(lambda: impl.HyperMixingBlock(2**70, 4), ValueError,
+                    "HyperMixingBlock weights: shape .* beyond 2147483647")
+    refused_quickly(lambda: impl.HyperMixingBlock(16, 2**40), ValueError,
+                    "HyperMixingBlock weights: shape .* beyond 2147483647")
     layer = impl.HyperMixing(8, 8, heads=2, causal=True)
     huge = np.broadcast_to(np.zeros((1, 1, 8), np.float32), (2**20, 2**31 - 1, 8))
     refused_quickly(lambda: layer.forward(huge), MemoryError, "needs")

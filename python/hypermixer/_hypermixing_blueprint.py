@@ -115,10 +115,17 @@ class HyperMixingBase(Layer):
         self.token_information = token_information
         self.head_dim = dh = d // h
         self.head_hidden = kh = k // h
+        # first, so that widths beyond memory or the index range get our message, not one
+        # from NumPy (or from sqrt of a huge int below): each generator's fc1 (h, d_h, d_h)
+        # and fc2 (h, k_h, d_h) with their biases, and the LayerNorm's
+        generator = [(h, dh, dh), (h, kh, dh)] + \
+            ([(h, dh), (h, kh)] if self.hypernetwork_bias else [])
+        check_allocation("HyperMixing weights",
+                         generator * (1 if self.tied else 2) +
+                         ([(d,)] * 2 if self.layer_norm else []), self.dtype)
         # the scale of the input inside the token information
         self.info_scale = float(np.sqrt(d)) if token_information == "official" else 1.0
         self.info_offset = 1 if token_information == "official" else 0
-        check_allocation("HyperMixing weights", [(h, kh, dh)] * 6, np.float64)
         rng = make_rng(seed)
         self.generators = ["w1_gen"] if self.tied else ["w1_gen", "w2_gen"]
         for gen in self.generators:
@@ -371,6 +378,10 @@ class HyperMixingBlockBase(Layer):
         rng = make_rng(seed)
         self.embedding_dim = self.in_features = _positive_int("embedding_dim", embedding_dim)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        # the norms and the feed-forward (the mixer checks its own), before any is made
+        check_allocation("HyperMixingBlock weights",
+                         [(self.embedding_dim,)] * 4 + [(self.embedding_dim, self.hidden_dim)] * 2
+                         + [(self.hidden_dim,), (self.embedding_dim,)], np.float64)
         self.norm1 = self._add_child("norm1", self.LayerNorm(embedding_dim, dtype=self.dtype))
         self.hypermixing = self._add_child("hypermixing", self.HyperMixing(
             embedding_dim, token_mixing_hidden_dim, heads=heads, tied=tied, causal=causal,
