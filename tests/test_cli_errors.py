@@ -192,3 +192,12 @@ def test_zero_d_input_reported_as_zero_d():
     from hypermixer.layers import LayerNorm
     with pytest.raises(ValueError, match=r"0 dimensions with shape \(\)"):
         LayerNorm(4).forward(np.array(1.0))
+
+
+def test_compare_checks_every_configuration_before_training(capsys, tmp_path):
+    """--heads 3 does not divide the hypermixing LM's width: refused at once, before the
+    hypermixer and the transformer are trained (it used to fail after training both)."""
+    status, out, err = run_cli(capsys, "compare", "--heads", "3", "--out",
+                               str(tmp_path / "c"))
+    assert status == 2 and "heads" in err
+    assert "training the" not in out + err

@@ -444,11 +444,14 @@ def cmd_compare(args):
     _keep_freed_memory()
     out = Path(args.out)
     _refuse_to_replace(out, args.overwrite)
+    # every configuration first: a bad --heads used to surface after two models had trained
+    configs = {architecture: _model_config(args, architecture)
+               for architecture in ("hypermixer", "transformer", "hypermixing")}
     results = {}
-    for architecture in ("hypermixer", "transformer", "hypermixing"):
+    for architecture, config in configs.items():
         if rank_of(comm) == 0:
             _say(f"== training the {architecture} ==")
-        results[architecture] = train(_model_config(args, architecture), out / architecture,
+        results[architecture] = train(config, out / architecture,
                                       stages=_stages(args), settings=settings,
                                       backend=backend, plot=False, comm=comm,
                                       tokenizer=_tokenizer_options(args))
