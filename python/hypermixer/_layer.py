@@ -498,11 +498,14 @@ class Layer:
             return None if carried is None else carried[1]
         if store.m is None:
             return None
-        out = []
-        offset = store.offsets[id(self)]
+        return list(zip(self._store_slices(store.m), self._store_slices(store.v)))
+
+    def _store_slices(self, buf):
+        """Views of this leaf's part of ``buf`` (one of its store's flat buffers), one per
+        own parameter, shaped like it."""
+        out, offset = [], self._home.offsets[id(self)]
         for _, arr in self._own_parameters:
-            out.append((store.m[offset:offset + arr.size].reshape(arr.shape),
-                        store.v[offset:offset + arr.size].reshape(arr.shape)))
+            out.append(buf[offset:offset + arr.size].reshape(arr.shape))
             offset += arr.size
         return out
 
@@ -805,11 +808,7 @@ class Layer:
             return None if carried is None else carried[2]
         if store.grad is None:
             return None
-        out, offset = [], store.offsets[id(self)]
-        for _, arr in self._own_parameters:
-            out.append(store.grad[offset:offset + arr.size].reshape(arr.shape).copy())
-            offset += arr.size
-        return out
+        return [g.copy() for g in self._store_slices(store.grad)]
 
     def __setstate__(self, state):
         self.__dict__.update(state)
